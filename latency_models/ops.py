@@ -1,0 +1,191 @@
+"""Split a network into the ops a runtime executes, from an :class:`Arch` or from ONNX.
+
+Both paths give the same list for an exported architecture (a test checks it), so a network
+is priced the same way whether the search asks (fast, from the architecture) or a user points
+at an ONNX file.
+
+Op kinds: ``conv`` (dense kxk), ``dwconv``, ``pwconv`` (1x1, also the squeeze-excitation
+convolutions), ``fc``, ``pool`` (global average pooling and means) and ``eltwise`` (additions,
+multiplications, activations, resizing and normalization). Batch norm is folded into the
+convolutions. ``bits`` is the precision the op runs at: 32 or 8 (onnxruntime QDQ) for convs
+and fully connected layers; element-wise and pooling ops are counted at 32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from spaces.arch import Arch, Layer
+
+KINDS = ("conv", "dwconv", "pwconv", "fc", "pool", "eltwise")
+
+
+class UnknownOpError(ValueError):
+    """An ONNX op that no rule prices."""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One executed op. ``elems`` counts input plus output tensor elements (memory traffic)."""
+
+    kind: str
+    macs: int
+    elems: int
+    bits: int = 32
+
+
+def _conv(kind: str, cin: int, cout: int, k: int, hin: int, hout: int, bits: int,
+          groups: int = 1) -> Op:
+    macs = hout * hout * cout * (cin // groups) * k * k
+    return Op(kind, macs, cin * hin * hin + cout * hout * hout, bits)
+
+
+def _elt(n_elems: int, n_inputs: int = 1) -> Op:
+    return Op("eltwise", 0, n_elems * (n_inputs + 1))
+
+
+def _quant_bits(bits: int) -> int:
+    """What an ONNX export runs a layer at: int8 for 8 bits and below, float otherwise."""
+    return 8 if bits <= 8 else 32
+
+
+def layer_ops(layer: Layer) -> list[Op]:
+    """The ops of one layer of an architecture."""
+    b = _quant_bits(layer.bits)
+    ci, cm, co, k = layer.in_chs, layer.mid_chs, layer.out_chs, layer.kernel
+    hi, ho = layer.in_size, layer.out_size
+    # QDQ int8 absorbs a ReLU that follows a quantized conv into its output range.
+    relu_gone = b == 8
+
+    def act(n: int, kind: str = layer.act) -> list[Op]:
+        return [] if (relu_gone and kind == "relu") else [_elt(n)]
+
+    if layer.kind == "stem":
+        return [_conv("conv", ci, co, k, hi, ho, b), *act(co * ho * ho, "relu")]
+    if layer.kind == "head":
+        return [_conv("pwconv", ci, co, 1, hi, ho, b), *act(co * ho * ho, "relu"),
+                Op("pool", 0, co * ho * ho + co)]
+    if layer.kind == "classifier":
+        return [Op("fc", ci * co, ci + co, b)]
+    ops = []
+    if layer.kind == "ir":
+        ops += [_conv("pwconv", ci, cm, 1, hi, hi, b), *act(cm * hi * hi)]
+    ops += [_conv("dwconv", cm, cm, k, hi, ho, b, groups=cm), *act(cm * ho * ho)]
+    if layer.rd_chs:
+        n = cm * ho * ho
+        ops += [Op("pool", 0, n + cm),
+                _conv("pwconv", cm, layer.rd_chs, 1, 1, 1, b), *act(layer.rd_chs),
+                _conv("pwconv", layer.rd_chs, cm, 1, 1, 1, b), _elt(cm),  # sigmoid gate
+                Op("eltwise", 0, n + cm + n)]  # scale: (N,C,H,W) * (N,C,1,1)
+    ops.append(_conv("pwconv", cm, co, 1, ho, ho, b))
+    if layer.skip:
+        ops.append(_elt(co * ho * ho, 2))
+    return ops
+
+
+def arch_ops(arch: Arch) -> list[Op]:
+    """The ops of the deployed (pruned) network, input preprocessing included."""
+    n_in = arch.in_chans * arch.input_size ** 2
+    n_res = arch.in_chans * arch.resolution ** 2
+    ops = [] if arch.resolution == arch.input_size else [Op("eltwise", 0, n_in + n_res)]
+    ops += [_elt(n_res), _elt(n_res)]  # (x - 0.5) / 0.5
+    for layer in arch.layers(pruned=True):
+        ops += layer_ops(layer)
+    return ops
+
+
+def signature(ops: list[Op]) -> str:
+    """Content hash of an op list: the key of measured networks in a device model."""
+    text = ";".join(f"{o.kind},{o.macs},{o.elems},{o.bits}" for o in sorted(
+        ops, key=lambda o: (o.kind, o.macs, o.elems, o.bits)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---- ONNX ----------------------------------------------------------------------------------
+_ELTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Clip",
+            "Resize", "Tanh", "LeakyRelu", "PRelu", "Max", "Min", "Neg", "Exp", "Sqrt", "Pow",
+            "Softmax", "Upsample"}
+_POOL = {"GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool", "GlobalMaxPool"}
+_FREE = {"Identity", "Constant", "Flatten", "Reshape", "Shape", "Gather", "Unsqueeze",
+         "Squeeze", "Concat", "Slice", "QuantizeLinear", "DequantizeLinear", "Cast",
+         "Transpose"}
+
+
+def onnx_ops(model) -> list[Op]:
+    """The ops of an ONNX graph (batch 1), with each conv's precision read from QDQ nodes.
+
+    Raises:
+        UnknownOpError: the graph has an op type that no rule prices.
+    """
+    import numpy as np
+    import onnx
+    from onnx import shape_inference
+
+    model = shape_inference.infer_shapes(model)
+    graph = model.graph
+    init = {t.name: t for t in graph.initializer}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = tuple(d.dim_value if d.dim_value > 0 else 1 for d in dims)
+    for name, t in init.items():
+        shapes[name] = tuple(t.dims)
+    producer = {out: node for node in graph.node for out in node.output}
+    constants = set(init) | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+
+    def is_const(name: str) -> bool:
+        node = producer.get(name)
+        while node is not None and node.op_type in ("DequantizeLinear", "Identity"):
+            name = node.input[0]
+            node = producer.get(name)
+        return name in constants
+
+    def numel(name: str) -> int:
+        if name not in shapes:
+            raise UnknownOpError(f"ONNX tensor {name!r} has no inferred shape")
+        return int(np.prod(shapes[name])) if shapes[name] else 1
+
+    def elems(node) -> int:
+        ins = [i for i in node.input if i and not is_const(i)]
+        return sum(numel(i) for i in ins) + sum(numel(o) for o in node.output)
+
+    def bits(node) -> int:
+        # QDQ quantizes a node's weights only when the node itself runs in int8.
+        src = producer.get(node.input[1])
+        return 8 if src is not None and src.op_type == "DequantizeLinear" else 32
+
+    # Tensors computed from shapes only (e.g. Resize's target size): no runtime cost.
+    shape_only: set[str] = set()
+    for node in graph.node:
+        ins = [i for i in node.input if i and i not in constants]
+        if node.op_type == "Shape" or (ins and all(i in shape_only for i in ins)):
+            shape_only.update(node.output)
+
+    ops = []
+    for node in graph.node:
+        t = node.op_type
+        if t in _FREE or (node.output and node.output[0] in shape_only):
+            continue
+        if t == "Conv":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            groups = attrs.get("group", 1)
+            w = shapes[node.input[1]]  # (cout, cin/groups, k, k)
+            out = shapes[node.output[0]]
+            cout, cin_g, k = w[0], w[1], w[2]
+            macs = int(np.prod(out[2:])) * cout * cin_g * k * w[3]
+            kind = "dwconv" if groups > 1 and cin_g == 1 else ("pwconv" if k == 1 and w[3] == 1
+                                                              else "conv")
+            ops.append(Op(kind, macs, elems(node), bits(node)))
+        elif t in ("Gemm", "MatMul"):
+            w = shapes[node.input[1]]
+            ops.append(Op("fc", int(np.prod(w)), elems(node), bits(node)))
+        elif t in _POOL:
+            ops.append(Op("pool", 0, elems(node)))
+        elif t in _ELTWISE:
+            ops.append(Op("eltwise", 0, elems(node)))
+        else:
+            raise UnknownOpError(f"op type {t!r} (node {node.name!r}) is not one the latency "
+                                 f"model knows; known: Conv, Gemm, MatMul, "
+                                 f"{', '.join(sorted(_POOL | _ELTWISE))}")
+    return ops

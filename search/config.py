@@ -1,0 +1,192 @@
+"""Typed configuration. Hydra's ``DictConfig`` stops here: entry points call :func:`load` and
+library code only sees these dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from search.errors import UserError
+from spaces.arch import ALL_BITS
+from spaces.space import SpaceConfig, SpaceError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+MODEL_DIR = Path(__file__).resolve().parent.parent / "latency_models" / "data"
+OBJECTIVES = ("accuracy", "latency_ms", "energy_mj", "size_kib")
+SAMPLERS = ("nsga2", "tpe", "random")
+
+
+@dataclass
+class DeviceConfig:
+    name: str = "???"
+    description: str = ""
+    model: str = "???"  # device-model JSON: a file name under latency_models/data, or a path
+    bits: list[int] = field(default_factory=lambda: [32, 8])
+    provenance: str = ""
+
+    def model_path(self) -> Path:
+        path = Path(self.model).expanduser()
+        return path if path.is_absolute() or path.exists() else MODEL_DIR / self.model
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    kind: str = "fashion_mnist"  # fashion_mnist | imagefolder | synthetic
+    root: Optional[str] = None
+    in_chans: int = 1
+    size: int = 28
+    num_classes: int = 10
+    val_images: int = 5000  # carved from the training set; the search never sees the test set
+    synthetic_images: int = 512
+
+
+@dataclass
+class TeacherConfig:
+    model: str = "resnet10t"  # a timm model name, trained from scratch on the dataset
+    epochs: int = 2
+    batch: int = 128
+    lr: float = 0.05
+    checkpoint: Optional[str] = None  # the user's own teacher (safetensors or torch weights)
+
+
+@dataclass
+class ProxyConfig:
+    kind: str = "distill"  # distill | zero_cost
+    train_images: int = 6000
+    val_images: int = 2000
+    epochs: int = 2
+    batch: int = 128
+    lr: float = 0.05
+    temperature: float = 4.0
+    alpha: float = 0.7  # weight of the distillation term; 1 - alpha on the hard labels
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+
+@dataclass
+class BudgetConfig:
+    latency_ms: Optional[float] = None
+    energy_mj: Optional[float] = None
+    size_kib: Optional[float] = None
+
+
+@dataclass
+class SearchConfig:
+    sampler: str = "nsga2"
+    n_trials: int = 32  # the study's total; a resumed study only runs what is missing
+    threads: int = 2
+    objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency_ms"])
+    population: int = 10
+    heartbeat_s: int = 30
+
+
+@dataclass
+class StorageConfig:
+    url: str = "sqlite:///studies/edgenas.db"
+
+
+@dataclass
+class StudyConfig:
+    name: str = "???"
+
+
+@dataclass
+class ExportConfig:
+    epochs: int = 4
+    batch: int = 128
+    lr: float = 0.05
+    calibration_images: int = 256
+    latency_runs: int = 100
+
+
+@dataclass
+class Config:
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    seed: int = 0
+    out_dir: str = "outputs"
+    cache_dir: str = ".cache/edgenas"
+    select: str = "pareto"
+    out: Optional[str] = None
+    debug: bool = False
+
+
+def known_devices() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "device").glob("*.yaml"))
+
+
+def load(cfg: DictConfig) -> Config:
+    """Validate the composed Hydra config and return typed dataclasses.
+
+    Raises:
+        UserError: with a message that says what is wrong and how to fix it.
+    """
+    if "device" not in cfg:
+        raise UserError("no device chosen: add +device=NAME to the command; known devices: "
+                        + ", ".join(known_devices()))
+    try:
+        schema = OmegaConf.structured(Config)
+        merged = OmegaConf.merge(schema, cfg)
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        msg = str(exc).splitlines()[0]
+        key = getattr(exc, "full_key", None)
+        raise UserError(f"bad configuration{' at ' + key if key else ''}: {msg}. Check the "
+                        "spelling of the override and the type of its value") from None
+    validate(config)
+    return config
+
+
+def validate(c: Config) -> None:
+    problems = []
+    if c.search.sampler not in SAMPLERS:
+        problems.append(f"search.sampler={c.search.sampler!r} is not one of {list(SAMPLERS)}")
+    if c.search.n_trials < 1:
+        problems.append(f"search.n_trials={c.search.n_trials} must be at least 1")
+    if c.search.threads < 1:
+        problems.append(f"search.threads={c.search.threads} must be at least 1")
+    bad = [o for o in c.search.objectives if o not in OBJECTIVES]
+    if bad or not c.search.objectives or "accuracy" not in c.search.objectives:
+        problems.append(f"search.objectives={c.search.objectives} must include 'accuracy' and "
+                        f"come from {list(OBJECTIVES)}")
+    for name in ("latency_ms", "energy_mj", "size_kib"):
+        v = getattr(c.budget, name)
+        if v is not None and v <= 0:
+            problems.append(f"budget.{name}={v} must be positive (or null for no budget)")
+    bad_bits = [b for b in c.device.bits if b not in ALL_BITS]
+    if bad_bits or not c.device.bits:
+        problems.append(f"device.bits={c.device.bits} must be a non-empty subset of "
+                        f"{list(ALL_BITS)}")
+    if c.proxy.kind not in ("distill", "zero_cost"):
+        problems.append(f"proxy.kind={c.proxy.kind!r} is not 'distill' or 'zero_cost'")
+    if c.proxy.kind == "distill":
+        for name in ("train_images", "val_images", "epochs", "batch"):
+            if getattr(c.proxy, name) < 1:
+                problems.append(f"proxy.{name}={getattr(c.proxy, name)} must be at least 1 "
+                                "(use proxy=zero_cost for a search without training)")
+        if not 0 <= c.proxy.alpha <= 1 or c.proxy.temperature <= 0:
+            problems.append("proxy.alpha must be in [0, 1] and proxy.temperature positive")
+    if c.proxy.teacher.epochs < 1:
+        problems.append(f"proxy.teacher.epochs={c.proxy.teacher.epochs} must be at least 1")
+    if c.export.epochs < 1:
+        problems.append(f"export.epochs={c.export.epochs} must be at least 1")
+    if c.data.kind not in ("fashion_mnist", "imagefolder", "synthetic"):
+        problems.append(f"data.kind={c.data.kind!r} is not fashion_mnist, imagefolder or "
+                        "synthetic")
+    try:
+        c.space.validate()
+    except SpaceError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise UserError("; ".join(problems) + ".")

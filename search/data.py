@@ -1,0 +1,199 @@
+"""Datasets kept in memory as uint8 tensors: Fashion-MNIST, a folder of images, synthetic.
+
+Every loader checks what it reads and raises :class:`UserError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from search.config import DataConfig
+from search.errors import UserError
+
+FMNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte.gz", "train_y": "train-labels-idx1-ubyte.gz",
+    "test_x": "t10k-images-idx3-ubyte.gz", "test_y": "t10k-labels-idx1-ubyte.gz",
+}
+FMNIST_INSTALL = ("install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or "
+                  "download the four files train-images-idx3-ubyte.gz, "
+                  "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+                  "t10k-labels-idx1-ubyte.gz into a folder and pass data.root=FOLDER")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Dataset:
+    """Images as uint8 (N, C, H, W) tensors and int64 labels; the split of validation images
+    is carved from the training set with a fixed seed."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def size(self) -> int:
+        return int(self.train_x.shape[2])
+
+    def split(self, val_images: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train indices, validation indices) into the training set."""
+        n = len(self.train_y)
+        val = min(val_images, n // 5)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        return perm[val:], perm[:val]
+
+    def fingerprint(self) -> str:
+        """Content hash of the data, for cache keys."""
+        h = hashlib.sha256()
+        for t in (self.train_x, self.train_y, self.test_x, self.test_y):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t[: min(len(t), 2048)].numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float32 in [0, 1] (what the exported models take)."""
+    return x.float().div_(255.0)
+
+
+# ---- Fashion-MNIST ----------------------------------------------------------------------
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise UserError(f"{path} is corrupt or truncated ({exc}); reinstall the dataset: "
+                        + FMNIST_INSTALL) from None
+    ndim = magic & 0xFF
+    if len(raw) < 4 + 4 * ndim or struct.unpack(">I", raw[:4])[0] != magic:
+        raise UserError(f"{path} is not an IDX file of the expected kind (bad header); "
+                        "reinstall the dataset: " + FMNIST_INSTALL)
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise UserError(f"{path} is truncated: its header promises {int(np.prod(dims))} bytes "
+                        f"of data, it has {body.size}; reinstall the dataset: "
+                        + FMNIST_INSTALL)
+    return body.reshape(dims)
+
+
+def load_fashion_mnist(root: str | None) -> Dataset:
+    base = Path(root or "/usr/share/datasets/fashion-mnist").expanduser()
+    missing = [n for n in FMNIST_FILES.values() if not (base / n).is_file()]
+    if missing:
+        raise UserError(f"Fashion-MNIST is not in {base} (missing {', '.join(missing)}): "
+                        + FMNIST_INSTALL)
+    arr = {k: _read_idx(base / n, 2051 if k.endswith("x") else 2049)
+           for k, n in FMNIST_FILES.items()}
+    for split in ("train", "test"):
+        if len(arr[f"{split}_x"]) != len(arr[f"{split}_y"]):
+            raise UserError(f"Fashion-MNIST {split} images and labels differ in count in {base}; "
+                            "reinstall the dataset: " + FMNIST_INSTALL)
+        if arr[f"{split}_y"].max(initial=0) > 9:
+            raise UserError(f"Fashion-MNIST {split} labels in {base} go above 9; the label "
+                            "file is corrupt: " + FMNIST_INSTALL)
+    return Dataset(
+        "fashion_mnist",
+        torch.from_numpy(arr["train_x"].copy()).unsqueeze(1),
+        torch.from_numpy(arr["train_y"].astype(np.int64)),
+        torch.from_numpy(arr["test_x"].copy()).unsqueeze(1),
+        torch.from_numpy(arr["test_y"].astype(np.int64)),
+        10,
+    )
+
+
+# ---- a folder of images -----------------------------------------------------------------
+def _read_class_folders(root: Path, in_chans: int, size: int,
+                        classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                   list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "test")
+    classes = classes or found
+    if len(classes) < 2:
+        raise UserError(f"image folder {root} has {len(classes)} class folder(s) "
+                        f"({', '.join(classes) or 'none'}); it needs one subfolder per class "
+                        "and at least two classes, e.g. DIR/cat/1.png and DIR/dog/2.png")
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+            if folder.is_dir() else []
+        for path in files:
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("L" if in_chans == 1 else "RGB").resize((size, size))
+                    a = np.asarray(img, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise UserError(f"cannot read image {path} ({exc.__class__.__name__}); remove "
+                                "or replace it") from None
+            xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+            ys.append(label)
+    if not xs:
+        raise UserError(f"image folder {root} has class folders but no images (looked for "
+                        f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    counts = np.bincount(ys, minlength=len(classes))
+    if (counts == 0).any():
+        empty = [c for c, n in zip(classes, counts) if n == 0]
+        raise UserError(f"image folder {root}: class folder(s) {', '.join(empty)} have no "
+                        "images; add images or remove the folder")
+    return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
+
+
+def load_image_folder(root: str | None, in_chans: int, size: int, seed: int = 0) -> Dataset:
+    if not root:
+        raise UserError("data=imagefolder needs data.root=DIR, a folder with one subfolder of "
+                        "images per class")
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise UserError(f"image folder {base} does not exist; pass data.root=DIR with one "
+                        "subfolder of images per class")
+    x, y, classes = _read_class_folders(base, in_chans, size)
+    if (base / "test").is_dir():
+        tx, ty, _ = _read_class_folders(base / "test", in_chans, size, classes)
+    else:  # hold out 10% as the test split
+        perm = np.random.default_rng(seed).permutation(len(y))
+        n_test = max(1, len(y) // 10)
+        tx, ty, x, y = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
+    return Dataset(f"imagefolder:{base.name}", torch.from_numpy(x), torch.from_numpy(y),
+                   torch.from_numpy(tx), torch.from_numpy(ty), len(classes))
+
+
+# ---- synthetic ----------------------------------------------------------------------------
+def make_synthetic(n: int, in_chans: int, size: int, num_classes: int, seed: int = 0) -> Dataset:
+    """Class-dependent smooth patterns plus noise: learnable in a few steps, for tests."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(num_classes, in_chans, 4, 4, generator=g)
+    protos = torch.nn.functional.interpolate(protos, size=(size, size), mode="bilinear")
+
+    def draw(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, num_classes, (m,), generator=g)
+        x = protos[y] * 0.7 + torch.rand(m, in_chans, size, size, generator=g) * 0.3
+        return (x * 255).round().to(torch.uint8), y
+
+    train_x, train_y = draw(n)
+    test_x, test_y = draw(max(64, n // 4))
+    return Dataset("synthetic", train_x, train_y, test_x, test_y, num_classes)
+
+
+def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
+    if cfg.kind == "fashion_mnist":
+        return load_fashion_mnist(cfg.root)
+    if cfg.kind == "imagefolder":
+        return load_image_folder(cfg.root, cfg.in_chans, cfg.size, seed)
+    return make_synthetic(cfg.synthetic_images, cfg.in_chans, cfg.size, cfg.num_classes, seed)

@@ -1,0 +1,45 @@
+"""User-facing errors: one clear paragraph and a non-zero exit, never a deep traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """Something the user can fix; the message says what was wrong and how to fix it."""
+
+
+def debug_enabled(argv: list[str] | None = None) -> bool:
+    argv = sys.argv if argv is None else argv
+    return os.environ.get("EDGENAS_DEBUG") == "1" or "debug=true" in argv or "--debug" in argv
+
+
+def report_and_exit(exc: BaseException, code: int = 2) -> None:
+    """Print ``exc`` as a one-paragraph error (with the traceback only in debug mode)."""
+    if debug_enabled():
+        import traceback
+
+        traceback.print_exception(exc)
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(code)
+
+
+def guarded(fn: Callable[[], object]) -> object:
+    """Run ``fn``; turn a UserError (and known library errors) into a clean exit."""
+    from latency_models.model import DeviceModelError
+    from latency_models.ops import UnknownOpError
+    from latency_models.sources import MeasurementError
+    from spaces.arch import ArchError
+    from spaces.space import SpaceError
+
+    try:
+        return fn()
+    except (UserError, DeviceModelError, UnknownOpError, MeasurementError, ArchError,
+            SpaceError) as exc:
+        report_and_exit(exc)
+    except KeyboardInterrupt:
+        print("interrupted: the study keeps every finished trial; run the same command to "
+              "resume", file=sys.stderr)
+        sys.exit(130)

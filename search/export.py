@@ -1,0 +1,279 @@
+"""python -m search.export +device=NAME select=pareto|best|<trial> out=DIR
+
+For each chosen trial: train to convergence with the export recipe (distillation from the
+teacher, dense then pruned, fake quantization at the trial's bit-widths), then write
+``DIR/trial_<n>/`` with model.onnx (fp32), model.int8.onnx (QDQ int8 on the 8-bit layers),
+weights.safetensors, arch.json, arch_def.json (timm), metrics.json and card.md. Each folder is
+built aside and renamed into place, so an interrupted export leaves no half-written folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+import numpy as np
+import optuna
+import torch
+from omegaconf import DictConfig
+from safetensors.torch import save_file
+
+from latency_models.ops import arch_ops, onnx_ops, signature
+from latency_models.profile import all_bits, cpu_name, measure_many
+from search.config import Config, load
+from search.data import Dataset, load_dataset, to_float
+from search.errors import UserError, guarded
+from search.run import load_device_model
+from search.study import complete_trials, feasible, open_storage, pareto_trials, redact
+from search.teacher import TeacherCache
+from search.train import Recipe
+from spaces.arch import Arch
+from spaces.build import arch_def
+from spaces.onnx_io import export_fp32, export_int8, ort_session
+from spaces.quant import detach_fake_quant
+
+FP32_TOLERANCE = 1e-4
+
+
+class ExportError(UserError):
+    """The exported model does not match the trained one."""
+
+
+def select_trials(cfg: Config, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    done = {t.number: t for t in complete_trials(study)}
+    choice = str(cfg.select).strip()
+    if choice == "pareto":
+        chosen = pareto_trials(study)
+    elif choice == "best":
+        front = pareto_trials(study)
+        chosen = front[:1]
+    elif choice.isdigit():
+        if int(choice) not in done:
+            raise UserError(f"trial {choice} is not a complete trial of study "
+                            f"{study.study_name}; complete trials: "
+                            f"{', '.join(map(str, sorted(done))) or 'none'}")
+        chosen = [done[int(choice)]]
+    else:
+        raise UserError(f"select={choice!r} is not 'pareto', 'best' or a trial number")
+    if not chosen:
+        raise UserError(f"study {study.study_name} has no complete feasible trial to export; "
+                        "run `python -m search` first (or relax the budgets)")
+    if choice.isdigit() and not feasible(chosen[0]):
+        raise UserError(f"trial {choice} broke a budget and was not trained by the proxy; "
+                        "choose a feasible trial")
+    return chosen
+
+
+def onnx_accuracy(path: Path, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    sess = ort_session(path, threads=torch.get_num_threads())
+    correct = 0
+    for i in range(0, len(y), batch):
+        logits = sess.run(None, {"image": to_float(x[i:i + batch]).numpy()})[0]
+        correct += int((logits.argmax(1) == y[i:i + batch].numpy()).sum())
+    return correct / len(y)
+
+
+def export_trial(cfg: Config, trial: optuna.trial.FrozenTrial, dataset: Dataset,
+                 teacher: TeacherCache, out_root: Path) -> dict:
+    from search.proxy import train_candidate
+
+    arch = Arch.from_json(trial.user_attrs["arch_json"])
+    train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
+    recipe = Recipe(epochs=cfg.export.epochs, batch=cfg.export.batch, lr=cfg.export.lr,
+                    temperature=cfg.proxy.temperature, alpha=cfg.proxy.alpha, hflip=True)
+    start = time.time()
+    model = train_candidate(arch, dataset.train_x[train_idx], dataset.train_y[train_idx],
+                            teacher.logits(train_idx), recipe, seed=cfg.seed)
+    train_s = time.time() - start
+    detach_fake_quant(model).eval()
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    final = out_root / f"trial_{trial.number}"
+    work = Path(tempfile.mkdtemp(prefix=f".trial_{trial.number}.", dir=out_root))
+    try:
+        fp32_path, int8_path = work / "model.onnx", work / "model.int8.onnx"
+        export_fp32(model, arch, fp32_path)
+        probe = dataset.test_x[:64]
+        with torch.no_grad():
+            ref = model(to_float(probe)).numpy()
+        got = ort_session(fp32_path).run(None, {"image": to_float(probe).numpy()})[0]
+        diff = float(np.abs(ref - got).max())
+        if not diff < FP32_TOLERANCE:
+            raise ExportError(f"trial {trial.number}: the fp32 ONNX model differs from torch by "
+                              f"{diff:.3g} (limit {FP32_TOLERANCE}); nothing was exported. "
+                              "Report this with the trial's arch.json")
+        calib_idx = train_idx[torch.randperm(len(train_idx), generator=torch.Generator()
+                                             .manual_seed(cfg.seed))[:cfg.export
+                                                                      .calibration_images]]
+        int8_nodes = export_int8(fp32_path, arch, int8_path,
+                                 to_float(dataset.train_x[calib_idx]).numpy())
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(work / "weights.safetensors"))
+        (work / "arch.json").write_text(arch.to_json())
+        (work / "arch_def.json").write_text(json.dumps(
+            {"arch_def": arch_def(arch), "builder": "timm.models.efficientnet.EfficientNet",
+             "round_chs_fn": "identity", "stem_size": arch.stem_chs,
+             "num_features": arch.head_chs, "in_chans": arch.in_chans,
+             "num_classes": arch.num_classes, "note": "expanded widths are exact: build with "
+             "timm's make_divisible replaced by round (see spaces/build.py)"}, indent=1))
+        metrics = measure_and_predict(cfg, trial, arch, dataset, fp32_path, int8_path)
+        metrics.update(onnx_fp32_max_abs_diff=diff, int8_nodes=len(int8_nodes),
+                       training={"epochs": cfg.export.epochs, "seconds": round(train_s, 1),
+                                 "recipe": "distillation from the cached teacher, dense for "
+                                 "half the epochs, then pruned and fine-tuned with fake "
+                                 "quantization", "teacher": teacher.meta.get("model"),
+                                 "teacher_test_accuracy": teacher.meta.get("test_accuracy")})
+        (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (work / "card.md").write_text(model_card(cfg, arch, metrics))
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old_trial_{trial.number}.", dir=out_root))
+            os.replace(final, old / "x")
+            os.replace(work, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return metrics
+
+
+def measure_and_predict(cfg: Config, trial: optuna.trial.FrozenTrial, arch: Arch,
+                        dataset: Dataset, fp32_path: Path, int8_path: Path) -> dict:
+    import onnx
+    import onnxruntime
+
+    device_model = load_device_model(cfg)
+    ops_fp32 = onnx_ops(onnx.load(str(fp32_path)))
+    ops_int8 = onnx_ops(onnx.load(str(int8_path)))
+    consistent = (signature(ops_fp32) == signature(arch_ops(all_bits(arch, 32)))
+                  and signature(ops_int8) == signature(arch_ops(arch)))
+    pred32, pred8 = device_model.predict(ops_fp32), device_model.predict(ops_int8)
+    m32, m8 = measure_many([fp32_path, int8_path], threads=1, rounds=5,
+                           runs=max(1, cfg.export.latency_runs // 5))
+    return {
+        "trial": trial.number, "arch_id": arch.arch_id, "params": arch.params(),
+        "macs": arch.macs(), "size_kib": arch.size_kib(), "bits": list(arch.bits),
+        "proxy_accuracy": trial.values[0], "proxy": trial.user_attrs.get("proxy"),
+        "test_accuracy": {"model.onnx": onnx_accuracy(fp32_path, dataset.test_x,
+                                                       dataset.test_y),
+                          "model.int8.onnx": onnx_accuracy(int8_path, dataset.test_x,
+                                                            dataset.test_y),
+                          "images": len(dataset.test_y), "measured_with": "onnxruntime"},
+        "predicted": {"device": cfg.device.name,
+                      "model.onnx": {"latency_ms": pred32.latency_ms,
+                                     "energy_mj": pred32.energy_mj,
+                                     "provenance": pred32.provenance},
+                      "model.int8.onnx": {"latency_ms": pred8.latency_ms,
+                                          "energy_mj": pred8.energy_mj,
+                                          "provenance": pred8.provenance},
+                      "onnx_ops_match_arch": consistent},
+        "measured_here": {"model.onnx": m32, "model.int8.onnx": m8, "threads": 1, "batch": 1,
+                          "cpu": cpu_name(), "onnxruntime": onnxruntime.__version__},
+    }
+
+
+def model_card(cfg: Config, arch: Arch, m: dict) -> str:
+    p, h, acc = m["predicted"], m["measured_here"], m["test_accuracy"]
+    stages = "\n".join(
+        f"| {i} | {s.block} | {s.kernel} | {s.expansion} | {s.se_ratio} | {s.act} | {s.depth} "
+        f"| {s.stride} | {s.out_chs} -> {s.kept_out_chs} | {s.prune_ratio} | "
+        f"{', '.join(map(str, s.bits))} |" for i, s in enumerate(arch.stages))
+    return f"""# Model card: trial {m['trial']} ({arch.arch_id})
+
+Found by edgenas for device `{cfg.device.name}` on `{cfg.data.name}`.
+
+## Architecture
+Input {arch.in_chans}x{arch.input_size}x{arch.input_size} float32 in [0, 1] (NCHW); resized to
+{arch.resolution}x{arch.resolution} and normalized inside the graph. Stem {arch.stem_chs}
+channels ({arch.stem_bits} bits), head {arch.head_chs} channels ({arch.head_bits} bits),
+classifier {arch.classifier_bits} bits.
+
+| stage | block | kernel | expansion | SE | act | depth | stride | channels (pruned) | prune ratio | bits per block |
+|---|---|---|---|---|---|---|---|---|---|---|
+{stages}
+
+Parameters {m['params']:,}, MACs {m['macs']:,}, weights {m['size_kib']:.1f} KiB at their
+bit-widths. Pruned channels are physically removed. Layers at 8 bits are int8 (QDQ) in
+`model.int8.onnx`; layers at 16 bits are float in both files; 6 and 4 bits are simulated
+(trained with fake quantization, exported as int8 or float).
+
+## Accuracy (test set, {acc['images']} images, measured with onnxruntime)
+| file | test accuracy |
+|---|---|
+| model.onnx (fp32) | {100 * acc['model.onnx']:.2f}% |
+| model.int8.onnx | {100 * acc['model.int8.onnx']:.2f}% |
+
+Proxy accuracy during the search ({m['proxy']}, validation split): {100 * m['proxy_accuracy']:.2f}%.
+
+## Latency and energy
+Predicted for `{cfg.device.name}` by its device model
+({p['model.onnx']['provenance'].get('model_hash')}; latency
+{p['model.onnx']['provenance']['latency']}, energy {p['model.onnx']['provenance']['energy']}):
+
+| file | latency ms | energy mJ |
+|---|---|---|
+| model.onnx | {p['model.onnx']['latency_ms']:.3f} | {p['model.onnx']['energy_mj']:.3f} |
+| model.int8.onnx | {p['model.int8.onnx']['latency_ms']:.3f} | {p['model.int8.onnx']['energy_mj']:.3f} |
+
+Energy is modelled (device power x latency), not measured. Where the latency source reads
+"modelled", the device has no measurements for that precision (see `conf/device/`).
+
+Measured on the exporting machine ({h['cpu']}, onnxruntime {h['onnxruntime']}, 1 thread,
+batch 1, median): model.onnx {h['model.onnx']['median_ms']:.3f} ms, model.int8.onnx
+{h['model.int8.onnx']['median_ms']:.3f} ms.
+
+## Training
+{m['training']['recipe']}; {m['training']['epochs']} epochs, teacher {m['training']['teacher']}
+(test accuracy {100 * (m['training']['teacher_test_accuracy'] or 0):.2f}%).
+"""
+
+
+def run_export(cfg: Config) -> None:
+    torch.set_num_threads(cfg.search.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if cfg.study.name not in names:
+        raise UserError(f"no study {cfg.study.name!r} in {redact(cfg.storage.url)} (studies "
+                        f"there: {', '.join(names) or 'none'}); run `python -m search "
+                        f"+device={cfg.device.name}` first or pass study.name=NAME")
+    study = optuna.load_study(study_name=cfg.study.name, storage=storage)
+    device_hash = study.user_attrs.get("device_model_hash")
+    if device_hash and device_hash != load_device_model(cfg).hash:
+        raise UserError(f"study {cfg.study.name!r} was searched with another {cfg.device.name} "
+                        f"device model ({device_hash}); export with the same device model")
+    trials = select_trials(cfg, study)
+    dataset = load_dataset(cfg.data, cfg.seed)
+    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
+                           cfg.seed)
+    out_root = Path(cfg.out or Path(cfg.out_dir) / "export")
+    print(f"exporting {len(trials)} trial(s) of {study.study_name} to {out_root} "
+          f"({cfg.export.epochs} epochs each)")
+    for t in trials:
+        m = export_trial(cfg, t, dataset, teacher, out_root)
+        acc, here = m["test_accuracy"], m["measured_here"]
+        print(f"trial {t.number}: test accuracy fp32 {100 * acc['model.onnx']:.2f}% int8 "
+              f"{100 * acc['model.int8.onnx']:.2f}% | measured here "
+              f"{here['model.onnx']['median_ms']:.3f} / {here['model.int8.onnx']['median_ms']:.3f}"
+              f" ms | predicted {cfg.device.name} "
+              f"{m['predicted']['model.int8.onnx']['latency_ms']:.3f} ms -> "
+              f"{out_root / f'trial_{t.number}'}")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(dc: DictConfig) -> None:
+    guarded(lambda: run_export(load(dc)))
+
+
+if __name__ == "__main__":
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    main()

@@ -1,0 +1,108 @@
+"""Accuracy proxies: the distilled proxy (default) and a zero-cost score (no training).
+
+The distilled proxy trains the candidate as it will be deployed: dense for the first half of
+its budget, then physically pruned to the stage ratios and fine-tuned with fake quantization at
+its bit-widths, against the cached teacher's soft labels, on a fixed training subset; it is
+scored on held-out validation images carved from the training split (never the test split).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from search.config import Config
+from search.data import Dataset
+from search.teacher import TeacherCache
+from search.train import Recipe, Trainer, accuracy, predict_logits
+from spaces.arch import Arch
+from spaces.build import build_model
+from spaces.prune import prune_model
+from spaces.quant import attach_fake_quant
+
+
+@dataclass
+class ProxyData:
+    """The proxy's fixed training subset and validation images, with teacher logits."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    train_teacher: Optional[torch.Tensor]
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    val_teacher: Optional[torch.Tensor]
+
+
+def prepare_proxy_data(cfg: Config, dataset: Dataset,
+                       teacher: Optional[TeacherCache]) -> ProxyData:
+    train_idx, val_idx = dataset.split(cfg.data.val_images, cfg.seed)
+    train_idx = train_idx[:cfg.proxy.train_images]
+    val_idx = val_idx[:cfg.proxy.val_images]
+    return ProxyData(
+        dataset.train_x[train_idx], dataset.train_y[train_idx],
+        None if teacher is None else teacher.logits(train_idx),
+        dataset.train_x[val_idx], dataset.train_y[val_idx],
+        None if teacher is None else teacher.logits(val_idx),
+    )
+
+
+def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
+                    teacher: Optional[torch.Tensor], recipe: Recipe, seed: int = 0) -> nn.Module:
+    """Train ``arch`` as deployed: dense, prune half-way, fine-tune with fake quantization.
+
+    Returns the pruned model with fake quantization still attached (detach it for export).
+    """
+    torch.manual_seed(seed)
+    quantized = any(b < 32 for b in arch.bits)
+    model = build_model(arch, pruned=False)  # dense widths; equal to pruned when unpruned
+    if not arch.is_pruned and quantized:
+        attach_fake_quant(model, arch)
+    trainer = Trainer(model, x, y, teacher, recipe, seed=seed)
+    if arch.is_pruned:
+        trainer.run(steps=trainer.total_steps // 2)
+        model = prune_model(trainer.model, arch)
+        if quantized:
+            attach_fake_quant(model, arch)
+        trainer.set_model(model)
+    trainer.run()
+    return model.eval()
+
+
+def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config) -> dict:
+    """Proxy accuracy on the validation images, teacher agreement, and cost in seconds."""
+    start = time.time()
+    p = cfg.proxy
+    recipe = Recipe(epochs=p.epochs, batch=p.batch, lr=p.lr, temperature=p.temperature,
+                    alpha=p.alpha)
+    model = train_candidate(arch, data.train_x, data.train_y, data.train_teacher, recipe,
+                            seed=cfg.seed)
+    logits = predict_logits(model, data.val_x)
+    out = {"accuracy": accuracy(logits, data.val_y), "cost_s": 0.0}
+    if data.val_teacher is not None:
+        out["teacher_agreement"] = float(
+            (logits.argmax(1) == data.val_teacher.float().argmax(1)).float().mean())
+    out["cost_s"] = time.time() - start
+    return out
+
+
+def synflow(arch: Arch) -> float:
+    """log of the SynFlow score of the pruned network (data-free, no training)."""
+    model = build_model(arch, pruned=True).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+    x = torch.ones(1, arch.in_chans, arch.input_size, arch.input_size, dtype=torch.float64)
+    model(x).sum().backward()
+    score = sum(float((p * p.grad).abs().sum().detach()) for p in model.parameters()
+                if p.grad is not None)
+    return math.log(score) if score > 0 else float("-inf")
+
+
+def zero_cost_proxy(arch: Arch) -> dict:
+    start = time.time()
+    return {"accuracy": synflow(arch), "cost_s": time.time() - start}

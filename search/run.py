@@ -1,0 +1,174 @@
+"""`python -m search`: compose the parts and run the study's remaining trials."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from latency_models.model import DeviceModel
+from search.config import Config
+from search.data import load_dataset
+from search.errors import UserError
+from search.objective import Objective, fastest_possible
+from search.proxy import prepare_proxy_data
+from search.study import (complete_trials, open_storage, open_study, pareto_trials, redact,
+                          study_meta)
+from search.teacher import TeacherCache
+from spaces.files import write_text
+
+
+def load_device_model(cfg: Config) -> DeviceModel:
+    return DeviceModel.load(cfg.device.model_path())
+
+
+def check_budgets(cfg: Config, objective: Objective) -> None:
+    wanted = {k: getattr(cfg.budget, k) for k in ("latency_ms", "energy_mj", "size_kib")
+              if getattr(cfg.budget, k) is not None}
+    if not wanted:
+        return
+    best = fastest_possible(objective)
+    for key, budget in wanted.items():
+        if budget < best[key]:
+            raise UserError(f"budget.{key}={budget} cannot be met: the smallest {key} any "
+                            f"architecture in space {cfg.space.name!r} reaches on "
+                            f"{cfg.device.name} is {best[key]:.4g}. Raise the budget or "
+                            "narrow the space to smaller choices")
+
+
+def bits_summary(bits: list[int]) -> str:
+    return " ".join(f"{b}b:{bits.count(b)}" for b in sorted(set(bits), reverse=True))
+
+
+def pareto_rows(study: optuna.Study) -> list[dict]:
+    rows = []
+    for t in pareto_trials(study):
+        a = t.user_attrs
+        rows.append({
+            "trial": t.number, "proxy_accuracy": t.values[0],
+            "latency_ms": a["latency_ms"], "energy_mj": a["energy_mj"], "params": a["params"],
+            "macs": a["macs"], "size_kib": a["size_kib"], "bits": bits_summary(a["bits"]),
+            "latency_source": a["provenance"]["latency"]
+            + ("*" if a["provenance"].get("extrapolated") else ""),
+            "arch_id": a["arch_id"],
+        })
+    return rows
+
+
+def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Path,
+                console: Console) -> None:
+    score = "proxy score (synflow)" if cfg.proxy.kind == "zero_cost" else "proxy acc"
+    table = Table(title=f"Pareto-optimal trials of {study.study_name} ({cfg.device.name})")
+    for col in ("trial", score, "latency ms", "energy mJ", "params", "MACs", "size KiB",
+                "bit-widths", "latency from"):
+        table.add_column(col, justify="right" if col not in ("bit-widths", "latency from")
+                         else "left")
+    for r in rows:
+        acc = (f"{r['proxy_accuracy']:.2f}" if cfg.proxy.kind == "zero_cost"
+               else f"{100 * r['proxy_accuracy']:.2f}%")
+        table.add_row(str(r["trial"]), acc, f"{r['latency_ms']:.3f}", f"{r['energy_mj']:.3f}",
+                      f"{r['params']:,}", f"{r['macs']:,}", f"{r['size_kib']:.1f}", r["bits"],
+                      r["latency_source"])
+    console.print(table)
+    console.print("latency from: measured | regressed | modelled (a precision the device model "
+                  "has no measurements for, priced as another); * = outside the measured "
+                  "range.\nEnergy is modelled: device power x predicted latency (see "
+                  f"conf/device/{cfg.device.name}.yaml).")
+    console.print(f"study: {study.study_name} in {redact(cfg.storage.url)}")
+    console.print(f"outputs: {out_dir} (pareto.csv, summary.json)")
+    console.print(f"export: python -m search.export +device={cfg.device.name} select=pareto "
+                  f"out={out_dir / 'export'}")
+
+
+def run_search(cfg: Config) -> None:
+    console = Console(width=None if Console().is_terminal else 160)
+    torch.set_num_threads(cfg.search.threads)
+    torch.manual_seed(cfg.seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device_model = load_device_model(cfg)
+    dataset = load_dataset(cfg.data, cfg.seed)
+    objective = Objective(cfg, dataset.in_chans, dataset.size, dataset.num_classes,
+                          device_model, None)
+    check_budgets(cfg, objective)
+    storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s)
+    meta = study_meta(cfg, dataset.fingerprint(), device_model.hash)
+    study = open_study(cfg, storage, meta)
+    done = len(complete_trials(study))
+    remaining = cfg.search.n_trials - done
+    out_dir = Path(cfg.out_dir)
+    start = time.time()
+    if remaining <= 0:
+        console.print(f"study {study.study_name} already has {done} complete trials "
+                      f"(search.n_trials={cfg.search.n_trials}); nothing to run")
+    else:
+        if done:
+            console.print(f"resuming study {study.study_name}: {done} complete, running "
+                          f"{remaining} more")
+        if cfg.proxy.kind == "distill":
+            teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir,
+                                   cfg.data.val_images, cfg.seed)
+            teacher.model()
+            meta_t = teacher.meta
+            console.print(f"teacher {meta_t.get('model')}: test accuracy "
+                          f"{100 * meta_t.get('test_accuracy', 0):.2f}% "
+                          f"(cached in {teacher.dir})")
+            objective.proxy_data = prepare_proxy_data(cfg, dataset, teacher)
+        run_trials(cfg, study, objective, done, remaining)
+    rows = pareto_rows(study)
+    write_outputs(cfg, study, rows, out_dir, time.time() - start)
+    print_table(cfg, study, rows, out_dir, console)
+
+
+def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int,
+               remaining: int) -> None:
+    bar = tqdm(total=cfg.search.n_trials, initial=done, desc="trials", unit="trial")
+
+    def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE:
+            bar.update()
+        front = pareto_trials(study)
+        if front:
+            best = front[0]
+            fastest = min(front, key=lambda t: t.user_attrs["latency_ms"])
+            bar.set_postfix_str(
+                f"best #{best.number} {best.values[0]:.3f} @ "
+                f"{best.user_attrs['latency_ms']:.3f} ms | fastest #{fastest.number} "
+                f"{fastest.values[0]:.3f} @ {fastest.user_attrs['latency_ms']:.3f} ms | "
+                f"front {len(front)}")
+
+    try:
+        study.optimize(objective, n_trials=remaining + 3, gc_after_trial=False,
+                       callbacks=[MaxTrialsCallback(cfg.search.n_trials,
+                                                    states=(TrialState.COMPLETE,)), progress])
+    finally:
+        bar.close()
+
+
+def write_outputs(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Path,
+                  seconds: float) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rows:
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(out_dir / "pareto.csv", buf.getvalue())
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+              for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING,
+                        TrialState.WAITING)}
+    summary = {"study": study.study_name, "storage": redact(cfg.storage.url),
+               "device": cfg.device.name, "objectives": cfg.search.objectives,
+               "trials": counts, "this_run_seconds": round(seconds, 1), "pareto": rows,
+               "energy": "modelled: device power x predicted latency"}
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=1))

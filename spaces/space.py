@@ -1,0 +1,154 @@
+"""The search space, and sampling an :class:`Arch` from it define-by-run.
+
+``sample_arch`` takes anything with Optuna's ``suggest_categorical`` (an Optuna trial, a
+``FixedTrial``, or :class:`RandomChoices` for uniform sampling without a study). This is the
+only module that names the search parameters.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from spaces.arch import ACTIVATIONS, ALL_BITS, BLOCK_KINDS, KERNELS, Arch, Stage
+
+
+class SpaceError(ValueError):
+    """A search-space configuration that cannot be sampled."""
+
+
+@dataclass
+class StageChoices:
+    """Choices for one stage; ``stride`` is fixed per stage (it sets the feature-map sizes)."""
+
+    stride: int = 2
+    out_chs: list[int] = field(default_factory=lambda: [16, 24, 32])
+    depth: list[int] = field(default_factory=lambda: [1, 2])
+    block: list[str] = field(default_factory=lambda: ["ds", "ir"])
+
+
+@dataclass
+class SpaceConfig:
+    """The default space: small MobileNet-style networks for 28x28 to 32x32 images.
+
+    Defaults are sized so that one proxy training takes seconds on 2 CPU cores.
+    """
+
+    name: str = "mobilenet"
+    resolution: list[int] = field(default_factory=lambda: [28, 32])
+    stem_chs: list[int] = field(default_factory=lambda: [8, 16, 24])
+    head_chs: list[int] = field(default_factory=lambda: [64, 128, 256])
+    kernel: list[int] = field(default_factory=lambda: [3, 5, 7])
+    expansion: list[int] = field(default_factory=lambda: [2, 3, 4, 6])
+    se_ratio: list[float] = field(default_factory=lambda: [0.0, 0.25])
+    act: list[str] = field(default_factory=lambda: ["relu", "hswish"])
+    prune_ratio: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5])
+    stages: list[StageChoices] = field(default_factory=lambda: [
+        StageChoices(stride=1, out_chs=[8, 16], depth=[1], block=["ds", "ir"]),
+        StageChoices(stride=2, out_chs=[16, 24, 32], depth=[1, 2, 3], block=["ds", "ir"]),
+        StageChoices(stride=2, out_chs=[32, 48, 64], depth=[1, 2, 3], block=["ds", "ir"]),
+        StageChoices(stride=2, out_chs=[64, 96, 128], depth=[1, 2], block=["ds", "ir"]),
+    ])
+
+    def validate(self) -> None:
+        """Raise :class:`SpaceError` naming every bad choice."""
+        problems = []
+
+        def check(name: str, values: Sequence[Any], allowed: Sequence[Any] | None = None,
+                  positive: bool = False) -> None:
+            if not values:
+                problems.append(f"space.{name} is empty")
+            for v in values:
+                if allowed is not None and v not in allowed:
+                    problems.append(f"space.{name} has {v!r}, not one of {list(allowed)}")
+                if positive and (not isinstance(v, int) or v < 1):
+                    problems.append(f"space.{name} has {v!r}, not a positive integer")
+
+        check("resolution", self.resolution, positive=True)
+        check("stem_chs", self.stem_chs, positive=True)
+        check("head_chs", self.head_chs, positive=True)
+        check("kernel", self.kernel, KERNELS)
+        check("expansion", self.expansion, positive=True)
+        check("act", self.act, ACTIVATIONS)
+        check("se_ratio", self.se_ratio)
+        check("prune_ratio", self.prune_ratio)
+        problems += [f"space.se_ratio has {v}, outside [0, 1)" for v in self.se_ratio
+                     if not 0 <= v < 1]
+        problems += [f"space.prune_ratio has {v}, outside [0, 1)" for v in self.prune_ratio
+                     if not 0 <= v < 1]
+        if not self.stages:
+            problems.append("space.stages is empty")
+        for i, st in enumerate(self.stages):
+            if st.stride not in (1, 2):
+                problems.append(f"space.stages[{i}].stride is {st.stride}, not 1 or 2")
+            check(f"stages[{i}].out_chs", st.out_chs, positive=True)
+            check(f"stages[{i}].depth", st.depth, positive=True)
+            check(f"stages[{i}].block", st.block, BLOCK_KINDS)
+        if problems:
+            raise SpaceError("the search space is not valid: " + "; ".join(problems)
+                             + ". Fix these values in conf/space/ or on the command line.")
+
+
+class Suggester(Protocol):
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+
+class RandomChoices:
+    """Uniform sampling with a seeded generator, for use without an Optuna study."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.params: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        value = self.rng.choice(list(choices))
+        self.params[name] = value
+        return value
+
+
+def sample_arch(trial: Suggester, space: SpaceConfig, *, in_chans: int, input_size: int,
+                num_classes: int, bits: Sequence[int]) -> Arch:
+    """Sample an architecture define-by-run.
+
+    Args:
+        trial: an Optuna trial or anything with ``suggest_categorical``.
+        space: the choices.
+        in_chans, input_size, num_classes: what the dataset gives.
+        bits: the bit-widths the target device supports (each layer picks one).
+    """
+    bits = [int(b) for b in bits]
+    bad = [b for b in bits if b not in ALL_BITS]
+    if not bits or bad:
+        raise SpaceError(f"bit-widths {bad or bits} are not supported; use a subset of "
+                         f"{list(ALL_BITS)}")
+
+    def pick(name: str, choices: Sequence[Any]) -> Any:
+        return trial.suggest_categorical(name, list(choices))
+
+    resolution = pick("resolution", space.resolution)
+    stem_chs = pick("stem_chs", space.stem_chs)
+    stem_bits = pick("stem_bits", bits)
+    stages = []
+    for i, st in enumerate(space.stages):
+        block = pick(f"s{i}_block", st.block)
+        expansion = pick(f"s{i}_expansion", space.expansion) if block == "ir" else 1
+        depth = pick(f"s{i}_depth", st.depth)
+        stages.append(Stage(
+            block=block,
+            kernel=pick(f"s{i}_kernel", space.kernel),
+            expansion=expansion,
+            se_ratio=float(pick(f"s{i}_se_ratio", space.se_ratio)),
+            act=pick(f"s{i}_act", space.act),
+            depth=depth,
+            stride=st.stride,
+            out_chs=pick(f"s{i}_out_chs", st.out_chs),
+            prune_ratio=float(pick(f"s{i}_prune_ratio", space.prune_ratio)),
+            bits=tuple(pick(f"s{i}_b{b}_bits", bits) for b in range(depth)),
+        ))
+    return Arch(
+        in_chans=in_chans, input_size=input_size, num_classes=num_classes,
+        resolution=resolution, stem_chs=stem_chs, stem_bits=stem_bits, stages=tuple(stages),
+        head_chs=pick("head_chs", space.head_chs), head_bits=pick("head_bits", bits),
+        classifier_bits=pick("classifier_bits", bits),
+    )

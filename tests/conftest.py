@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny architectures, a CLI runner that works from any folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spaces.arch import Arch, Stage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_arch(bits: int = 32, prune: float = 0.0, se: float = 0.25, resolution: int = 28,
+              act: str = "hswish") -> Arch:
+    """Two stages, 28x28 input: builds and trains in milliseconds."""
+    return Arch(
+        in_chans=1, input_size=28, num_classes=4, resolution=resolution, stem_chs=8,
+        stem_bits=bits,
+        stages=(
+            Stage("ds", 3, 1, se, "relu", 1, 1, 8, 0.0, (bits,)),
+            Stage("ir", 5, 3, se, act, 2, 2, 16, prune, (bits, 32)),
+        ),
+        head_chs=32, head_bits=bits, classifier_bits=32,
+    )
+
+
+@pytest.fixture
+def arch() -> Arch:
+    return tiny_arch()
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m ...`` in a subprocess, with the repository importable."""
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore",
+                    HYDRA_FULL_ERROR="0")
+    full_env.pop("EDGENAS_DEBUG", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def search_args(tmp: Path, *extra: str, device: str = "rpi4") -> list[str]:
+    """A fast search on synthetic data with everything under ``tmp``."""
+    return ["-m", "search", f"+device={device}", "data=synthetic", "proxy=zero_cost",
+            f"storage.url=sqlite:///{tmp}/study.db", f"out_dir={tmp}/out",
+            f"cache_dir={tmp}/cache", "search.n_trials=3", "search.threads=1", *extra]

@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+import pytest
+
+from latency_models.model import DeviceModel, DeviceModelError
+from latency_models.ops import Op, arch_ops
+from latency_models.sources import MeasurementError, read_fbnet
+from search.config import MODEL_DIR
+from tests.conftest import tiny_arch
+from tests.test_arch import sample
+
+
+def synthetic_samples(n=60, seed=0):
+    """Networks priced by known per-kind costs: conv 2 ms/MMAC, pw 1 ms/MMAC, 0.01 ms/op."""
+    rng = np.random.default_rng(seed)
+    samples, ys = [], []
+    for _ in range(n):
+        ops = [Op("conv", int(rng.integers(1e4, 1e6)), int(rng.integers(1e3, 1e5))),
+               Op("pwconv", int(rng.integers(1e4, 1e6)), int(rng.integers(1e3, 1e5))),
+               Op("eltwise", 0, int(rng.integers(1e3, 1e5)))]
+        y = 2 * ops[0].macs / 1e6 + ops[1].macs / 1e6 + 0.03 + 0.05
+        samples.append(ops)
+        ys.append(y)
+    return samples, ys
+
+
+def test_fit_recovers_known_costs_and_predicts_unseen():
+    samples, ys = synthetic_samples()
+    model = DeviceModel("dev", power_w=2.0).fit(samples[:50], ys[:50])
+    for ops, y in zip(samples[50:], ys[50:]):
+        pred = model.predict(ops)
+        assert pred.latency_ms == pytest.approx(y, rel=1e-3)
+        assert pred.energy_mj == pytest.approx(2.0 * pred.latency_ms)
+        assert pred.provenance["latency"] == "regressed"
+        assert pred.provenance["energy"] == "modelled"
+
+
+def test_measured_networks_are_looked_up():
+    samples, ys = synthetic_samples()
+    model = DeviceModel("dev", power_w=1.0).fit(samples, ys)
+    model.add_measurements(samples[:1], [123.0])
+    pred = model.predict(samples[0])
+    assert pred.latency_ms == 123.0 and pred.provenance["latency"] == "measured"
+
+
+def test_missing_precision_uses_labelled_fallback_or_fails():
+    samples, ys = synthetic_samples()
+    int8 = [Op(o.kind, o.macs, o.elems, 8) for o in samples[0]]
+    model = DeviceModel("dev", power_w=1.0, fallback={"8": 32}).fit(samples, ys)
+    pred = model.predict(int8)
+    assert pred.provenance["latency"] == "modelled" and "8-bit as 32-bit" in \
+        pred.provenance["note"]
+    with pytest.raises(DeviceModelError, match="no latency model for 8-bit"):
+        DeviceModel("dev", power_w=1.0).fit(samples, ys).predict(int8)
+
+
+def test_extrapolation_is_flagged():
+    samples, ys = synthetic_samples()
+    model = DeviceModel("dev", power_w=1.0).fit(samples, ys)
+    assert not model.predict(samples[0]).provenance["extrapolated"]
+    huge = samples[0] + [Op("dwconv", 10**9, 10**7)]
+    assert model.predict(huge).provenance["extrapolated"]
+
+
+def test_save_load_round_trip_and_tamper_checks(tmp_path):
+    samples, ys = synthetic_samples()
+    model = DeviceModel("dev", power_w=1.5, fallback={"8": 32}).fit(samples, ys)
+    path = tmp_path / "dev.json"
+    model.save(path)
+    again = DeviceModel.load(path)
+    assert again.hash == model.hash
+    assert again.predict(samples[3]).latency_ms == model.predict(samples[3]).latency_ms
+    data = json.loads(path.read_text())
+    data["power_w"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(DeviceModelError, match="edited after fitting"):
+        DeviceModel.load(path)
+    data["format_version"] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(DeviceModelError, match="format version 0"):
+        DeviceModel.load(path)
+    path.write_text("{corrupt")
+    with pytest.raises(DeviceModelError, match="not valid JSON"):
+        DeviceModel.load(path)
+    path.write_text("")
+    with pytest.raises(DeviceModelError, match="not valid JSON"):
+        DeviceModel.load(path)
+
+
+@pytest.mark.parametrize("device", ["rpi4", "host"])
+def test_shipped_device_models_load_and_price_the_space(device):
+    model = DeviceModel.load(MODEL_DIR / f"{device}.json")
+    lat = [model.predict(arch_ops(sample(s, bits=(32, 8)))).latency_ms for s in range(20)]
+    assert all(0 < v < 100 for v in lat)
+    small, big = tiny_arch(), sample(17)
+    assert model.predict(arch_ops(small)).latency_ms < model.predict(arch_ops(big)).latency_ms
+
+
+def test_fbnet_table_reads_and_rejects_bad_files(tmp_path):
+    samples, ys, keys = read_fbnet(MODEL_DIR / "hwnasbench_fbnet_blocks.csv", "raspi4_latency")
+    assert len(samples) == len(ys) > 100 and all(y > 0 for y in ys)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("key,op,H\nx,ConvBlock,8\n")
+    with pytest.raises(MeasurementError, match="lacks the columns"):
+        read_fbnet(bad, "raspi4_latency")
+    lines = (MODEL_DIR / "hwnasbench_fbnet_blocks.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index("raspi4_latency")] = "-1"
+    bad.write_text("\n".join([lines[0], ",".join(row)]))
+    with pytest.raises(MeasurementError, match="not a positive time"):
+        read_fbnet(bad, "raspi4_latency")
