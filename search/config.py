@@ -170,13 +170,12 @@ def validate(c: Config) -> None:
                         f"{list(ALL_BITS)}")
     if c.proxy.kind not in ("distill", "zero_cost"):
         problems.append(f"proxy.kind={c.proxy.kind!r} is not 'distill' or 'zero_cost'")
-    if c.proxy.kind == "distill":
-        for name in ("train_images", "val_images", "epochs", "batch"):
-            if getattr(c.proxy, name) < 1:
-                problems.append(f"proxy.{name}={getattr(c.proxy, name)} must be at least 1 "
-                                "(use proxy=zero_cost for a search without training)")
-        if not 0 <= c.proxy.alpha <= 1 or c.proxy.temperature <= 0:
-            problems.append("proxy.alpha must be in [0, 1] and proxy.temperature positive")
+    for name in ("train_images", "val_images", "epochs", "batch"):
+        if getattr(c.proxy, name) < 1:
+            problems.append(f"proxy.{name}={getattr(c.proxy, name)} must be at least 1 "
+                            "(use proxy=zero_cost for a search without training)")
+    if not 0 <= c.proxy.alpha <= 1 or c.proxy.temperature <= 0:
+        problems.append("proxy.alpha must be in [0, 1] and proxy.temperature positive")
     if c.proxy.teacher.epochs < 1:
         problems.append(f"proxy.teacher.epochs={c.proxy.teacher.epochs} must be at least 1")
     if c.export.epochs < 1:

@@ -1,0 +1,54 @@
+"""A trial cut off by kill -9 is marked failed by the heartbeat and run again on resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from tests.conftest import ROOT, run_cli, search_args
+
+NAME = "rpi4-synthetic-mobilenet"
+
+
+def test_kill_9_mid_trial_then_resume_reruns_it(tmp_path):
+    args = search_args(tmp_path, "proxy=distill", "proxy.train_images=512",
+                       "proxy.val_images=64", "proxy.epochs=12", "proxy.teacher.epochs=1",
+                       "search.heartbeat_s=1", "search.n_trials=3", "search.sampler=random")
+    storage = f"sqlite:///{tmp_path}/study.db"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        running = None
+        while time.time() < deadline and running is None:
+            time.sleep(0.5)
+            try:
+                study = optuna.load_study(study_name=NAME, storage=storage)
+            except KeyError:
+                continue
+            states = {t.number: t.state for t in study.trials}
+            if any(s == TrialState.COMPLETE for s in states.values()):
+                running = next((n for n, s in states.items() if s == TrialState.RUNNING), None)
+        assert running is not None, "no trial was running after the first one completed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed = optuna.load_study(study_name=NAME, storage=storage).trials[running]
+    assert killed.state == TrialState.RUNNING  # as a power loss leaves it
+    time.sleep(3)  # past the heartbeat's grace period (2 x search.heartbeat_s)
+
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name=NAME, storage=storage)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3
+    assert study.trials[running].state == TrialState.FAIL
+    retried = [t for t in done if t.system_attrs.get("failed_trial") == running]
+    assert len(retried) == 1 and retried[0].params == killed.params

@@ -1,0 +1,147 @@
+"""The main command end to end on synthetic data, and every bad input the spine names."""
+
+import gzip
+import hashlib
+import shutil
+import sqlite3
+
+import optuna
+import pytest
+
+from tests.conftest import run_cli, search_args
+
+
+def complete(db, name="rpi4-synthetic-mobilenet"):
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_clean_error(result, *needles):
+    assert result.returncode != 0, result.stdout + result.stderr
+    text = result.stdout + result.stderr
+    assert "Traceback" not in text, text
+    for needle in needles:
+        assert needle in text, text
+
+
+def test_search_runs_then_resumes_to_the_total(tmp_path):
+    first = run_cli(*search_args(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "Pareto-optimal trials" in first.stdout and "study: rpi4-synthetic-mobilenet" in \
+        first.stdout
+    assert len(complete(tmp_path / "study.db")) == 3
+    assert (tmp_path / "out" / "summary.json").is_file()
+    again = run_cli(*search_args(tmp_path))
+    assert again.returncode == 0 and "nothing to run" in again.stdout
+    assert len(complete(tmp_path / "study.db")) == 3
+    more = run_cli(*search_args(tmp_path, "search.n_trials=5"))
+    assert more.returncode == 0 and "running 2 more" in more.stdout
+    trials = complete(tmp_path / "study.db")
+    assert len(trials) == 5
+    attrs = trials[0].user_attrs
+    for key in ("arch_json", "latency_ms", "energy_mj", "size_kib", "params", "macs", "bits"):
+        assert key in attrs
+    assert attrs["provenance"]["energy"] == "modelled"
+
+
+def test_distilled_proxy_trains_against_a_cached_teacher(tmp_path):
+    args = search_args(tmp_path, "proxy=distill", "proxy.train_images=256",
+                       "proxy.val_images=64", "proxy.epochs=1", "proxy.teacher.epochs=1",
+                       "search.n_trials=2")
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "teacher resnet10t: test accuracy" in result.stdout
+    trials = complete(tmp_path / "study.db")
+    assert all(0 <= t.values[0] <= 1 and t.user_attrs["proxy_cost_s"] > 0 for t in trials)
+    assert all("proxy_teacher_agreement" in t.user_attrs for t in trials)
+    assert len(list((tmp_path / "cache" / "teacher").glob("*/model.safetensors"))) == 1
+
+
+def test_unknown_device_lists_the_known_ones(tmp_path):
+    result = run_cli(*search_args(tmp_path, device="pi9000"))
+    assert_clean_error(result, "pi9000", "rpi4", "host")
+
+
+def test_no_device_says_how_to_choose_one(tmp_path):
+    args = [a for a in search_args(tmp_path) if not a.startswith("+device")]
+    assert_clean_error(run_cli(*args), "+device=NAME", "rpi4")
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("search.n_trails=3", "n_trails"),
+    ("search.n_trials=abc", "n_trials"),
+    ("search.n_trials=0", "search.n_trials=0"),
+    ("budget.latency_ms=-1", "budget.latency_ms=-1"),
+    ("search.sampler=cmaes", "search.sampler"),
+    ("proxy.epochs=0", "proxy.epochs=0"),
+    ("search.n_trials==", "n_trials"),
+    ("device.bits=[32,3]", "device.bits"),
+])
+def test_malformed_or_bad_overrides(tmp_path, override, needle):
+    assert_clean_error(run_cli(*search_args(tmp_path, override)), needle)
+
+
+def test_budget_no_architecture_can_meet(tmp_path):
+    result = run_cli(*search_args(tmp_path, "budget.latency_ms=0.0001"))
+    assert_clean_error(result, "budget.latency_ms=0.0001 cannot be met", "smallest latency_ms")
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_missing_and_corrupt_dataset(tmp_path):
+    args = search_args(tmp_path, "data=fashion_mnist", f"data.root={tmp_path}/none")
+    assert_clean_error(run_cli(*args), "Fashion-MNIST is not in",
+                       "apt-get install dataset-fashion-mnist")
+    root = tmp_path / "fm"
+    root.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        with gzip.open(root / name, "wb") as f:
+            f.write(b"\x00\x00\x08\x03" + b"\x00\x00\x00\x05" * 3 + b"short")
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    args = search_args(tmp_path, "data=fashion_mnist", f"data.root={root}")
+    assert_clean_error(run_cli(*args), "truncated", "reinstall")
+
+
+def test_image_folder_problems(tmp_path):
+    empty = tmp_path / "imgs"
+    empty.mkdir()
+    args = search_args(tmp_path, "data=imagefolder", f"data.root={empty}")
+    assert_clean_error(run_cli(*args), "0 class folder")
+    (empty / "a").mkdir()
+    (empty / "b").mkdir()
+    assert_clean_error(run_cli(*args), "no images")
+    (empty / "a" / "x.png").write_bytes(b"not a png")
+    assert_clean_error(run_cli(*args), "cannot read image", "x.png")
+
+
+def test_resuming_with_another_setup_is_refused_and_the_db_untouched(tmp_path):
+    assert run_cli(*search_args(tmp_path)).returncode == 0
+    db = tmp_path / "study.db"
+    before = digest(db)
+    other_space = "space.stem_chs=[8]"
+    result = run_cli(*search_args(tmp_path, other_space, "study.name=rpi4-synthetic-mobilenet"))
+    assert_clean_error(result, "different setup", "space_hash", "study.name=NEW_NAME")
+    other_device = run_cli(*search_args(tmp_path, "study.name=rpi4-synthetic-mobilenet",
+                                        device="host"))
+    assert_clean_error(other_device, "device_model_hash")
+    assert digest(db) == before
+
+
+def test_corrupt_or_foreign_sqlite_file_is_never_overwritten(tmp_path):
+    db = tmp_path / "study.db"
+    db.write_bytes(b"this is not sqlite" * 10)
+    before = digest(db)
+    assert_clean_error(run_cli(*search_args(tmp_path)), "not a SQLite database")
+    assert digest(db) == before
+
+
+def test_password_is_never_printed(tmp_path):
+    result = run_cli(*search_args(tmp_path,
+                                  "storage.url=postgresql://user:s3cret@127.0.0.1:1/db"))
+    assert result.returncode != 0
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
