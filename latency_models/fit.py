@@ -13,42 +13,16 @@ predicted by the regressor alone (no lookup of the held-out unit).
 
 from __future__ import annotations
 
-import csv
 import sys
 
 import numpy as np
 
 from latency_models.model import DeviceModel
-from latency_models.ops import Op, arch_ops
-from latency_models.sources import MeasurementError, read_fbnet
-from spaces.arch import Arch, ArchError
+from latency_models.ops import Op
+from latency_models.sources import MeasurementError, read_fbnet, read_profile
 
 USAGE = ("usage: python -m latency_models.fit device=NAME (measurements=FILE.csv | "
          "fbnet=FILE.csv column=COLUMN) power_w=WATTS [power_source=TEXT] out=FILE.json")
-
-
-def read_profile(path: str) -> tuple[list[list[Op]], list[float]]:
-    """Op lists and median latencies from a ``latency_models.profile`` CSV."""
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise MeasurementError(f"measurement file {path} does not exist") from None
-    if not rows:
-        raise MeasurementError(f"measurement file {path} has no rows")
-    missing = [c for c in ("arch_json", "median_ms") if c not in rows[0]]
-    if missing:
-        raise MeasurementError(f"measurement file {path} lacks the columns {missing}")
-    samples, ys = [], []
-    for i, row in enumerate(rows):
-        try:
-            samples.append(arch_ops(Arch.from_json(row["arch_json"])))
-            ys.append(float(row["median_ms"]))
-        except (ArchError, ValueError) as exc:
-            raise MeasurementError(f"{path} row {i + 2}: {exc}") from None
-        if not ys[-1] > 0:
-            raise MeasurementError(f"{path} row {i + 2}: median_ms {ys[-1]} is not positive")
-    return samples, ys
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,4 +1,6 @@
-"""Read public device measurements into op lists (the units a device model is fitted on).
+"""Read device measurements into op lists (the units a device model is fitted on).
+
+The project's own profiler CSV (``latency_models.profile``): one whole network per row.
 
 HW-NAS-Bench's FBNet block table (``hwnasbench_fbnet_blocks.csv``): each row is one block
 measured alone. A ``ConvBlock`` is 1x1 expand, kxk depthwise, 1x1 project, BN and ReLU, with a
@@ -13,8 +15,8 @@ from __future__ import annotations
 import csv
 import os
 
-from latency_models.ops import Op
-from spaces.arch import conv_out_size
+from latency_models.ops import Op, arch_ops
+from spaces.arch import Arch, ArchError, conv_out_size
 
 COLUMNS = ("op", "H", "cin", "cout", "exp", "kernel", "stride", "group")
 
@@ -57,19 +59,43 @@ def fbnet_row_ops(row: dict) -> list[Op] | None:
     return None
 
 
-def read_fbnet(path: str | os.PathLike, column: str) -> tuple[list[list[Op]], list[float],
-                                                              list[str]]:
-    """Op lists, latencies (ms) and keys of the usable rows of the FBNet block table."""
+def read_rows(path: str | os.PathLike, required: tuple[str, ...]) -> list[dict]:
+    """The rows of a measurement CSV that has at least one row and the ``required`` columns."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except FileNotFoundError:
         raise MeasurementError(f"measurement file {path} does not exist") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise MeasurementError(f"measurement file {path} is not a readable CSV ({exc})") \
+            from None
     if not rows:
         raise MeasurementError(f"measurement file {path} is empty")
-    missing = [c for c in COLUMNS + (column,) if c not in rows[0]]
+    missing = [c for c in required if c not in rows[0]]
     if missing:
         raise MeasurementError(f"measurement file {path} lacks the columns {missing}")
+    return rows
+
+
+def read_profile(path: str | os.PathLike) -> tuple[list[list[Op]], list[float]]:
+    """Op lists and median latencies (ms) from a ``latency_models.profile`` CSV."""
+    samples, ys = [], []
+    for i, row in enumerate(read_rows(path, ("arch_json", "median_ms"))):
+        try:
+            samples.append(arch_ops(Arch.from_json(row["arch_json"])))
+            ys.append(float(row["median_ms"]))
+        except (ArchError, ValueError) as exc:
+            raise MeasurementError(f"{path} row {i + 2}: {exc}") from None
+        if not ys[-1] > 0:
+            raise MeasurementError(f"{path} row {i + 2}: median_ms {ys[-1]} is not a "
+                                   "positive time in milliseconds")
+    return samples, ys
+
+
+def read_fbnet(path: str | os.PathLike, column: str) -> tuple[list[list[Op]], list[float],
+                                                              list[str]]:
+    """Op lists, latencies (ms) and keys of the usable rows of the FBNet block table."""
+    rows = read_rows(path, COLUMNS + (column,))
     samples, ys, keys = [], [], []
     for i, row in enumerate(rows):
         ops = fbnet_row_ops(row)

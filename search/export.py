@@ -23,6 +23,7 @@ import optuna
 import torch
 from omegaconf import DictConfig
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from latency_models.ops import arch_ops, onnx_ops, signature
 from latency_models.profile import all_bits, cpu_name, measure_many
@@ -87,9 +88,13 @@ def export_trial(cfg: Config, trial: optuna.trial.FrozenTrial, dataset: Dataset,
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
     recipe = Recipe(epochs=cfg.export.epochs, batch=cfg.export.batch, lr=cfg.export.lr,
                     temperature=cfg.proxy.temperature, alpha=cfg.proxy.alpha, hflip=True)
+    soft = teacher.logits(train_idx)
+    steps = round(recipe.epochs * -(-len(train_idx) // recipe.batch))
     start = time.time()
-    model = train_candidate(arch, dataset.train_x[train_idx], dataset.train_y[train_idx],
-                            teacher.logits(train_idx), recipe, seed=cfg.seed)
+    with tqdm(total=steps, desc=f"trial {trial.number}: final training", unit="step",
+              leave=False) as bar:
+        model = train_candidate(arch, dataset.train_x[train_idx], dataset.train_y[train_idx],
+                                soft, recipe, seed=cfg.seed, on_step=lambda _: bar.update())
     train_s = time.time() - start
     detach_fake_quant(model).eval()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -52,10 +52,12 @@ def prepare_proxy_data(cfg: Config, dataset: Dataset,
 
 
 def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
-                    teacher: Optional[torch.Tensor], recipe: Recipe, seed: int = 0) -> nn.Module:
+                    teacher: Optional[torch.Tensor], recipe: Recipe, seed: int = 0,
+                    on_step: Optional[Callable[[int], None]] = None) -> nn.Module:
     """Train ``arch`` as deployed: dense, prune half-way, fine-tune with fake quantization.
 
     Returns the pruned model with fake quantization still attached (detach it for export).
+    ``on_step`` is called after every optimizer step (for progress bars).
     """
     torch.manual_seed(seed)
     quantized = any(b < 32 for b in arch.bits)
@@ -64,12 +66,12 @@ def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
         attach_fake_quant(model, arch)
     trainer = Trainer(model, x, y, teacher, recipe, seed=seed)
     if arch.is_pruned:
-        trainer.run(steps=trainer.total_steps // 2)
+        trainer.run(steps=trainer.total_steps // 2, on_step=on_step)
         model = prune_model(trainer.model, arch)
         if quantized:
             attach_fake_quant(model, arch)
         trainer.set_model(model)
-    trainer.run()
+    trainer.run(on_step=on_step)
     return model.eval()
 
 

@@ -128,13 +128,26 @@ def run_search(cfg: Config) -> None:
     print_table(cfg, study, rows, out_dir, console)
 
 
+MAX_FAILURES = 5
+
+
 def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int,
                remaining: int) -> None:
+    """Run until the study has ``search.n_trials`` complete trials (across all workers).
+
+    A candidate whose training fails (e.g. diverges) fails its trial and the search goes on;
+    after ``MAX_FAILURES`` failures in one run it stops, since something is wrong.
+    """
     bar = tqdm(total=cfg.search.n_trials, initial=done, desc="trials", unit="trial")
+    failures = []
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
             bar.update()
+        elif trial.state == TrialState.FAIL:
+            failures.append(trial.number)
+            if len(failures) >= MAX_FAILURES:
+                study.stop()
         front = pareto_trials(study)
         if front:
             best = front[0]
@@ -146,11 +159,16 @@ def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int
                 f"front {len(front)}")
 
     try:
-        study.optimize(objective, n_trials=remaining + 3, gc_after_trial=False,
+        study.optimize(objective, n_trials=remaining + MAX_FAILURES, gc_after_trial=False,
+                       catch=(RuntimeError, ValueError, FloatingPointError),
                        callbacks=[MaxTrialsCallback(cfg.search.n_trials,
                                                     states=(TrialState.COMPLETE,)), progress])
     finally:
         bar.close()
+    if failures:
+        print(f"warning: {len(failures)} trial(s) failed in this run ({failures}); their "
+              "errors are in the study (optuna trial system attrs 'fail_reason')"
+              + ("; stopped early" if len(failures) >= MAX_FAILURES else ""))
 
 
 def write_outputs(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Path,

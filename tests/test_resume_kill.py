@@ -52,3 +52,33 @@ def test_kill_9_mid_trial_then_resume_reruns_it(tmp_path):
     assert study.trials[running].state == TrialState.FAIL
     retried = [t for t in done if t.system_attrs.get("failed_trial") == running]
     assert len(retried) == 1 and retried[0].params == killed.params
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_study(tmp_path):
+    args = search_args(tmp_path, "proxy=distill", "proxy.train_images=512",
+                       "proxy.val_images=64", "proxy.epochs=12", "proxy.teacher.epochs=1",
+                       "search.n_trials=4")
+    storage = f"sqlite:///{tmp_path}/study.db"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            time.sleep(0.5)
+            try:
+                trials = optuna.load_study(study_name=NAME, storage=storage).trials
+            except KeyError:
+                continue
+            if any(t.state == TrialState.COMPLETE for t in trials) and \
+                    any(t.state == TrialState.RUNNING for t in trials):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted" in err and "resume" in err and "Traceback" not in err
+    states = [t.state for t in optuna.load_study(study_name=NAME, storage=storage).trials]
+    assert TrialState.RUNNING not in states and TrialState.COMPLETE in states

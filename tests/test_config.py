@@ -1,0 +1,53 @@
+"""Config composition with Hydra's compose API (no app launch)."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from search.config import CONF_DIR, Config, known_devices, load
+from search.errors import UserError
+
+
+def make(*overrides: str) -> Config:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return load(compose(config_name="config", overrides=list(overrides)))
+
+
+def test_defaults_compose_into_typed_dataclasses():
+    cfg = make("+device=rpi4")
+    assert isinstance(cfg, Config)
+    assert cfg.device.name == "rpi4" and cfg.device.model_path().is_file()
+    assert cfg.data.kind == "fashion_mnist" and cfg.proxy.kind == "distill"
+    assert cfg.search.sampler == "nsga2" and cfg.search.objectives == ["accuracy", "latency_ms"]
+    assert cfg.study.name == "rpi4-fashion_mnist-mobilenet"
+    assert cfg.storage.url.startswith("sqlite:///studies/")
+    assert len(cfg.space.stages) == 4 and cfg.space.stages[1].stride == 2
+
+
+def test_overrides_reach_the_dataclasses():
+    cfg = make("+device=host", "proxy=zero_cost", "search.n_trials=7", "budget.size_kib=50",
+               "search.sampler=tpe", "data=synthetic")
+    assert cfg.proxy.kind == "zero_cost" and cfg.proxy.epochs >= 1
+    assert cfg.search.n_trials == 7 and cfg.budget.size_kib == 50.0
+    assert cfg.study.name == "host-synthetic-mobilenet"
+
+
+def test_known_devices_are_listed():
+    assert {"rpi4", "host"} <= set(known_devices())
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("search.objectives=[latency_ms]", "must include 'accuracy'"),
+    ("budget.energy_mj=0", "budget.energy_mj=0"),
+    ("space.kernel=[3,9]", "space.kernel has 9"),
+    ("data.kind=mnist", "data.kind='mnist'"),
+    ("proxy.alpha=2", "proxy.alpha"),
+])
+def test_invalid_values_are_named(override, needle):
+    with pytest.raises(UserError, match=None) as err:
+        make("+device=rpi4", override)
+    assert needle in str(err.value)
+
+
+def test_missing_device_is_a_user_error():
+    with pytest.raises(UserError, match=r"\+device=NAME"):
+        make()
