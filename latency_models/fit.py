@@ -1,10 +1,12 @@
 """Fit a device model from measurements and print its held-out accuracy.
 
     # this machine, from the project's own profiler
-    python -m latency_models.fit device=host measurements=latency_models/data/host_measurements.csv \
+    python -m latency_models.fit device=host \
+        measurements=latency_models/data/host_measurements.csv \
         power_w=15 out=latency_models/data/host.json
     # Raspberry Pi 4, from HW-NAS-Bench's FBNet block table
-    python -m latency_models.fit device=rpi4 fbnet=latency_models/data/hwnasbench_fbnet_blocks.csv \
+    python -m latency_models.fit device=rpi4 \
+        fbnet=latency_models/data/hwnasbench_fbnet_blocks.csv \
         column=raspi4_latency power_w=5.25 out=latency_models/data/rpi4.json
 
 Held-out accuracy is 5-fold cross-validation over the measured units (networks or blocks),

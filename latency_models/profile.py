@@ -1,11 +1,13 @@
 """Profile this machine: measure sampled architectures with onnxruntime and write a CSV.
 
-    python -m latency_models.profile out=latency_models/data/host_measurements.csv n=160 seed=0
+    python -m latency_models.profile out=latency_models/data/host_measurements.csv \
+        n=200 seed=0
 
 Each sampled architecture is exported twice with random weights (all-fp32, and int8 QDQ on the
 layers it puts at 8 bits) and timed with onnxruntime's CPU execution provider, pinned to
-``threads`` threads, batch 1, after a warm-up, in interleaved rounds (see ``measure_many``). The CSV keeps the
-architecture JSON of each row, so a device model can be refitted without re-measuring.
+``threads`` threads, batch 1, after a warm-up, in interleaved rounds (see ``measure_many``).
+The CSV keeps the architecture JSON of each row, so a device model can be refitted without
+re-measuring.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """python -m search +device=NAME [overrides]: run (or resume) the architecture search."""
 
-import warnings
-
 import hydra
 from omegaconf import DictConfig
 
 from search.config import load
-from search.errors import guarded
+from search.errors import guarded, silence_library_warnings
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -17,8 +15,5 @@ def main(dc: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from optuna.exceptions import ExperimentalWarning
-
-    warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeat, retry
-    warnings.filterwarnings("ignore", category=UserWarning)
+    silence_library_warnings()
     main()

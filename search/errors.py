@@ -11,6 +11,18 @@ class UserError(Exception):
     """Something the user can fix; the message says what was wrong and how to fix it."""
 
 
+def silence_library_warnings() -> None:
+    """Hide libraries' notes that users cannot act on (Optuna's experimental-feature notes,
+    deprecation and tracer warnings); errors still surface as :class:`UserError`."""
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def debug_enabled(argv: list[str] | None = None) -> bool:
     argv = sys.argv if argv is None else argv
     return os.environ.get("EDGENAS_DEBUG") == "1" or "debug=true" in argv or "--debug" in argv

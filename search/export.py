@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import hydra
@@ -29,7 +28,7 @@ from latency_models.ops import arch_ops, onnx_ops, signature
 from latency_models.profile import all_bits, cpu_name, measure_many
 from search.config import Config, load
 from search.data import Dataset, load_dataset, to_float
-from search.errors import UserError, guarded
+from search.errors import UserError, guarded, silence_library_warnings
 from search.run import load_device_model
 from search.study import complete_trials, feasible, open_storage, pareto_trials, redact
 from search.teacher import TeacherCache
@@ -277,8 +276,5 @@ def main(dc: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from optuna.exceptions import ExperimentalWarning
-
-    warnings.filterwarnings("ignore", category=ExperimentalWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
+    silence_library_warnings()
     main()

@@ -11,8 +11,8 @@ def test_every_sampled_architecture_builds_and_runs_with_exact_channels():
         arch = sample(seed)
         for pruned in (False, True):
             model = build_model(arch, pruned).eval()
-            expected = [(l.in_chs, l.mid_chs, l.out_chs, l.rd_chs)
-                        for l in arch.layers(pruned) if l.kind in ("ds", "ir")]
+            expected = [(layer.in_chs, layer.mid_chs, layer.out_chs, layer.rd_chs)
+                        for layer in arch.layers(pruned) if layer.kind in ("ds", "ir")]
             assert built_channels(model) == expected
             assert sum(p.numel() for p in model.parameters()) == arch.params(pruned)
             assert model(x).shape == (2, 10)
@@ -21,7 +21,7 @@ def test_every_sampled_architecture_builds_and_runs_with_exact_channels():
 def test_squeeze_excitation_width_follows_timm_builder_rule():
     # EfficientNet builder (se_from_exp=False): SE width from the block *input* channels.
     arch = tiny_arch(se=0.25)
-    layers = {l.name: l for l in arch.layers()}
+    layers = {layer.name: layer for layer in arch.layers()}
     assert layers["s0.b0"].rd_chs == 2   # ds: round(8 * 0.25)
     assert layers["s1.b0"].rd_chs == 2   # ir: in 8, mid 24 -> round(8 * 0.25)
     assert layers["s1.b1"].rd_chs == 4   # ir: in 16, mid 48 -> round(16 * 0.25)
@@ -31,7 +31,7 @@ def test_squeeze_excitation_width_follows_timm_builder_rule():
 
 def test_pruned_expanded_widths_are_not_rounded():
     arch = tiny_arch(prune=0.25)
-    mids = [l.mid_chs for l in arch.layers() if l.kind == "ir"]
+    mids = [layer.mid_chs for layer in arch.layers() if layer.kind == "ir"]
     assert mids == [18, 27]  # 24 and 36 after removing 25%: not multiples of 8
     assert [c[1] for c in built_channels(build_model(arch))][1:] == mids
 

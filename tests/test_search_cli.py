@@ -2,8 +2,6 @@
 
 import gzip
 import hashlib
-import shutil
-import sqlite3
 
 import optuna
 import pytest
