@@ -174,9 +174,10 @@ class DeviceModel:
             prov = {"latency": "modelled" if "modelled" in sources else "regressed",
                     "extrapolated": extrapolated}
             if "modelled" in sources:
-                prov["note"] = ("precisions without measurements on this device priced as "
-                                + ", ".join(f"{k}-bit as {v}-bit" for k, v in
-                                            sorted(self.fallback.items())))
+                prov["note"] = "; ".join(
+                    f"{k}-bit ops priced as {v}-bit (no {k}-bit measurements for this device)"
+                    for k, v in sorted(self.fallback.items()) if any(op.bits == int(k)
+                                                                     for op in ops))
         prov.update(energy="modelled", device=self.device, model_hash=self.hash)
         return Prediction(ms, ms * self.power_w, prov)
 

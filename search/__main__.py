@@ -9,9 +9,13 @@ from search.errors import guarded, silence_library_warnings
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(dc: DictConfig) -> None:
-    from search.run import run_search
+    def go() -> None:
+        cfg = load(dc)  # config errors are reported before the heavy imports
+        from search.run import run_search
 
-    guarded(lambda: run_search(load(dc)))
+        run_search(cfg)
+
+    guarded(go)
 
 
 if __name__ == "__main__":

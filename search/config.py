@@ -4,6 +4,7 @@ library code only sees these dataclasses."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -92,6 +93,7 @@ class StorageConfig:
 @dataclass
 class StudyConfig:
     name: str = "???"
+    force: bool = False  # resume even if the setup changed (recorded in the study)
 
 
 @dataclass
@@ -148,8 +150,15 @@ def load(cfg: DictConfig) -> Config:
     return config
 
 
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
 def validate(c: Config) -> None:
     problems = []
+    if not SAFE_NAME.match(c.study.name):
+        problems.append(f"study.name={c.study.name!r} may only hold letters, digits, '.', '_' "
+                        "and '-' (at most 100, not starting with '.'), since it names files "
+                        "and folders")
     if c.search.sampler not in SAMPLERS:
         problems.append(f"search.sampler={c.search.sampler!r} is not one of {list(SAMPLERS)}")
     if c.search.n_trials < 1:

@@ -99,6 +99,8 @@ def export_trial(cfg: Config, trial: optuna.trial.FrozenTrial, dataset: Dataset,
 
     out_root.mkdir(parents=True, exist_ok=True)
     final = out_root / f"trial_{trial.number}"
+    for stale in out_root.glob(f".trial_{trial.number}.*"):  # left by a killed export
+        shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=f".trial_{trial.number}.", dir=out_root))
     try:
         fp32_path, int8_path = work / "model.onnx", work / "model.int8.onnx"
@@ -240,7 +242,7 @@ batch 1, median): model.onnx {h['model.onnx']['median_ms']:.3f} ms, model.int8.o
 
 def run_export(cfg: Config) -> None:
     torch.set_num_threads(cfg.search.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own messages say what failed
     storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if cfg.study.name not in names:

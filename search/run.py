@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
@@ -84,7 +85,7 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
                   "range.\nEnergy is modelled: device power x predicted latency (see "
                   f"conf/device/{cfg.device.name}.yaml).")
     console.print(f"study: {study.study_name} in {redact(cfg.storage.url)}")
-    console.print(f"outputs: {out_dir} (pareto.csv, summary.json)")
+    console.print(f"outputs: {out_dir} (pareto.csv, summary.json, config.json)")
     console.print(f"export: python -m search.export +device={cfg.device.name} select=pareto "
                   f"out={out_dir / 'export'}")
 
@@ -93,7 +94,7 @@ def run_search(cfg: Config) -> None:
     console = Console(width=None if Console().is_terminal else 160)
     torch.set_num_threads(cfg.search.threads)
     torch.manual_seed(cfg.seed)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own messages say what failed
     device_model = load_device_model(cfg)
     dataset = load_dataset(cfg.data, cfg.seed)
     objective = Objective(cfg, dataset.in_chans, dataset.size, dataset.num_classes,
@@ -185,6 +186,9 @@ def write_outputs(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: P
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
               for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING,
                         TrialState.WAITING)}
+    config = asdict(cfg)
+    config["storage"]["url"] = redact(cfg.storage.url)
+    write_text(out_dir / "config.json", json.dumps(config, indent=1))
     summary = {"study": study.study_name, "storage": redact(cfg.storage.url),
                "device": cfg.device.name, "objectives": cfg.search.objectives,
                "trials": counts, "this_run_seconds": round(seconds, 1), "pareto": rows,

@@ -71,11 +71,23 @@ def open_storage(url: str, heartbeat_s: int) -> optuna.storages.BaseStorage:
         return RDBStorage(
             url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-            engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {})
+            # Wait up to 30 s for a lock held by another process (unless the URL says ?timeout=)
+            engine_kwargs={"connect_args": {"timeout": 30}}
+            if url.startswith("sqlite") and "timeout=" not in url else {})
     except (SQLAlchemyError, ValueError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"cannot open the study storage {redact(url)}: {first}. Check "
-                        "storage.url; nothing was written") from None
+        raise storage_error(url, exc) from None
+
+
+def storage_error(url: str, exc: Exception) -> UserError:
+    """A one-paragraph message for a storage that cannot be opened or read."""
+    first = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+    if "locked" in first:
+        advice = ("another process holds a lock on it: wait for that process or use another "
+                  "storage.url")
+    else:
+        advice = "check storage.url (and that the database server is running)"
+    return UserError(f"cannot use the study storage {redact(url)}: {first}; {advice}. It was "
+                     "not modified")
 
 
 def make_sampler(cfg: Config, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -98,14 +110,25 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict) ->
             recorded = existing[name].user_attrs
             diff = [k for k in meta if k in recorded and recorded[k] != meta[k]]
             missing = [k for k in meta if k not in recorded]
-            if diff or len(missing) == len(meta):
+            foreign = len(missing) == len(meta)
+            if diff or foreign:
                 what = "; ".join(f"{k}: study has {recorded.get(k)!r}, now {meta[k]!r}"
                                  for k in diff) or "it was not created by this tool"
-                raise UserError(
-                    f"study {name!r} was created with a different setup ({what}). Its trials "
-                    f"would not be comparable, so it was not resumed and nothing was written. "
-                    f"Start a new study with study.name=NEW_NAME, or restore the original "
-                    "settings to resume it")
+                unforceable = {"objectives", "space_hash", "device_bits"} & set(diff)
+                if not cfg.study.force or foreign or unforceable:
+                    raise UserError(
+                        f"study {name!r} was created with a different setup ({what}). Its "
+                        "trials would not be comparable, so it was not resumed and nothing "
+                        "was written. Start a new study with study.name=NEW_NAME, restore the "
+                        "original settings, or pass study.force=true to resume it anyway (not "
+                        "possible across a different space, bit-widths or objectives, whose "
+                        "parameters Optuna cannot mix)")
+                print(f"warning: resuming study {name!r} despite a changed setup ({what}), "
+                      "as study.force=true asks; the change is recorded in the study")
+                study = optuna.load_study(study_name=name, storage=storage)
+                history = list(recorded.get("forced_resumes", []))
+                history.append({k: meta[k] for k in diff})
+                study.set_user_attr("forced_resumes", history)
             n = len(storage.get_all_trials(storage.get_study_id_from_name(name),
                                            deepcopy=False))
             return optuna.load_study(study_name=name, storage=storage,
@@ -117,10 +140,7 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict) ->
             study.set_user_attr(key, value)
         return study
     except SQLAlchemyError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"the study storage could not be read ({first}). If it is locked, "
-                        "another process holds it: wait or use another storage.url. It was "
-                        "not modified") from None
+        raise storage_error(cfg.storage.url, exc) from None
 
 
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -49,7 +49,7 @@ def test_missing_precision_uses_labelled_fallback_or_fails():
     int8 = [Op(o.kind, o.macs, o.elems, 8) for o in samples[0]]
     model = DeviceModel("dev", power_w=1.0, fallback={"8": 32}).fit(samples, ys)
     pred = model.predict(int8)
-    assert pred.provenance["latency"] == "modelled" and "8-bit as 32-bit" in \
+    assert pred.provenance["latency"] == "modelled" and "8-bit ops priced as 32-bit" in \
         pred.provenance["note"]
     with pytest.raises(DeviceModelError, match="no latency model for 8-bit"):
         DeviceModel("dev", power_w=1.0).fit(samples, ys).predict(int8)

@@ -126,7 +126,19 @@ def test_resuming_with_another_setup_is_refused_and_the_db_untouched(tmp_path):
     other_device = run_cli(*search_args(tmp_path, "study.name=rpi4-synthetic-mobilenet",
                                         device="host"))
     assert_clean_error(other_device, "device_model_hash")
+    other_data = run_cli(*search_args(tmp_path, "data.synthetic_images=256"))
+    assert_clean_error(other_data, "data_fingerprint")
     assert digest(db) == before
+    not_forceable = run_cli(*search_args(tmp_path, other_space, "study.force=true",
+                                         "study.name=rpi4-synthetic-mobilenet"))
+    assert_clean_error(not_forceable, "not possible across a different space")
+    assert digest(db) == before
+    forced = run_cli(*search_args(tmp_path, "data.synthetic_images=256", "study.force=true",
+                                  "study.name=rpi4-synthetic-mobilenet", "search.n_trials=4"))
+    assert forced.returncode == 0 and "study.force=true" in forced.stdout
+    study = optuna.load_study(study_name="rpi4-synthetic-mobilenet", storage=f"sqlite:///{db}")
+    assert "data_fingerprint" in study.user_attrs["forced_resumes"][0]
+    assert len(complete(db)) == 4
 
 
 def test_corrupt_or_foreign_sqlite_file_is_never_overwritten(tmp_path):
