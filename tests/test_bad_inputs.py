@@ -224,6 +224,8 @@ CASES = [
                                                                  '"power_w": 1'))),
     Case("file-measurements-missing-columns", lambda t: fit(t, f"measurements={t}/m.csv"),
          ("lacks the columns",), setup=lambda t: (t / "m.csv").write_text("a,b\n1,2\n")),
+    Case("file-measurements-empty", lambda t: fit(t, f"measurements={t}/m.csv"),
+         ("is empty",), setup=lambda t: (t / "m.csv").write_text("")),
     Case("file-measurements-negative-time", lambda t: fit(t, f"measurements={t}/m.csv"),
          ("row 5", "not a positive time"), setup=lambda t: measurement_csv(t, "-0.5")),
     Case("file-measurements-nan-time", lambda t: fit(t, f"measurements={t}/m.csv"),
@@ -309,6 +311,8 @@ def test_table_matches_the_tests():
             assert f'"{param.rstrip("]")}"' in source, ref
     ids = {n.split("[", 1)[1].rstrip("]") for n in named if "test_bad_input[" in n}
     assert ids == {c.id for c in CASES}
+    readme = (ROOT / "README.md").read_text()
+    assert all(f"test_bad_input[{c.id}]" in readme for c in CASES), "README table is stale"
 
 
 def test_atomic_write_leaves_nothing_on_a_crash(tmp_path):
@@ -380,3 +384,9 @@ def test_device_model_loaded_by_user_paths_is_plain_json(tmp_path):
     model = DeviceModel.load(MODEL_DIR / "rpi4.json")
     model.save(tmp_path / "m.json")
     assert json.loads((tmp_path / "m.json").read_text())["format"] == "edgenas-device-model"
+
+
+def test_debug_switch_shows_the_traceback(tmp_path):
+    result = run_cli(*fm(tmp_path, "debug=true"))
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "Fashion-MNIST is not in" in result.stderr
