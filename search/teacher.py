@@ -12,6 +12,7 @@ import json
 import pickle
 import time
 from dataclasses import asdict
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -73,16 +74,26 @@ class TeacherCache:
     def __init__(self, cfg: TeacherConfig, dataset: Dataset, cache_dir: str | Path,
                  val_images: int, seed: int = 0) -> None:
         self.cfg, self.dataset, self.seed, self.val_images = cfg, dataset, seed, val_images
-        recipe = dict(asdict(cfg), checkpoint=None, seed=seed, val_images=val_images,
-                      version=TEACHER_VERSION, data=dataset.fingerprint())
-        if cfg.checkpoint:
-            digest = hashlib.sha256(Path(cfg.checkpoint).expanduser().read_bytes()).hexdigest() \
-                if Path(cfg.checkpoint).expanduser().is_file() else "missing"
-            recipe["checkpoint"] = digest
-        self.key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-        self.dir = Path(cache_dir) / "teacher" / f"{dataset.name.replace(':', '-')}-{self.key}"
-        self.recipe = recipe
+        self.cache_dir = Path(cache_dir)
         self._model: nn.Module | None = None
+
+    @cached_property
+    def recipe(self) -> dict:
+        """Everything the teacher depends on (a user checkpoint by its content hash)."""
+        recipe = dict(asdict(self.cfg), checkpoint=None, seed=self.seed,
+                      val_images=self.val_images, version=TEACHER_VERSION,
+                      data=self.dataset.fingerprint())
+        if self.cfg.checkpoint:
+            path = Path(self.cfg.checkpoint).expanduser()
+            recipe["checkpoint"] = (hashlib.sha256(path.read_bytes()).hexdigest()
+                                    if path.is_file() else "missing")
+        return recipe
+
+    @cached_property
+    def dir(self) -> Path:
+        """The cache folder of this dataset and recipe."""
+        key = hashlib.sha256(json.dumps(self.recipe, sort_keys=True).encode()).hexdigest()[:16]
+        return self.cache_dir / "teacher" / f"{self.dataset.name.replace(':', '-')}-{key}"
 
     @property
     def meta(self) -> dict:

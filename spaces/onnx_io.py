@@ -72,12 +72,17 @@ def export_int8(fp32_path: str | os.PathLike, arch: Arch, path: str | os.PathLik
     if not nodes:
         write_bytes(path, graph.SerializeToString())
         return []
-    logging.getLogger("root").setLevel(logging.ERROR)  # ORT's pre-processing advice
-    with atomic_path(path) as tmp:
-        quantize_static(str(fp32_path), str(tmp), _Calibration(calibration),
-                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=True,
-                        nodes_to_quantize=nodes)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs its pre-processing advice to the root
+    try:
+        with atomic_path(path) as tmp:
+            quantize_static(str(fp32_path), str(tmp), _Calibration(calibration),
+                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, per_channel=True,
+                            nodes_to_quantize=nodes)
+    finally:
+        root.setLevel(level)
     return nodes
 
 
