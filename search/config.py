@@ -3,8 +3,8 @@ library code only sees these dataclasses."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 

@@ -88,7 +88,7 @@ def export_trial(cfg: Config, trial: optuna.trial.FrozenTrial, dataset: Dataset,
     recipe = Recipe(epochs=cfg.export.epochs, batch=cfg.export.batch, lr=cfg.export.lr,
                     temperature=cfg.proxy.temperature, alpha=cfg.proxy.alpha, hflip=True)
     soft = teacher.logits(train_idx)
-    steps = round(recipe.epochs * -(-len(train_idx) // recipe.batch))
+    steps = recipe.total_steps(len(train_idx))
     start = time.time()
     with tqdm(total=steps, desc=f"trial {trial.number}: final training", unit="step",
               leave=False) as bar:

@@ -22,8 +22,14 @@ from search.data import load_dataset
 from search.errors import UserError
 from search.objective import Objective, fastest_possible
 from search.proxy import prepare_proxy_data
-from search.study import (complete_trials, open_storage, open_study, pareto_trials, redact,
-                          study_meta)
+from search.study import (
+    complete_trials,
+    open_storage,
+    open_study,
+    pareto_trials,
+    redact,
+    study_meta,
+)
 from search.teacher import TeacherCache
 from spaces.files import write_text
 

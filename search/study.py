@@ -125,12 +125,12 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict) ->
                         "parameters Optuna cannot mix)")
                 print(f"warning: resuming study {name!r} despite a changed setup ({what}), "
                       "as study.force=true asks; the change is recorded in the study")
-                study = optuna.load_study(study_name=name, storage=storage)
+            study_id = storage.get_study_id_from_name(name)
+            if diff:  # forced: record what changed
                 history = list(recorded.get("forced_resumes", []))
                 history.append({k: meta[k] for k in diff})
-                study.set_user_attr("forced_resumes", history)
-            n = len(storage.get_all_trials(storage.get_study_id_from_name(name),
-                                           deepcopy=False))
+                storage.set_study_user_attr(study_id, "forced_resumes", history)
+            n = len(storage.get_all_trials(study_id, deepcopy=False))
             return optuna.load_study(study_name=name, storage=storage,
                                      sampler=make_sampler(cfg, n))
         study = optuna.create_study(

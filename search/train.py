@@ -28,6 +28,10 @@ class Recipe:
     alpha: float = 0.7  # 0: plain cross-entropy
     hflip: bool = False
 
+    def total_steps(self, n_images: int) -> int:
+        """Optimizer steps of the whole run over ``n_images`` images."""
+        return max(1, round(self.epochs * max(1, math.ceil(n_images / self.batch))))
+
 
 def kd_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: Optional[torch.Tensor],
             temperature: float, alpha: float) -> torch.Tensor:
@@ -50,8 +54,7 @@ class Trainer:
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  teacher: Optional[torch.Tensor], recipe: Recipe, seed: int = 0) -> None:
         self.x, self.y, self.teacher, self.recipe = x, y, teacher, recipe
-        self.steps_per_epoch = max(1, math.ceil(len(y) / recipe.batch))
-        self.total_steps = max(1, round(recipe.epochs * self.steps_per_epoch))
+        self.total_steps = recipe.total_steps(len(y))
         self.step = 0
         self.gen = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long)

@@ -33,15 +33,26 @@ def arch() -> Arch:
     return tiny_arch()
 
 
+def cli_env(extra: dict | None = None) -> dict:
+    """The environment of a CLI subprocess: the repository importable, warnings quiet."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
+    env.pop("EDGENAS_DEBUG", None)
+    env.update(extra or {})
+    return env
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
             timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m ...`` in a subprocess, with the repository importable."""
-    full_env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore",
-                    HYDRA_FULL_ERROR="0")
-    full_env.pop("EDGENAS_DEBUG", None)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=full_env,
+    """Run ``python -m ...`` in a subprocess and wait for it."""
+    return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=cli_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(args: list[str], capture: bool = False) -> subprocess.Popen:
+    """Start ``python -m ...`` in the background (to kill or interrupt it)."""
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=cli_env(), stdout=out,
+                            stderr=out, text=True)
 
 
 def search_args(tmp: Path, *extra: str, device: str = "rpi4") -> list[str]:

@@ -13,7 +13,6 @@ import pickle
 import re
 import struct
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,7 +24,7 @@ from PIL import Image
 
 from latency_models.model import DeviceModel
 from search.config import MODEL_DIR
-from tests.conftest import ROOT, run_cli, search_args
+from tests.conftest import ROOT, run_cli, search_args, start_cli
 
 TABLE = ROOT / "tests" / "BAD_INPUTS.md"
 
@@ -344,18 +343,10 @@ def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], delay: float) -
             proc.kill()
 
 
-def popen(args: list[str]) -> subprocess.Popen:
-    import os
-
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def test_kill_9_during_teacher_training_leaves_no_trusted_file(tmp_path):
     args = distill(tmp_path, "data.synthetic_images=128", "proxy.teacher.epochs=40",
                    "search.n_trials=1")
-    proc = popen(args)
+    proc = start_cli(args)
     kill_when(proc, lambda: (tmp_path / "study.db").exists(), delay=3.0)
     for d in (tmp_path / "cache" / "teacher").glob("*"):
         assert not (d / "meta.json").exists(), "a half-trained teacher was recorded"
@@ -371,7 +362,7 @@ def test_kill_9_during_export_leaves_no_folder_a_later_run_would_trust(tmp_path)
     out = tmp_path / "export"
     export = ["-m", "search.export"] + distill(tmp_path, *common)[2:] + [
         "select=best", f"out={out}", "export.calibration_images=16", "export.latency_runs=5"]
-    proc = popen(export + ["export.epochs=200"])
+    proc = start_cli(export + ["export.epochs=200"])
     kill_when(proc, lambda: (tmp_path / "cache" / "teacher").exists(), delay=6.0)
     assert not list(out.glob("trial_*")), "an unfinished export folder was left in place"
     result = run_cli(*export, "export.epochs=1")

@@ -2,14 +2,12 @@
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import optuna
 from optuna.trial import TrialState
 
-from tests.conftest import ROOT, run_cli, search_args
+from tests.conftest import run_cli, search_args, start_cli
 
 NAME = "rpi4-synthetic-mobilenet"
 
@@ -19,9 +17,7 @@ def test_kill_9_mid_trial_then_resume_reruns_it(tmp_path):
                        "proxy.val_images=64", "proxy.epochs=12", "proxy.teacher.epochs=1",
                        "search.heartbeat_s=1", "search.n_trials=3", "search.sampler=random")
     storage = f"sqlite:///{tmp_path}/study.db"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli(args)
     try:
         deadline = time.time() + 240
         running = None
@@ -59,9 +55,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_study(tmp_path):
                        "proxy.val_images=64", "proxy.epochs=12", "proxy.teacher.epochs=1",
                        "search.n_trials=4")
     storage = f"sqlite:///{tmp_path}/study.db"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli(args, capture=True)
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
