@@ -52,6 +52,26 @@ def guarded(fn: Callable[[], object]) -> object:
             SpaceError) as exc:
         report_and_exit(exc)
     except KeyboardInterrupt:
-        print("interrupted: the study keeps every finished trial; run the same command to "
-              "resume", file=sys.stderr)
-        sys.exit(130)
+        interrupted()
+    except Exception as exc:
+        # Ctrl-C landing inside a library's clean-up can surface as another exception
+        # raised while handling the KeyboardInterrupt.
+        if _caused_by_interrupt(exc):
+            interrupted()
+        raise
+
+
+def interrupted() -> None:
+    print("interrupted: the study keeps every finished trial; run the same command to "
+          "resume", file=sys.stderr)
+    sys.exit(130)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__ or exc.__cause__
+    return False

@@ -72,7 +72,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_study(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err[-3000:]
     assert "interrupted" in err and "resume" in err and "Traceback" not in err
     states = [t.state for t in optuna.load_study(study_name=NAME, storage=storage).trials]
     assert TrialState.RUNNING not in states and TrialState.COMPLETE in states
