@@ -29,7 +29,9 @@ def test_kill_9_mid_trial_then_resume_reruns_it(tmp_path):
                 continue
             states = {t.number: t.state for t in study.trials}
             if any(s == TrialState.COMPLETE for s in states.values()):
-                running = next((n for n, s in states.items() if s == TrialState.RUNNING), None)
+                # Kill mid-training: once the running trial has sampled its architecture.
+                running = next((t.number for t in study.trials if t.state == TrialState.RUNNING
+                                and "arch_json" in t.user_attrs), None)
         assert running is not None, "no trial was running after the first one completed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
