@@ -88,6 +88,7 @@ class SearchConfig:
 @dataclass
 class StorageConfig:
     url: str = "sqlite:///studies/edgenas.db"
+    retry_s: float = 600  # how long a worker retries a database server that went away
 
 
 @dataclass
@@ -150,6 +151,15 @@ def load(cfg: DictConfig) -> Config:
     return config
 
 
+STORAGE_SCHEMES = ("sqlite:///", "journal:", "postgresql://", "postgresql+", "mysql://",
+                   "mysql+")
+
+
+def redact(url: str) -> str:
+    """The storage URL with any password replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -163,6 +173,15 @@ def validate(c: Config) -> None:
         problems.append(f"search.sampler={c.search.sampler!r} is not one of {list(SAMPLERS)}")
     if c.search.n_trials < 1:
         problems.append(f"search.n_trials={c.search.n_trials} must be at least 1")
+    if not c.storage.url.startswith(STORAGE_SCHEMES):
+        problems.append(f"storage.url={redact(c.storage.url)!r} is not a storage this tool "
+                        "knows: use sqlite:///PATH (one process), journal:PATH (several "
+                        "processes on one machine) or postgresql://USER@HOST[:PORT]/DB (many "
+                        "machines); see storage=sqlite|journal|postgresql")
+    if c.storage.retry_s < 0:
+        problems.append(f"storage.retry_s={c.storage.retry_s} must be 0 or more seconds")
+    if c.search.heartbeat_s < 1:
+        problems.append(f"search.heartbeat_s={c.search.heartbeat_s} must be at least 1 second")
     if c.search.threads < 1:
         problems.append(f"search.threads={c.search.threads} must be at least 1")
     bad = [o for o in c.search.objectives if o not in OBJECTIVES]

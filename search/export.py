@@ -243,7 +243,7 @@ batch 1, median): model.onnx {h['model.onnx']['median_ms']:.3f} ms, model.int8.o
 def run_export(cfg: Config) -> None:
     torch.set_num_threads(cfg.search.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own messages say what failed
-    storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s)
+    storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s, cfg.storage.retry_s)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if cfg.study.name not in names:
         raise UserError(f"no study {cfg.study.name!r} in {redact(cfg.storage.url)} (studies "

@@ -13,6 +13,7 @@ from latency_models.model import DeviceModel
 from latency_models.ops import arch_ops
 from search.config import Config
 from search.proxy import ProxyData, distilled_proxy, zero_cost_proxy
+from search.storage import batched_writes
 from spaces.arch import Arch
 from spaces.space import sample_arch
 
@@ -51,13 +52,14 @@ class Objective:
         return sample_arch(trial, self.cfg.space, bits=self.cfg.device.bits, **self.shape)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
-        arch = self.sample(trial)
-        c = costs(arch, self.device_model)
-        trial.set_user_attr("arch_json", arch.to_json(indent=None))
-        trial.set_user_attr("arch_id", arch.arch_id)
-        for key in ("latency_ms", "energy_mj", "size_kib", "params", "macs", "provenance"):
-            trial.set_user_attr(key, c[key])
-        trial.set_user_attr("bits", list(arch.bits))
+        with batched_writes(trial):  # one storage transaction for the architecture
+            arch = self.sample(trial)
+            c = costs(arch, self.device_model)
+            trial.set_user_attr("arch_json", arch.to_json(indent=None))
+            trial.set_user_attr("arch_id", arch.arch_id)
+            for key in ("latency_ms", "energy_mj", "size_kib", "params", "macs", "provenance"):
+                trial.set_user_attr(key, c[key])
+            trial.set_user_attr("bits", list(arch.bits))
         over = constraint_values(self.cfg, c)
         for key, value in over.items():
             trial.set_constraint(key, value)
@@ -70,9 +72,10 @@ class Objective:
             result = zero_cost_proxy(arch)
         else:
             result = distilled_proxy(arch, self.proxy_data, self.cfg)
-        trial.set_user_attr("proxy", self.cfg.proxy.kind)
-        for key, value in result.items():
-            trial.set_user_attr(f"proxy_{key}", value)
+        with batched_writes(trial):
+            trial.set_user_attr("proxy", self.cfg.proxy.kind)
+            for key, value in result.items():
+                trial.set_user_attr(f"proxy_{key}", value)
         values = {"accuracy": result["accuracy"], **c}
         return tuple(float(values[o]) for o in self.cfg.search.objectives)
 

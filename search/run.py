@@ -10,19 +10,23 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna.study import MaxTrialsCallback
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 from rich.table import Table
 from tqdm import tqdm
 
 from latency_models.model import DeviceModel
+from search.budget import SURPLUS_ATTR, check_slot, wait_for_slot
 from search.config import Config
 from search.data import load_dataset
 from search.errors import UserError
 from search.objective import Objective, fastest_possible
+from search.storage import storage_error
 from search.proxy import prepare_proxy_data
 from search.study import (
+    FrontTracker,
     complete_trials,
     open_storage,
     open_study,
@@ -106,7 +110,7 @@ def run_search(cfg: Config) -> None:
     objective = Objective(cfg, dataset.in_chans, dataset.size, dataset.num_classes,
                           device_model, None)
     check_budgets(cfg, objective)
-    storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s)
+    storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s, cfg.storage.retry_s)
     meta = study_meta(cfg, dataset.fingerprint(), device_model.hash)
     study = open_study(cfg, storage, meta)
     done = len(complete_trials(study))
@@ -129,7 +133,10 @@ def run_search(cfg: Config) -> None:
                           f"{100 * meta_t.get('test_accuracy', 0):.2f}% "
                           f"(cached in {teacher.dir})")
             objective.proxy_data = prepare_proxy_data(cfg, dataset, teacher)
-        run_trials(cfg, study, objective, done, remaining)
+        try:
+            run_trials(cfg, study, objective, done, remaining)
+        except (StorageInternalError, SQLAlchemyError) as exc:
+            raise storage_error(cfg.storage.url, exc, during_run=True) from None
     rows = pareto_rows(study)
     write_outputs(cfg, study, rows, out_dir, time.time() - start)
     print_table(cfg, study, rows, out_dir, console)
@@ -140,22 +147,37 @@ MAX_FAILURES = 5
 
 def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int,
                remaining: int) -> None:
-    """Run until the study has ``search.n_trials`` complete trials (across all workers).
+    """Run trials until the study has ``search.n_trials`` complete trials, counting every
+    worker's (see :mod:`search.budget`).
 
     A candidate whose training fails (e.g. diverges) fails its trial and the search goes on;
     after ``MAX_FAILURES`` failures in one run it stops, since something is wrong.
     """
-    bar = tqdm(total=cfg.search.n_trials, initial=done, desc="trials", unit="trial")
+    n_trials = cfg.search.n_trials
+    bar = tqdm(total=n_trials, initial=done, desc="trials", unit="trial")
     failures = []
+    waiting_said = [False]
+    tracker = FrontTracker(study.directions)
 
-    def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == TrialState.COMPLETE:
-            bar.update()
-        elif trial.state == TrialState.FAIL:
+    def on_wait(complete: int, held: int) -> None:
+        if not waiting_said[0]:
+            bar.write(f"{held - complete} trial(s) of other workers hold the rest of the "
+                      "budget; waiting for them (a worker that dies has its trial re-run here)")
+            waiting_said[0] = True
+
+    def budgeted(trial: optuna.Trial) -> tuple[float, ...]:
+        check_slot(trial, n_trials)
+        return objective(trial)
+
+    def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL and SURPLUS_ATTR not in trial.system_attrs:
             failures.append(trial.number)
             if len(failures) >= MAX_FAILURES:
                 study.stop()
-        front = pareto_trials(study)
+                return
+        trials = study.get_trials(deepcopy=False)
+        bar.update(sum(t.state == TrialState.COMPLETE for t in trials) - bar.n)
+        front = tracker.update(trials)
         if front:
             best = front[0]
             fastest = min(front, key=lambda t: t.user_attrs["latency_ms"])
@@ -164,13 +186,23 @@ def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int
                 f"{best.user_attrs['latency_ms']:.3f} ms | fastest #{fastest.number} "
                 f"{fastest.values[0]:.3f} @ {fastest.user_attrs['latency_ms']:.3f} ms | "
                 f"front {len(front)}")
+        if not wait_for_slot(study, n_trials, on_wait=on_wait, trials=trials):
+            study.stop()
 
     try:
-        study.optimize(objective, n_trials=remaining + MAX_FAILURES, gc_after_trial=False,
-                       catch=(RuntimeError, ValueError, FloatingPointError),
-                       callbacks=[MaxTrialsCallback(cfg.search.n_trials,
-                                                    states=(TrialState.COMPLETE,)), progress])
+        while wait_for_slot(study, n_trials, on_wait=on_wait):
+            try:
+                study.optimize(budgeted, gc_after_trial=False, callbacks=[after],
+                               catch=(RuntimeError, ValueError, FloatingPointError))
+                break
+            except UpdateFinishedTrialError:
+                # Our result came after another worker had judged the trial stale (its
+                # heartbeat was late, e.g. a storage outage longer than the grace period):
+                # that worker queued a re-run, which keeps the budget exact.
+                bar.write("warning: a trial of this worker was failed as stale by another "
+                          "worker while it ran; its re-run is queued; going on")
     finally:
+        bar.update(len(complete_trials(study)) - bar.n)
         bar.close()
     if failures:
         print(f"warning: {len(failures)} trial(s) failed in this run ({failures}); their "

@@ -9,25 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
+from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import Config
 from search.errors import UserError
 from search.objective import DIRECTIONS
+from search.storage import open_storage, redact, storage_error  # noqa: F401 (re-exported)
 
 STUDY_FORMAT = 1
-
-
-def redact(url: str) -> str:
-    """The storage URL with any password replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 def _hash(obj: Any) -> str:
@@ -48,55 +42,60 @@ def study_meta(cfg: Config, data_fingerprint: str, device_model_hash: str) -> di
     }
 
 
-def open_storage(url: str, heartbeat_s: int) -> optuna.storages.BaseStorage:
-    """An Optuna storage; RDB storages get a heartbeat and re-run stale trials."""
-    from sqlalchemy.exc import SQLAlchemyError
+class WorkerSeededSampler(optuna.samplers.BaseSampler):
+    """A sampler seeded, when this worker starts its first trial, with ``seed`` plus that
+    trial's number.
 
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+    A single worker is reproducible (a fresh study starts from ``seed``; a resumed one does
+    not replay its first proposals), and workers sharing a study get different seeds, since
+    Optuna numbers their first trials differently; with one seed each they would propose the
+    same architectures.
+    """
 
-        path = Path(url[len("journal:"):]).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):]).expanduser()
-        if path.exists() and path.stat().st_size > 0:
-            with open(path, "rb") as f:
-                if f.read(16) != b"SQLite format 3\x00":
-                    raise UserError(f"{path} is not a SQLite database (corrupt, or another "
-                                    "kind of file); it was left untouched. Move it away or "
-                                    "choose another file with storage.url=sqlite:///PATH")
-        path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return RDBStorage(
-            url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-            # Wait up to 30 s for a lock held by another process (unless the URL says ?timeout=)
-            engine_kwargs={"connect_args": {"timeout": 30}}
-            if url.startswith("sqlite") and "timeout=" not in url else {})
-    except (SQLAlchemyError, ValueError, ImportError) as exc:
-        raise storage_error(url, exc) from None
+    def __init__(self, factory: Callable[[int], optuna.samplers.BaseSampler], seed: int):
+        self._factory, self._seed = factory, seed
+        self._inner: optuna.samplers.BaseSampler | None = None
+
+    @property
+    def inner(self) -> optuna.samplers.BaseSampler:
+        if self._inner is None:
+            self._inner = self._factory(self._seed)
+        return self._inner
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._inner is None:
+            self._inner = self._factory(self._seed + trial.number)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict:
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict
+                        ) -> dict:
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: Any) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
 
 
-def storage_error(url: str, exc: Exception) -> UserError:
-    """A one-paragraph message for a storage that cannot be opened or read."""
-    first = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
-    if "locked" in first:
-        advice = ("another process holds a lock on it: wait for that process or use another "
-                  "storage.url")
-    else:
-        advice = "check storage.url (and that the database server is running)"
-    return UserError(f"cannot use the study storage {redact(url)}: {first}; {advice}. It was "
-                     "not modified")
+def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:
+    def factory(seed: int) -> optuna.samplers.BaseSampler:
+        if cfg.search.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=cfg.search.population,
+                                                 seed=seed)
+        if cfg.search.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        return optuna.samplers.RandomSampler(seed=seed)
 
-
-def make_sampler(cfg: Config, n_existing: int) -> optuna.samplers.BaseSampler:
-    seed = cfg.seed + n_existing  # a resumed study does not replay the same proposals
-    if cfg.search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=cfg.search.population, seed=seed)
-    if cfg.search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-    return optuna.samplers.RandomSampler(seed=seed)
+    return WorkerSeededSampler(factory, cfg.seed)
 
 
 def open_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict) -> optuna.Study:
@@ -130,17 +129,34 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict) ->
                 history = list(recorded.get("forced_resumes", []))
                 history.append({k: meta[k] for k in diff})
                 storage.set_study_user_attr(study_id, "forced_resumes", history)
-            n = len(storage.get_all_trials(study_id, deepcopy=False))
             return optuna.load_study(study_name=name, storage=storage,
-                                     sampler=make_sampler(cfg, n))
-        study = optuna.create_study(
-            study_name=name, storage=storage, sampler=make_sampler(cfg, 0),
-            directions=[DIRECTIONS[o] for o in cfg.search.objectives])
+                                     sampler=make_sampler(cfg))
+        try:
+            study = optuna.create_study(
+                study_name=name, storage=storage, sampler=make_sampler(cfg),
+                directions=[DIRECTIONS[o] for o in cfg.search.objectives])
+        except optuna.exceptions.DuplicatedStudyError:
+            # Another worker created it at the same moment: wait for its setup, then join.
+            return _join_new_study(cfg, storage, meta)
         for key, value in meta.items():
             study.set_user_attr(key, value)
         return study
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         raise storage_error(cfg.storage.url, exc) from None
+
+
+def _join_new_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict,
+                    wait_s: float = 30) -> optuna.Study:
+    """Open a study another worker has just created, once it has recorded its setup."""
+    import time
+
+    study_id = storage.get_study_id_from_name(cfg.study.name)
+    deadline = time.monotonic() + wait_s
+    while len(storage.get_study_user_attrs(study_id)) < len(meta):
+        if time.monotonic() > deadline:
+            break  # a study that never got its setup: open_study's checks will refuse it
+        time.sleep(0.1)
+    return open_study(cfg, storage, meta)
 
 
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -154,14 +170,53 @@ def feasible(trial: FrozenTrial) -> bool:
     return all(v <= 0 for v in constraints) and "skipped" not in trial.user_attrs
 
 
+def pareto_front(trials: list[FrozenTrial], directions: list) -> list[FrozenTrial]:
+    """Complete, feasible trials of ``trials`` that no other such trial dominates, best
+    first by the first objective."""
+    import numpy as np
+
+    trials = [t for t in trials if t.state == TrialState.COMPLETE and feasible(t)]
+    if not trials:
+        return []
+    signs = np.array([1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0
+                      for d in directions])
+    v = np.array([t.values for t in trials]) * signs  # larger is better everywhere
+    keep = []
+    for i in range(len(trials)):
+        ge = (v >= v[i]).all(axis=1)
+        gt = (v > v[i]).any(axis=1)
+        if not (ge & gt).any():
+            keep.append(trials[i])
+    return sorted(keep, key=lambda t: -signs[0] * t.values[0])
+
+
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Complete, feasible trials that no other such trial dominates, by accuracy."""
-    trials = [t for t in complete_trials(study) if feasible(t)]
-    signs = [1 if d == optuna.study.StudyDirection.MAXIMIZE else -1 for d in study.directions]
+    return pareto_front(complete_trials(study), study.directions)
 
-    def dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
-        ge = all(s * x >= s * y for s, x, y in zip(signs, a.values, b.values))
-        return ge and any(s * x > s * y for s, x, y in zip(signs, a.values, b.values))
 
-    front = [t for t in trials if not any(dominates(o, t) for o in trials if o is not t)]
-    return sorted(front, key=lambda t: -t.values[0])
+class FrontTracker:
+    """The Pareto front kept up to date as trials finish: each new complete trial is compared
+    with the front only (the progress display calls this after every trial; recomputing the
+    front from all trials would cost O(n^2) per trial)."""
+
+    def __init__(self, directions: list) -> None:
+        self.signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0
+                      for d in directions]
+        self.front: list[FrozenTrial] = []
+        self.seen: set[int] = set()
+
+    def _dominates(self, a: FrozenTrial, b: FrozenTrial) -> bool:
+        pairs = [(s * x, s * y) for s, x, y in zip(self.signs, a.values, b.values)]
+        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+    def update(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+        for t in trials:
+            if t.state != TrialState.COMPLETE or t.number in self.seen:
+                continue
+            self.seen.add(t.number)
+            if not feasible(t) or any(self._dominates(f, t) for f in self.front):
+                continue
+            self.front = [f for f in self.front if not self._dominates(t, f)] + [t]
+        self.front.sort(key=lambda t: -self.signs[0] * t.values[0])
+        return self.front

@@ -48,15 +48,55 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_cli(args: list[str], capture: bool = False) -> subprocess.Popen:
+def start_cli(args: list[str], capture: bool = False, env: dict | None = None
+              ) -> subprocess.Popen:
     """Start ``python -m ...`` in the background (to kill or interrupt it)."""
     out = subprocess.PIPE if capture else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=cli_env(), stdout=out,
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=cli_env(env), stdout=out,
                             stderr=out, text=True)
 
 
-def search_args(tmp: Path, *extra: str, device: str = "rpi4") -> list[str]:
+def search_args(tmp: Path, *extra: str, device: str = "rpi4", storage: str | None = None,
+                out: str = "out") -> list[str]:
     """A fast search on synthetic data with everything under ``tmp``."""
     return ["-m", "search", f"+device={device}", "data=synthetic", "proxy=zero_cost",
-            f"storage.url=sqlite:///{tmp}/study.db", f"out_dir={tmp}/out",
+            f"storage.url={storage or f'sqlite:///{tmp}/study.db'}", f"out_dir={tmp}/{out}",
             f"cache_dir={tmp}/cache", "search.n_trials=3", "search.threads=1", *extra]
+
+
+def _local_postgres():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("local_postgres",
+                                                  ROOT / "scripts" / "local_postgres.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server on 127.0.0.1 for this test session: (module, data folder,
+    URL). Skipped where the server programs are missing, unless EDGENAS_REQUIRE_POSTGRES=1
+    (CI), where that is a failure."""
+    import shutil
+    import tempfile
+
+    pg = _local_postgres()
+    try:
+        pg.bindir()
+    except pg.PostgresMissing as exc:
+        if os.environ.get("EDGENAS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    parent = Path(tempfile.mkdtemp(prefix="edgenas-pg-"))
+    parent.chmod(0o755)  # the server may run as the postgres user
+    data = parent / "data"
+    url = pg.start(data)
+    try:
+        yield pg, data, url
+    finally:
+        try:
+            pg.stop(data)
+        finally:
+            shutil.rmtree(data.parent, ignore_errors=True)

@@ -247,6 +247,13 @@ CASES = [
     Case("study-password-not-printed",
          lambda t: search_args(t, "storage.url=postgresql://u:s3cret@127.0.0.1:1/db"),
          ("cannot use the study storage", "postgresql://u:***@")),
+    Case("study-postgres-unreachable",
+         lambda t: search_args(t, "storage=postgresql", storage="postgresql://u@127.0.0.1:1/db"),
+         ("cannot use the study storage", "server is running")),
+    Case("study-unknown-storage", lambda t: search_args(t, storage="redis://127.0.0.1/0"),
+         ("not a storage this tool knows", "journal:PATH", "postgresql://")),
+    Case("study-journal-path-is-a-folder", lambda t: search_args(t, storage=f"journal:{t}"),
+         ("is a folder", "journal:studies/edgenas.journal")),
     Case("export-no-study", lambda t: ["-m", "search.export"] + search_args(t)[2:],
          ("no study", "python -m search")),
 ]
@@ -291,7 +298,8 @@ def test_locked_sqlite_gives_a_clear_message(tmp_path):
         lock.close()
     text = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in text
-    assert "locked" in text and "not modified" in text
+    # With write-ahead logging the study can still be read; the first write fails.
+    assert "locked" in text and ("not modified" in text or "Finished trials are kept" in text)
     assert db.read_bytes() == before
 
 
