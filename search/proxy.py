@@ -64,13 +64,14 @@ def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
     model = build_model(arch, pruned=False)  # dense widths; equal to pruned when unpruned
     if not arch.is_pruned and quantized:
         attach_fake_quant(model, arch)
+    model.to(x.device)  # trains where the data is (a GPU if the caller put it there)
     trainer = Trainer(model, x, y, teacher, recipe, seed=seed)
     if arch.is_pruned:
         trainer.run(steps=trainer.total_steps // 2, on_step=on_step)
-        model = prune_model(trainer.model, arch)
+        model = prune_model(trainer.model.cpu(), arch)
         if quantized:
             attach_fake_quant(model, arch)
-        trainer.set_model(model)
+        trainer.set_model(model.to(x.device))
     trainer.run(on_step=on_step)
     return model.eval()
 

@@ -47,6 +47,9 @@ def kd_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: Optional[torch.
 class Trainer:
     """Train ``model`` for ``recipe.epochs`` over (x, y[, teacher logits]), in phases.
 
+    Runs where the model and the tensors are (a GPU when the caller put them there); the batch
+    order comes from a CPU generator, so it is the same on any device.
+
     ``run(steps)`` trains the next ``steps`` steps of the same cosine schedule, so a caller can
     stop half-way (to prune), swap the model with :meth:`set_model`, and continue.
     """
@@ -86,7 +89,7 @@ class Trainer:
             idx = self._next_batch()
             xb = to_float(self.x[idx])  # (B, C, H, W) in [0, 1]
             if self.recipe.hflip:
-                flip = torch.rand(len(idx), generator=self.gen) < 0.5
+                flip = (torch.rand(len(idx), generator=self.gen) < 0.5).to(xb.device)
                 xb[flip] = xb[flip].flip(3)
             tb = None if self.teacher is None else self.teacher[idx].float()
             loss = kd_loss(self.model(xb), self.y[idx], tb, self.recipe.temperature,
