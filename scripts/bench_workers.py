@@ -22,7 +22,6 @@ PostgreSQL rows are skipped. Prints a Markdown table and writes it, with the raw
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -38,14 +37,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "scripts" / "results" / "workers"
-
-
-def local_postgres():
-    spec = importlib.util.spec_from_file_location("local_postgres",
-                                                  ROOT / "scripts" / "local_postgres.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def load_trials(url: str, name: str):
@@ -171,8 +162,9 @@ def overhead(url: str, n_trials: int) -> dict:
         (ta, oa), (tb, ob) = points[a], points[b]
         return 1000 * ((tb - ta) - (ob - oa)) / (b - a)
 
-    return {"trials": len(marks), "first_100_ms": round(window(0, 100), 1),
-            "last_100_ms": round(window(len(points) - 101, len(points) - 1), 1),
+    k = min(100, len(marks))
+    return {"trials": len(marks), "first_100_ms": round(window(0, k), 1),
+            "last_100_ms": round(window(len(points) - 1 - k, len(points) - 1), 1),
             "objective_ms_per_trial": round(1000 * spent["objective"] / len(marks), 2)}
 
 
@@ -229,7 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgenas-bench-"))
     work.chmod(0o755)
-    pg = local_postgres()
+    import local_postgres as pg  # beside this script
     pg_url, data = None, work / "pg"
     try:
         try:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from search.config import Config
-from search.data import Dataset
+from search.data import Dataset, to_float
 from search.teacher import TeacherCache
 from search.train import Recipe, Trainer, accuracy, predict_logits
 from spaces.arch import Arch
@@ -104,6 +104,31 @@ def synflow(arch: Arch) -> float:
     score = sum(float((p * p.grad).abs().sum().detach()) for p in model.parameters()
                 if p.grad is not None)
     return math.log(score) if score > 0 else float("-inf")
+
+
+def naswot(arch: Arch, images: torch.Tensor, seed: int = 0) -> float:
+    """NASWOT (Mellor et al., 2021): log|det K| of the kernel of the binary activation codes
+    of a minibatch at initialization, ``K[i, j]`` = number of ReLU / hard-swish units on which
+    images i and j agree (both active or both not). No training; ``images`` uint8 (N, C, H, W).
+    """
+    torch.manual_seed(seed)
+    model = build_model(arch, pruned=True).train()  # batch statistics, as the paper does
+    n = len(images)
+    kernel = torch.zeros(n, n, dtype=torch.float64)
+
+    def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
+        code = (out.detach().flatten(1) > 0).double()
+        kernel.add_(code @ code.t() + (1 - code) @ (1 - code).t())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.ReLU, nn.Hardswish))]
+    try:
+        with torch.no_grad():
+            model(to_float(images))
+    finally:
+        for h in handles:
+            h.remove()
+    return float(torch.linalg.slogdet(kernel)[1])
 
 
 def zero_cost_proxy(arch: Arch) -> dict:

@@ -1,0 +1,137 @@
+"""Benchmark: how well each accuracy proxy ranks architectures the way full training does.
+
+    python scripts/proxy_benchmark.py            # score what is missing, then the table
+    python scripts/proxy_benchmark.py --report   # the table from the stored scores only
+
+Scores every architecture of ``scripts/results/proxy/archs.json`` with each proxy, on this
+machine's CPU (``search.threads`` torch threads), and stores them with their cost in seconds in
+``scripts/results/proxy/scores.csv`` (resumable; later proxy changes are re-scored without
+re-training the ground truth). Then compares each proxy's ranking with the ground truth
+(``ground_truth.csv``, seed-0 test accuracy after full training; ``proxy_ground_truth.py``):
+Kendall tau and Spearman rho, and the seed-noise ceiling (how well one seed's full training
+ranks the architectures that have several seeds against another seed's).
+
+Proxies: ``distill`` (the search's default: the candidate pruned and fake-quantized as
+deployed, trained briefly against the teacher's soft labels), ``no_teacher`` (the same short
+training on hard labels), ``synflow``, ``naswot`` (data at initialization), ``params``,
+``macs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "scripts" / "results" / "proxy"
+PROXIES = ["distill", "no_teacher", "synflow", "naswot", "params", "macs"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_cfg():
+    from hydra import compose, initialize_config_dir
+
+    from search.config import CONF_DIR, load
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return load(compose(config_name="config", overrides=["+device=rpi4"]))
+
+
+def score_all(limit: int | None) -> None:
+    import torch
+
+    from search.data import load_dataset
+    from search.proxy import distilled_proxy, naswot, prepare_proxy_data, synflow
+    from search.teacher import TeacherCache
+    from spaces.arch import Arch
+
+    cfg = load_cfg()
+    torch.set_num_threads(cfg.search.threads)
+    path = RESULTS / "scores.csv"
+    done = {r["arch_id"]: r for r in read_csv(path)} if path.exists() else {}
+    archs = json.loads((RESULTS / "archs.json").read_text())["archs"][:limit]
+    todo = [a for a in archs if a["arch_id"] not in done]
+    if not todo:
+        return
+    dataset = load_dataset(cfg.data, cfg.seed)
+    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
+                           cfg.seed)
+    data = prepare_proxy_data(cfg, dataset, teacher)
+    plain = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, alpha=0.0))
+    batch = data.train_x[:64]
+    fields = ["arch_id"] + [f"{p}{s}" for p in PROXIES for s in ("", "_cost_s")]
+    for i, entry in enumerate(todo):
+        arch = Arch.from_json(json.dumps(entry["arch"]))
+        scorers = {"distill": lambda a: distilled_proxy(a, data, cfg)["accuracy"],
+                   "no_teacher": lambda a: distilled_proxy(a, data, plain)["accuracy"],
+                   "synflow": synflow, "naswot": lambda a: naswot(a, batch, cfg.seed),
+                   "params": lambda a: a.params(), "macs": lambda a: a.macs()}
+        row = {"arch_id": arch.arch_id}
+        for name, fn in scorers.items():
+            start = time.perf_counter()
+            row[name] = round(float(fn(arch)), 6)
+            row[f"{name}_cost_s"] = round(time.perf_counter() - start, 4)
+        done[arch.arch_id] = row
+        with open(path, "w", newline="") as f:  # rewritten whole after each architecture
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(done.values())
+        print(f"{i + 1}/{len(todo)} {arch.arch_id}: distill {row['distill']:.4f} "
+              f"({row['distill_cost_s']:.1f} s)", flush=True)
+
+
+def report() -> str:
+    from itertools import combinations
+
+    from scipy.stats import kendalltau, spearmanr
+
+    truth: dict[str, dict[int, float]] = {}
+    for r in read_csv(RESULTS / "ground_truth.csv"):
+        truth.setdefault(r["arch_id"], {})[int(r["seed"])] = float(r["test_accuracy"])
+    scores = {r["arch_id"]: r for r in read_csv(RESULTS / "scores.csv")}
+    ids = [a for a in truth if a in scores and 0 in truth[a]]
+    y = [truth[a][0] for a in ids]
+    lines = [f"{len(ids)} architectures; ground truth: seed-0 test accuracy after full training",
+             "", "| proxy | Kendall tau | Spearman rho | cost s / architecture (median) |",
+             "|---|---|---|---|"]
+    for p in PROXIES:
+        x = [float(scores[a][p]) for a in ids]
+        costs = sorted(float(scores[a][f"{p}_cost_s"]) for a in ids)
+        lines.append(f"| {p} | {kendalltau(x, y)[0]:.3f} | {spearmanr(x, y)[0]:.3f} | "
+                     f"{costs[len(costs) // 2]:.3g} |")
+    seeded = [a for a in truth if len(truth[a]) > 1]
+    seeds = sorted({s for a in seeded for s in truth[a]})
+    taus = [kendalltau([truth[a][s] for a in seeded], [truth[a][t] for a in seeded])[0]
+            for s, t in combinations(seeds, 2)]
+    rhos = [spearmanr([truth[a][s] for a in seeded], [truth[a][t] for a in seeded])[0]
+            for s, t in combinations(seeds, 2)]
+    lines += ["", (f"Seed-noise ceiling ({len(seeded)} architectures with seeds {seeds}): one "
+              f"seed's ranking against another's, mean Kendall tau {sum(taus) / len(taus):.3f}, "
+              f"Spearman rho {sum(rhos) / len(rhos):.3f}.")]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report", action="store_true", help="only the table")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N (smoke)")
+    args = parser.parse_args()
+    if not args.report:
+        score_all(args.limit)
+    table = report()
+    print(table)
+    (RESULTS / "report.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
