@@ -13,8 +13,8 @@ import torch
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 from rich.console import Console
-from sqlalchemy.exc import SQLAlchemyError
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from latency_models.model import DeviceModel
@@ -23,8 +23,8 @@ from search.config import Config
 from search.data import load_dataset
 from search.errors import UserError
 from search.objective import Objective, fastest_possible
-from search.storage import storage_error
 from search.proxy import prepare_proxy_data
+from search.storage import storage_error
 from search.study import (
     FrontTracker,
     complete_trials,

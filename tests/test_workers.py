@@ -107,7 +107,7 @@ def kill_one_and_check(tmp_path: Path, storage: str, name: str, envs: tuple) -> 
             assert time.time() < deadline, "worker 0 never ran a trial"
         os.kill(victim, signal.SIGKILL)
         procs[0].wait()
-        out, err = wait_all(procs[1:])[0]
+        _, err = wait_all(procs[1:])[0]
     finally:
         for p in procs:
             if p.poll() is None:
