@@ -105,6 +105,13 @@ def start(data: Path, port: int | None = None) -> str:
     return url(data)
 
 
+def create_database(data: Path, name: str) -> str:
+    """A new, empty database on the server of ``data``; its URL."""
+    port = (Path(data) / "edgenas_port").read_text().strip()
+    _run([str(bindir() / "createdb"), "-h", "127.0.0.1", "-p", port, "-U", USER, name])
+    return f"postgresql://{USER}@127.0.0.1:{port}/{name}"
+
+
 def stop(data: Path) -> None:
     _ctl(Path(data), "stop")
 

@@ -452,11 +452,22 @@ def open_storage(url: str, heartbeat_s: int, retry_s: float = 600) -> optuna.sto
         # its first statement, and the retry drops the pool and reconnects.
         engine_kwargs = {"connect_args": {"connect_timeout": 10}}
     try:
-        return ResilientRDBStorage(
-            engine_url, retry_s=retry_s, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
-            grace_period=2 * heartbeat_s,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RETRY))
+        for attempt in range(5):
+            try:
+                return ResilientRDBStorage(
+                    engine_url, retry_s=retry_s, engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRY))
+            except SQLAlchemyError as exc:
+                # Workers started together on an empty database all create Optuna's tables;
+                # the losers of that race see "already exists" / a duplicate key, and find
+                # the tables made when they try again.
+                text = str(exc)
+                if attempt == 4 or not ("already exists" in text or "duplicate key" in text):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     except ImportError as exc:
         missing = exc if isinstance(exc, ModuleNotFoundError) else exc.__cause__
         if isinstance(missing, ModuleNotFoundError):

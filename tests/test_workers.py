@@ -145,6 +145,25 @@ def test_two_workers_share_one_postgres_study_exactly(postgres, tmp_path):
     assert pids == {p.pid for p in procs}, "both workers should have run trials"
 
 
+def _open(url: str) -> str:
+    try:
+        open_storage(url, heartbeat_s=30)
+        return "ok"
+    except Exception as exc:  # reported to the test
+        return repr(exc)
+
+
+@pytest.mark.postgres
+def test_workers_starting_together_on_an_empty_database_all_open_it(postgres):
+    # Each creates Optuna's tables; the losers of that race must retry, not fail.
+    import multiprocessing
+
+    pg, data, _ = postgres
+    url = pg.create_database(data, "empty_race")
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        assert pool.map(_open, [url] * 4) == ["ok"] * 4
+
+
 @pytest.mark.postgres
 def test_postgres_kill_9_of_a_worker_on_another_machine_is_rerun_by_heartbeat(postgres,
                                                                              tmp_path):
