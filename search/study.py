@@ -170,29 +170,9 @@ def feasible(trial: FrozenTrial) -> bool:
     return all(v <= 0 for v in constraints) and "skipped" not in trial.user_attrs
 
 
-def pareto_front(trials: list[FrozenTrial], directions: list) -> list[FrozenTrial]:
-    """Complete, feasible trials of ``trials`` that no other such trial dominates, best
-    first by the first objective."""
-    import numpy as np
-
-    trials = [t for t in trials if t.state == TrialState.COMPLETE and feasible(t)]
-    if not trials:
-        return []
-    signs = np.array([1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0
-                      for d in directions])
-    v = np.array([t.values for t in trials]) * signs  # larger is better everywhere
-    keep = []
-    for i in range(len(trials)):
-        ge = (v >= v[i]).all(axis=1)
-        gt = (v > v[i]).any(axis=1)
-        if not (ge & gt).any():
-            keep.append(trials[i])
-    return sorted(keep, key=lambda t: -signs[0] * t.values[0])
-
-
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Complete, feasible trials that no other such trial dominates, by accuracy."""
-    return pareto_front(complete_trials(study), study.directions)
+    return FrontTracker(study.directions).update(complete_trials(study))
 
 
 class FrontTracker:
