@@ -105,6 +105,7 @@ def throughput_part(url: str, work: Path, quick: bool) -> list[dict]:
 
 def overhead(url: str, n_trials: int) -> dict:
     import optuna
+    import torch
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     from hydra import compose, initialize_config_dir
@@ -133,9 +134,11 @@ def overhead(url: str, n_trials: int) -> dict:
             spent["objective"] += time.perf_counter() - t
 
     objective_mod.costs = timed_costs
-    objective_mod.zero_cost_proxy = lambda arch: {"accuracy": rng.random(), "cost_s": 0.0}
+    objective_mod.zero_cost_scores = lambda arch, images, seed: {
+        "naswot": rng.random(), "synflow": 0.0, "params": 0.0, "cost_s": 0.0}
     device_model = DeviceModel.load(cfg.device.model_path())
-    objective = Objective(cfg, 1, 28, 10, device_model, None)
+    objective = Objective(cfg, 1, 28, 10, device_model, None,
+                          torch.zeros(64, 1, 28, 28, dtype=torch.uint8))
     storage = open_storage(url, cfg.search.heartbeat_s, cfg.storage.retry_s)
     study = open_study(cfg, storage, study_meta(cfg, "bench", device_model.hash))
     marks: list[tuple[float, float]] = []

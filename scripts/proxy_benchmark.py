@@ -14,7 +14,10 @@ ranks the architectures that have several seeds against another seed's).
 Proxies: ``distill`` (the search's default: the candidate pruned and fake-quantized as
 deployed, trained briefly against the teacher's soft labels), ``no_teacher`` (the same short
 training on hard labels), ``synflow``, ``naswot`` (data at initialization), ``params``,
-``macs``.
+``macs``; and ``distill_6k_x2`` / ``no_teacher_6k_x2``, the first default budget (6,000
+images x 2 epochs, 2,000 validation images), kept for comparison. Trainings that
+``proxy_budget_sweep.py`` already ran with exactly the default proxy's settings are reused
+(same function, data and seed: the same numbers), not run again.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "scripts" / "results" / "proxy"
 PROXIES = ["distill", "no_teacher", "synflow", "naswot", "params", "macs"]
+# Scores of the first default budget (6,000 images x 2 epochs, 2,000 validation images),
+# kept for comparison.
+OLD = ["distill_6k_x2", "no_teacher_6k_x2"]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -47,8 +53,22 @@ def load_cfg():
         return load(compose(config_name="config", overrides=["+device=rpi4"]))
 
 
+def sweep_budget(proxy) -> str | None:
+    """The name of the budget in ``proxy_budget_sweep.py`` that trains exactly like ``proxy``
+    (its rows can stand in for this proxy's), or None."""
+    from proxy_budget_sweep import BUDGETS, VAL_IMAGES
+
+    if proxy.val_images != VAL_IMAGES:
+        return None
+    for name, (images, epochs, _at, alpha) in BUDGETS.items():
+        if (images, epochs, alpha) == (proxy.train_images, proxy.epochs, proxy.alpha):
+            return name
+    return None
+
+
 def score_all(limit: int | None) -> None:
     import torch
+    from proxy_budget_sweep import SWEEP
 
     from search.data import load_dataset
     from search.proxy import distilled_proxy, naswot, prepare_proxy_data, synflow
@@ -57,37 +77,49 @@ def score_all(limit: int | None) -> None:
 
     cfg = load_cfg()
     torch.set_num_threads(cfg.search.threads)
+    plain = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, alpha=0.0))
     path = RESULTS / "scores.csv"
     done = {r["arch_id"]: r for r in read_csv(path)} if path.exists() else {}
     archs = json.loads((RESULTS / "archs.json").read_text())["archs"][:limit]
-    todo = [a for a in archs if a["arch_id"] not in done]
-    if not todo:
-        return
-    dataset = load_dataset(cfg.data, cfg.seed)
-    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
-                           cfg.seed)
-    data = prepare_proxy_data(cfg, dataset, teacher)
-    plain = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, alpha=0.0))
-    batch = data.train_x[:64]
-    fields = ["arch_id"] + [f"{p}{s}" for p in PROXIES for s in ("", "_cost_s")]
-    for i, entry in enumerate(todo):
+    # Trainings the budget sweep already ran with exactly the proxy's settings are reused.
+    swept = {}
+    for name, c in (("distill", cfg), ("no_teacher", plain)):
+        budget = sweep_budget(c.proxy)
+        if budget and SWEEP.exists():
+            swept[name] = {r["arch_id"]: r for r in read_csv(SWEEP)
+                           if r["budget"] == budget and r["at"] == "1.0"}
+    todo = [(a, p) for a in archs for p in PROXIES
+            if not done.get(a["arch_id"], {}).get(p)
+            and a["arch_id"] not in swept.get(p, {})]
+    fields = ["arch_id"] + [f"{p}{s}" for p in PROXIES + OLD for s in ("", "_cost_s")]
+    data = batch = None
+    if any(p in ("distill", "no_teacher", "naswot") for _, p in todo):
+        dataset = load_dataset(cfg.data, cfg.seed)
+        teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
+                               cfg.seed)
+        data = prepare_proxy_data(cfg, dataset, teacher)
+        batch = data.train_x[:64]
+    scorers = {"distill": lambda a: distilled_proxy(a, data, cfg)["accuracy"],
+               "no_teacher": lambda a: distilled_proxy(a, data, plain)["accuracy"],
+               "synflow": synflow, "naswot": lambda a: naswot(a, batch, cfg.seed),
+               "params": lambda a: a.params(), "macs": lambda a: a.macs()}
+    for entry in archs:
+        row = done.setdefault(entry["arch_id"], {"arch_id": entry["arch_id"]})
         arch = Arch.from_json(json.dumps(entry["arch"]))
-        scorers = {"distill": lambda a: distilled_proxy(a, data, cfg)["accuracy"],
-                   "no_teacher": lambda a: distilled_proxy(a, data, plain)["accuracy"],
-                   "synflow": synflow, "naswot": lambda a: naswot(a, batch, cfg.seed),
-                   "params": lambda a: a.params(), "macs": lambda a: a.macs()}
-        row = {"arch_id": arch.arch_id}
-        for name, fn in scorers.items():
+        for name, rows in swept.items():
+            if arch.arch_id in rows:
+                row[name] = rows[arch.arch_id]["accuracy"]
+                row[f"{name}_cost_s"] = rows[arch.arch_id]["cost_s"]
+        for name in [p for a, p in todo if a is entry]:
             start = time.perf_counter()
-            row[name] = round(float(fn(arch)), 6)
+            row[name] = round(float(scorers[name](arch)), 6)
             row[f"{name}_cost_s"] = round(time.perf_counter() - start, 4)
-        done[arch.arch_id] = row
+            print(f"{arch.arch_id} {name}: {row[name]} ({row[f'{name}_cost_s']:.1f} s)",
+                  flush=True)
         with open(path, "w", newline="") as f:  # rewritten whole after each architecture
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(done.values())
-        print(f"{i + 1}/{len(todo)} {arch.arch_id}: distill {row['distill']:.4f} "
-              f"({row['distill_cost_s']:.1f} s)", flush=True)
 
 
 def report() -> str:
@@ -104,7 +136,9 @@ def report() -> str:
     lines = [f"{len(ids)} architectures; ground truth: seed-0 test accuracy after full training",
              "", "| proxy | Kendall tau | Spearman rho | cost s / architecture (median) |",
              "|---|---|---|---|"]
-    for p in PROXIES:
+    for p in PROXIES + OLD:
+        if not all(scores[a].get(p) for a in ids):
+            continue
         x = [float(scores[a][p]) for a in ids]
         costs = sorted(float(scores[a][f"{p}_cost_s"]) for a in ids)
         lines.append(f"| {p} | {kendalltau(x, y)[0]:.3f} | {spearmanr(x, y)[0]:.3f} | "

@@ -56,16 +56,40 @@ class TeacherConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    """Stop a candidate's training at a checkpoint when its partial result is already
+    dominated: a finished trial at least as cheap on every cost objective is more accurate,
+    both at the same checkpoint and at its end, by at least ``margin``."""
+
+    at: Optional[float] = 0.75  # fraction of the proxy's steps; null: never stop early
+    margin: float = 0.01  # accuracy (fraction, 0.01 = 1 point) the partial result must lose by
+
+
+ZERO_COST_SCORES = ("naswot", "synflow", "params")
+
+
+@dataclass
+class PrefilterConfig:
+    """Skip training candidates whose zero-cost score (computed for every trial) is beaten by
+    ``dominated_by`` earlier trials that are at least as cheap on every cost objective."""
+
+    score: str = "naswot"  # naswot | synflow | params
+    dominated_by: Optional[int] = None  # null: off
+
+
+@dataclass
 class ProxyConfig:
     kind: str = "distill"  # distill | zero_cost
-    train_images: int = 6000
-    val_images: int = 2000
-    epochs: int = 2
+    train_images: int = 12000
+    val_images: int = 5000
+    epochs: int = 4
     batch: int = 128
     lr: float = 0.05
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the distillation term; 1 - alpha on the hard labels
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    prefilter: PrefilterConfig = field(default_factory=PrefilterConfig)
 
 
 @dataclass
@@ -204,6 +228,18 @@ def validate(c: Config) -> None:
                             "(use proxy=zero_cost for a search without training)")
     if not 0 <= c.proxy.alpha <= 1 or c.proxy.temperature <= 0:
         problems.append("proxy.alpha must be in [0, 1] and proxy.temperature positive")
+    stop = c.proxy.early_stop
+    if stop.at is not None and not 0 < stop.at < 1:
+        problems.append(f"proxy.early_stop.at={stop.at} must be a fraction of the proxy's "
+                        "training between 0 and 1 (or null: never stop early)")
+    if stop.margin < 0:
+        problems.append(f"proxy.early_stop.margin={stop.margin} must be 0 or more")
+    if c.proxy.prefilter.score not in ZERO_COST_SCORES:
+        problems.append(f"proxy.prefilter.score={c.proxy.prefilter.score!r} is not one of "
+                        f"{list(ZERO_COST_SCORES)}")
+    if c.proxy.prefilter.dominated_by is not None and c.proxy.prefilter.dominated_by < 1:
+        problems.append(f"proxy.prefilter.dominated_by={c.proxy.prefilter.dominated_by} must "
+                        "be at least 1 (or null: no pre-filter)")
     if c.proxy.teacher.epochs < 1:
         problems.append(f"proxy.teacher.epochs={c.proxy.teacher.epochs} must be at least 1")
     if c.export.epochs < 1:

@@ -1,18 +1,25 @@
 """The trial objective: sample an architecture, price it on the device, score it.
 
-Cheap numbers first (latency, energy, size from the device model; no training), then the
-budgets as Optuna constraints (``value - budget <= 0`` is feasible). A candidate over budget is
-not trained: it gets proxy accuracy 0 and is recorded as skipped.
+Cheap numbers first (latency, energy, size from the device model; zero-cost scores; no
+training), then the budgets as Optuna constraints (``value - budget <= 0`` is feasible). A
+candidate over budget, or one the zero-cost pre-filter finds hopeless, is not trained: it gets
+proxy accuracy 0 and is recorded as skipped. A candidate whose partial result is already
+dominated stops training early (``proxy.early_stop``) and is recorded as stopped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Optional
+
 import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
 
 from latency_models.model import DeviceModel
 from latency_models.ops import arch_ops
 from search.config import Config
-from search.proxy import ProxyData, distilled_proxy, zero_cost_proxy
+from search.proxy import ProxyData, distilled_proxy, zero_cost_proxy, zero_cost_scores
 from search.storage import batched_writes
 from spaces.arch import Arch
 from spaces.space import sample_arch
@@ -38,15 +45,62 @@ def constraint_values(cfg: Config, c: dict) -> dict[str, float]:
     return out
 
 
+def _cheaper_or_equal(t: FrozenTrial, c: dict, cost_objectives: list[str]) -> bool:
+    return all(t.user_attrs.get(o, float("inf")) <= c[o] for o in cost_objectives)
+
+
+def early_stopper(finished: list[FrozenTrial], c: dict, cost_objectives: list[str],
+                  margin: float, acc_index: int = 0) -> Callable[[float], Optional[str]]:
+    """``stop_check`` for :func:`search.proxy.distilled_proxy`: a reason to stop when a
+    finished, fully trained trial at least as cheap on every cost objective beat this
+    candidate's checkpoint accuracy by ``margin``, both at the same checkpoint and at its end
+    (so the stopped trial, recorded with its checkpoint accuracy, is dominated)."""
+    rivals = [t for t in finished
+              if "proxy_checkpoint_accuracy" in t.user_attrs
+              and "proxy_stopped_at" not in t.user_attrs and "skipped" not in t.user_attrs
+              and _cheaper_or_equal(t, c, cost_objectives)]
+
+    def check(partial: float) -> Optional[str]:
+        for t in rivals:
+            final = t.values[acc_index]
+            if min(t.user_attrs["proxy_checkpoint_accuracy"], final) >= partial + margin:
+                return (f"dominated by trial {t.number} (checkpoint accuracy "
+                        f"{t.user_attrs['proxy_checkpoint_accuracy']:.4f}, final "
+                        f"{final:.4f} >= {partial:.4f} + margin {margin})")
+        return None
+
+    return check
+
+
+def prefilter_reason(finished: list[FrozenTrial], c: dict, scores: dict,
+                     cost_objectives: list[str], score: str, dominated_by: int
+                     ) -> Optional[str]:
+    """Why a candidate is hopeless: ``dominated_by`` earlier trials at least as cheap on every
+    cost objective have a higher zero-cost ``score``; None when it should be trained."""
+    key = f"zc_{score}"
+    better = [t.number for t in finished if t.user_attrs.get(key, float("-inf")) > scores[score]
+              and _cheaper_or_equal(t, c, cost_objectives)]
+    if len(better) < dominated_by:
+        return None
+    return (f"pre-filter: {len(better)} earlier trials (e.g. {better[:3]}) are as cheap and "
+            f"score higher on {score} ({scores[score]:.4g})")
+
+
 class Objective:
-    """Called by Optuna once per trial; returns the objective values in config order."""
+    """Called by Optuna once per trial; returns the objective values in config order.
+
+    ``images``: a fixed minibatch (uint8, N C H W) of the proxy's training images, for NASWOT.
+    """
 
     def __init__(self, cfg: Config, in_chans: int, input_size: int, num_classes: int,
-                 device_model: DeviceModel, proxy_data: ProxyData | None) -> None:
+                 device_model: DeviceModel, proxy_data: ProxyData | None,
+                 images: torch.Tensor) -> None:
         self.cfg = cfg
         self.shape = dict(in_chans=in_chans, input_size=input_size, num_classes=num_classes)
         self.device_model = device_model
         self.proxy_data = proxy_data
+        self.images = images
+        self.cost_objectives = [o for o in cfg.search.objectives if o != "accuracy"]
 
     def sample(self, trial: optuna.trial.BaseTrial) -> Arch:
         return sample_arch(trial, self.cfg.space, bits=self.cfg.device.bits, **self.shape)
@@ -60,18 +114,37 @@ class Objective:
             for key in ("latency_ms", "energy_mj", "size_kib", "params", "macs", "provenance"):
                 trial.set_user_attr(key, c[key])
             trial.set_user_attr("bits", list(arch.bits))
+            scores = zero_cost_scores(arch, self.images, self.cfg.seed)
+            for key in ("naswot", "synflow"):
+                trial.set_user_attr(f"zc_{key}", scores[key])
+            trial.set_user_attr("zc_cost_s", scores["cost_s"])
         over = constraint_values(self.cfg, c)
         for key, value in over.items():
             trial.set_constraint(key, value)
+        p = self.cfg.proxy
+        finished: list[FrozenTrial] = []
+        if p.kind == "distill" and (p.early_stop.at is not None
+                                    or p.prefilter.dominated_by is not None):
+            finished = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        hopeless = None
+        if p.kind == "distill" and p.prefilter.dominated_by is not None:
+            hopeless = prefilter_reason(finished, c, scores, self.cost_objectives,
+                                        p.prefilter.score, p.prefilter.dominated_by)
         if any(v > 0 for v in over.values()):
             result = {"accuracy": 0.0, "cost_s": 0.0}
             trial.set_user_attr("skipped", "over budget: " + ", ".join(
                 f"{k} {c[k]:.3g} > {getattr(self.cfg.budget, k):.3g}" for k, v in over.items()
                 if v > 0))
-        elif self.cfg.proxy.kind == "zero_cost":
-            result = zero_cost_proxy(arch)
+        elif hopeless:
+            result = {"accuracy": 0.0, "cost_s": 0.0}
+            trial.set_user_attr("skipped", hopeless)
+        elif p.kind == "zero_cost":
+            result = zero_cost_proxy(scores)
         else:
-            result = distilled_proxy(arch, self.proxy_data, self.cfg)
+            stop = (early_stopper(finished, c, self.cost_objectives, p.early_stop.margin,
+                                  self.cfg.search.objectives.index("accuracy"))
+                    if p.early_stop.at is not None else None)
+            result = distilled_proxy(arch, self.proxy_data, self.cfg, stop_check=stop)
         with batched_writes(trial):
             trial.set_user_attr("proxy", self.cfg.proxy.kind)
             for key, value in result.items():

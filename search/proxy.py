@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from search.config import Config
@@ -53,11 +54,16 @@ def prepare_proxy_data(cfg: Config, dataset: Dataset,
 
 def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
                     teacher: Optional[torch.Tensor], recipe: Recipe, seed: int = 0,
-                    on_step: Optional[Callable[[int], None]] = None) -> nn.Module:
+                    on_step: Optional[Callable[[int], None]] = None,
+                    checkpoint: Optional[tuple[float, Callable[[nn.Module], bool]]] = None,
+                    ) -> nn.Module:
     """Train ``arch`` as deployed: dense, prune half-way, fine-tune with fake quantization.
 
     Returns the pruned model with fake quantization still attached (detach it for export).
-    ``on_step`` is called after every optimizer step (for progress bars).
+    ``on_step`` is called after every optimizer step (for progress bars). ``checkpoint``:
+    ``(fraction, fn)``: after that fraction of the steps ``fn(model)`` is called (the model as
+    it is then: dense before the half-way prune, pruned after); if it returns True, training
+    stops there and that model is returned.
     """
     torch.manual_seed(seed)
     quantized = any(b < 32 for b in arch.bits)
@@ -66,29 +72,58 @@ def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
         attach_fake_quant(model, arch)
     model.to(x.device)  # trains where the data is (a GPU if the caller put it there)
     trainer = Trainer(model, x, y, teacher, recipe, seed=seed)
-    if arch.is_pruned:
-        trainer.run(steps=trainer.total_steps // 2, on_step=on_step)
-        model = prune_model(trainer.model.cpu(), arch)
-        if quantized:
-            attach_fake_quant(model, arch)
-        trainer.set_model(model.to(x.device))
+    total = trainer.total_steps
+    half = total // 2 if arch.is_pruned else None
+    check_at = None if checkpoint is None else min(total, max(1, round(checkpoint[0] * total)))
+    for stop in sorted({s for s in (half, check_at) if s is not None and s < total}):
+        trainer.run(steps=stop - trainer.step, on_step=on_step)
+        if stop == check_at and checkpoint[1](trainer.model):
+            return trainer.model.eval()
+        if stop == half:
+            model = prune_model(trainer.model.cpu(), arch)
+            if quantized:
+                attach_fake_quant(model, arch)
+            trainer.set_model(model.to(x.device))
     trainer.run(on_step=on_step)
-    return model.eval()
+    return trainer.model.eval()
 
 
-def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config) -> dict:
-    """Proxy accuracy on the validation images, teacher agreement, and cost in seconds."""
+def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config,
+                    stop_check: Optional[Callable[[float], Optional[str]]] = None) -> dict:
+    """Proxy accuracy on the validation images, agreement with the teacher's top-1 and KL
+    divergence from its predictions (``teacher_kl``, nats), and cost in seconds.
+
+    With ``proxy.early_stop.at`` set, the partial model is scored at that checkpoint
+    (``checkpoint_accuracy``) and ``stop_check(checkpoint_accuracy)`` may end the training
+    there by returning a reason; then ``accuracy`` is the checkpoint's, ``stopped_at`` the
+    fraction of the budget spent and ``stopped_by`` the reason.
+    """
     start = time.time()
     p = cfg.proxy
     recipe = Recipe(epochs=p.epochs, batch=p.batch, lr=p.lr, temperature=p.temperature,
                     alpha=p.alpha)
+    out: dict = {}
+
+    def at_checkpoint(model: nn.Module) -> bool:
+        out["checkpoint_accuracy"] = accuracy(predict_logits(model, data.val_x), data.val_y)
+        reason = None if stop_check is None else stop_check(out["checkpoint_accuracy"])
+        if reason:
+            out["stopped_at"], out["stopped_by"] = p.early_stop.at, reason
+        return bool(reason)
+
+    checkpoint = None if p.early_stop.at is None else (p.early_stop.at, at_checkpoint)
     model = train_candidate(arch, data.train_x, data.train_y, data.train_teacher, recipe,
-                            seed=cfg.seed)
+                            seed=cfg.seed, checkpoint=checkpoint)
     logits = predict_logits(model, data.val_x)
-    out = {"accuracy": accuracy(logits, data.val_y), "cost_s": 0.0}
+    out["accuracy"] = accuracy(logits, data.val_y)
+    if checkpoint is not None and "checkpoint_accuracy" not in out:
+        out["checkpoint_accuracy"] = out["accuracy"]  # a budget too short to stop within
     if data.val_teacher is not None:
-        out["teacher_agreement"] = float(
-            (logits.argmax(1) == data.val_teacher.float().argmax(1)).float().mean())
+        teacher = data.val_teacher.float()
+        out["teacher_agreement"] = float((logits.argmax(1) == teacher.argmax(1)).float().mean())
+        out["teacher_kl"] = float(F.kl_div(F.log_softmax(logits.float(), 1),
+                                           F.log_softmax(teacher, 1), reduction="batchmean",
+                                           log_target=True))
     out["cost_s"] = time.time() - start
     return out
 
@@ -131,6 +166,17 @@ def naswot(arch: Arch, images: torch.Tensor, seed: int = 0) -> float:
     return float(torch.linalg.slogdet(kernel)[1])
 
 
-def zero_cost_proxy(arch: Arch) -> dict:
+def zero_cost_scores(arch: Arch, images: torch.Tensor, seed: int = 0) -> dict:
+    """Every zero-cost score of ``arch`` (no training): NASWOT on ``images``, synflow, the
+    parameter count; and their cost in seconds."""
     start = time.time()
-    return {"accuracy": synflow(arch), "cost_s": time.time() - start}
+    out = {"naswot": naswot(arch, images, seed), "synflow": synflow(arch),
+           "params": float(arch.params())}
+    out["cost_s"] = time.time() - start
+    return out
+
+
+def zero_cost_proxy(scores: dict) -> dict:
+    """``proxy=zero_cost``: NASWOT stands in for accuracy (it ranks the benchmark's
+    architectures best of the zero-cost scores; ``scripts/proxy_benchmark.py``)."""
+    return {"accuracy": scores["naswot"], "cost_s": scores["cost_s"]}

@@ -77,7 +77,7 @@ def pareto_rows(study: optuna.Study) -> list[dict]:
 
 def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Path,
                 console: Console) -> None:
-    score = "proxy score (synflow)" if cfg.proxy.kind == "zero_cost" else "proxy acc"
+    score = "proxy score (NASWOT)" if cfg.proxy.kind == "zero_cost" else "proxy acc"
     table = Table(title=f"Pareto-optimal trials of {study.study_name} ({cfg.device.name})")
     for col in ("trial", score, "latency ms", "energy mJ", "params", "MACs", "size KiB",
                 "bit-widths", "latency from"):
@@ -107,8 +107,9 @@ def run_search(cfg: Config) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own messages say what failed
     device_model = load_device_model(cfg)
     dataset = load_dataset(cfg.data, cfg.seed)
+    train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
     objective = Objective(cfg, dataset.in_chans, dataset.size, dataset.num_classes,
-                          device_model, None)
+                          device_model, None, dataset.train_x[train_idx[:64]])
     check_budgets(cfg, objective)
     storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s, cfg.storage.retry_s)
     meta = study_meta(cfg, dataset.fingerprint(), device_model.hash)
@@ -227,8 +228,15 @@ def write_outputs(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: P
     config = asdict(cfg)
     config["storage"]["url"] = redact(cfg.storage.url)
     write_text(out_dir / "config.json", json.dumps(config, indent=1))
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    skipped = [str(t.user_attrs.get("skipped", "")) for t in done]
+    proxy = {"kind": cfg.proxy.kind,
+             "seconds": round(sum(t.user_attrs.get("proxy_cost_s", 0.0) for t in done), 1),
+             "stopped_early": sum("proxy_stopped_at" in t.user_attrs for t in done),
+             "skipped_over_budget": sum(s.startswith("over budget") for s in skipped),
+             "skipped_by_prefilter": sum(s.startswith("pre-filter") for s in skipped)}
     summary = {"study": study.study_name, "storage": redact(cfg.storage.url),
                "device": cfg.device.name, "objectives": cfg.search.objectives,
-               "trials": counts, "this_run_seconds": round(seconds, 1), "pareto": rows,
-               "energy": "modelled: device power x predicted latency"}
+               "trials": counts, "proxy": proxy, "this_run_seconds": round(seconds, 1),
+               "pareto": rows, "energy": "modelled: device power x predicted latency"}
     write_text(out_dir / "summary.json", json.dumps(summary, indent=1))

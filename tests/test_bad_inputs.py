@@ -256,6 +256,12 @@ CASES = [
          ("is a folder", "journal:studies/edgenas.journal")),
     Case("export-no-study", lambda t: ["-m", "search.export"] + search_args(t)[2:],
          ("no study", "python -m search")),
+    Case("config-early-stop-outside-the-training",
+         lambda t: search_args(t, "proxy.early_stop.at=1.5"),
+         ("proxy.early_stop.at=1.5", "between 0 and 1")),
+    Case("config-unknown-prefilter-score",
+         lambda t: search_args(t, "proxy.prefilter.score=flops", "proxy.prefilter.dominated_by=2"),
+         ("proxy.prefilter.score='flops'", "naswot")),
 ]
 
 

@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import json
 
 import optuna
 import pytest
@@ -41,8 +42,10 @@ def test_search_runs_then_resumes_to_the_total(tmp_path):
     trials = complete(tmp_path / "study.db")
     assert len(trials) == 5
     attrs = trials[0].user_attrs
-    for key in ("arch_json", "latency_ms", "energy_mj", "size_kib", "params", "macs", "bits"):
+    for key in ("arch_json", "latency_ms", "energy_mj", "size_kib", "params", "macs", "bits",
+                "zc_naswot", "zc_synflow", "zc_cost_s"):
         assert key in attrs
+    assert trials[0].values[0] == attrs["zc_naswot"]  # proxy=zero_cost scores with NASWOT
     assert attrs["provenance"]["energy"] == "modelled"
 
 
@@ -56,6 +59,10 @@ def test_distilled_proxy_trains_against_a_cached_teacher(tmp_path):
     trials = complete(tmp_path / "study.db")
     assert all(0 <= t.values[0] <= 1 and t.user_attrs["proxy_cost_s"] > 0 for t in trials)
     assert all("proxy_teacher_agreement" in t.user_attrs for t in trials)
+    assert all(0 <= t.user_attrs["proxy_checkpoint_accuracy"] <= 1 for t in trials)
+    proxy = json.loads((tmp_path / "out" / "summary.json").read_text())["proxy"]
+    assert proxy["kind"] == "distill" and proxy["seconds"] > 0
+    assert proxy["stopped_early"] == sum("proxy_stopped_at" in t.user_attrs for t in trials)
     assert len(list((tmp_path / "cache" / "teacher").glob("*/model.safetensors"))) == 1
 
 

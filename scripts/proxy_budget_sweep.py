@@ -1,0 +1,228 @@
+"""How the distilled proxy's budget and score trade rank quality for cost.
+
+    python scripts/proxy_budget_sweep.py                 # all budgets, all architectures
+    python scripts/proxy_budget_sweep.py --shard 0/2 &   # split over processes (1 thread each)
+    python scripts/proxy_budget_sweep.py --shard 1/2
+    python scripts/proxy_budget_sweep.py --report        # the table only
+
+For each budget (training images x epochs, with or without the teacher) trains every
+architecture of ``scripts/results/proxy/archs.json`` as the proxy does (dense, pruned
+half-way, fake quantization, distillation from the cached teacher) and scores the model on
+5,000 validation images with four measures: accuracy, cross-entropy on the true labels, KL
+divergence from the teacher, agreement with the teacher's top-1; also at a checkpoint (what
+early stopping sees; half-way is the dense model, before pruning). Rows go to ``scripts/results/proxy/budget_sweep.csv``
+(resumable); the report ranks each (budget, measure) against the ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "scripts" / "results" / "proxy"
+SWEEP = RESULTS / "budget_sweep.csv"
+# name: (training images, epochs, checkpoint fraction, distillation weight alpha)
+BUDGETS = {"6k_x2": (6000, 2, 0.5, 0.7), "12k_x4": (12000, 4, 0.75, 0.7),
+           "12k_x4_no_teacher": (12000, 4, 0.75, 0.0)}
+VAL_IMAGES = 5000
+FIELDS = ["arch_id", "budget", "at", "accuracy", "ce", "kl", "agreement", "cost_s"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def measures(model, data) -> dict:
+    import torch.nn.functional as F
+
+    from search.train import predict_logits
+
+    logits = predict_logits(model, data.val_x).float()
+    teacher = data.val_teacher.float()
+    return {
+        "accuracy": float((logits.argmax(1) == data.val_y).float().mean()),
+        "ce": float(F.cross_entropy(logits, data.val_y)),
+        "kl": float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher, 1),
+                             reduction="batchmean", log_target=True)),
+        "agreement": float((logits.argmax(1) == teacher.argmax(1)).float().mean()),
+    }
+
+
+def sweep(shard: tuple[int, int], threads: int, budgets: list[str]) -> None:
+    import torch
+    from proxy_benchmark import load_cfg  # same folder
+
+    from search.data import load_dataset
+    from search.proxy import prepare_proxy_data, train_candidate
+    from search.teacher import TeacherCache
+    from search.train import Recipe
+    from spaces.arch import Arch
+
+    torch.set_num_threads(threads)
+    cfg = load_cfg()
+    dataset = load_dataset(cfg.data, cfg.seed)
+    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
+                           cfg.seed)
+    archs = json.loads((RESULTS / "archs.json").read_text())["archs"]
+    archs = [a for i, a in enumerate(archs) if i % shard[1] == shard[0]]
+    part = SWEEP.with_suffix(f".part{shard[0]}.csv")
+    done = {(r["arch_id"], r["budget"]) for path in (SWEEP, part) if path.exists()
+            for r in read_csv(path) if r["at"] == "1.0"}
+    for name, (images, epochs, at, alpha) in BUDGETS.items():
+        if budgets and name not in budgets:
+            continue
+        c = dataclasses.replace(cfg, proxy=dataclasses.replace(
+            cfg.proxy, train_images=images, val_images=VAL_IMAGES, epochs=epochs, alpha=alpha))
+        data = prepare_proxy_data(c, dataset, teacher)
+        recipe = Recipe(epochs=epochs, batch=c.proxy.batch, lr=c.proxy.lr,
+                        temperature=c.proxy.temperature, alpha=c.proxy.alpha)
+        for entry in archs:
+            if (entry["arch_id"], name) in done:
+                continue
+            arch = Arch.from_json(json.dumps(entry["arch"]))
+            rows = []
+            start = time.perf_counter()
+
+            def at_half(model, rows=rows, start=start, at=at, data=data):
+                rows.append({"at": at, **measures(model, data),
+                             "cost_s": time.perf_counter() - start})
+                return False
+
+            model = train_candidate(arch, data.train_x, data.train_y, data.train_teacher,
+                                    recipe, seed=cfg.seed, checkpoint=(at, at_half))
+            rows.append({"at": 1.0, **measures(model, data),
+                         "cost_s": time.perf_counter() - start})
+            new = not part.exists()
+            with open(part, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=FIELDS)
+                if new:
+                    w.writeheader()
+                for r in rows:
+                    w.writerow({"arch_id": arch.arch_id, "budget": name,
+                                **{k: round(v, 6) if isinstance(v, float) else v
+                                   for k, v in r.items()}})
+            print(f"{name} {arch.arch_id}: acc {rows[-1]['accuracy']:.4f} "
+                  f"{rows[-1]['cost_s']:.1f} s", flush=True)
+
+
+def report() -> str:
+    from scipy.stats import kendalltau, spearmanr
+
+    # The stored table, updated with what the per-process part files hold.
+    merged = {(r["arch_id"], r["budget"], r["at"]): r
+              for r in (read_csv(SWEEP) if SWEEP.exists() else [])}
+    parts = sorted(RESULTS.glob("budget_sweep.part*.csv"))
+    for part in parts:
+        merged.update({(r["arch_id"], r["budget"], r["at"]): r for r in read_csv(part)})
+    rows = sorted(merged.values(), key=lambda r: (r["budget"], r["arch_id"], r["at"]))
+    if parts:
+        with open(SWEEP, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+    truth = {r["arch_id"]: float(r["test_accuracy"])
+             for r in read_csv(RESULTS / "ground_truth.csv") if r["seed"] == "0"}
+    lines = ["| budget | at | measure | Kendall tau | Spearman rho | median cost s | n |",
+             "|---|---|---|---|---|---|---|"]
+    for name in BUDGETS:
+        for at in (str(BUDGETS[name][2]), "1.0"):
+            sel = {r["arch_id"]: r for r in rows if r["budget"] == name and r["at"] == at}
+            ids = [a for a in truth if a in sel]
+            if len(ids) < 3:
+                continue
+            y = [truth[a] for a in ids]
+            cost = sorted(float(sel[a]["cost_s"]) for a in ids)[len(ids) // 2]
+            for m, sign in (("accuracy", 1), ("ce", -1), ("kl", -1), ("agreement", 1)):
+                x = [sign * float(sel[a][m]) for a in ids]
+                lines.append(f"| {name} | {at} | {m} | {kendalltau(x, y)[0]:.3f} | "
+                             f"{spearmanr(x, y)[0]:.3f} | {cost:.1f} | {len(ids)} |")
+    return "\n".join(lines)
+
+
+def front(points: dict[str, tuple[float, float]]) -> set[str]:
+    """Ids not dominated in (higher accuracy, lower latency)."""
+    return {a for a, (acc, lat) in points.items()
+            if not any(acc2 >= acc and lat2 <= lat and (acc2, lat2) != (acc, lat)
+                       for acc2, lat2 in points.values())}
+
+
+def early_stop_simulation(budget: str, margins=(0.0, 0.005, 0.01, 0.02), orders: int = 50
+                          ) -> str:
+    """Replay the search's early-stop rule over the sweep's measurements: architectures arrive
+    in random orders; one stops at the checkpoint when an earlier, fully trained one at most as
+    slow (predicted rpi4 latency) beat its checkpoint accuracy by ``margin`` at both its own
+    checkpoint and its end. Reports the share stopped, the training time saved, and how many
+    stopped architectures belonged on the front (of the full proxy's results, and of the
+    ground truth)."""
+    import random
+
+    at = BUDGETS[budget][2]
+    rows = read_csv(SWEEP)
+    ckpt = {r["arch_id"]: float(r["accuracy"]) for r in rows
+            if r["budget"] == budget and r["at"] == str(at)}
+    final = {r["arch_id"]: float(r["accuracy"]) for r in rows
+             if r["budget"] == budget and r["at"] == "1.0"}
+    lat = {a["arch_id"]: a["rpi4_latency_ms"]
+           for a in json.loads((RESULTS / "archs.json").read_text())["archs"]}
+    truth = {r["arch_id"]: float(r["test_accuracy"])
+             for r in read_csv(RESULTS / "ground_truth.csv") if r["seed"] == "0"}
+    ids = [a for a in final if a in ckpt and a in truth]
+    if len(ids) < 3:
+        return ""
+    proxy_front = front({a: (final[a], lat[a]) for a in ids})
+    true_front = front({a: (truth[a], lat[a]) for a in ids})
+    lines = [f"Early stop replayed on {budget} ({len(ids)} architectures, checkpoint at {at}, "
+             f"{orders} random arrival orders; fronts over accuracy and rpi4 latency: "
+             f"proxy front {len(proxy_front)}, ground-truth front {len(true_front)}):", "",
+             "| margin | stopped | training saved | stopped on proxy front | "
+             "stopped on ground-truth front |", "|---|---|---|---|---|"]
+    for margin in margins:
+        stopped_n = lost_p = lost_t = 0
+        for seed in range(orders):
+            order = ids[:]
+            random.Random(seed).shuffle(order)
+            done: list[str] = []
+            for a in order:
+                if any(min(ckpt[b], final[b]) >= ckpt[a] + margin and lat[b] <= lat[a]
+                       for b in done):
+                    stopped_n += 1
+                    lost_p += a in proxy_front
+                    lost_t += a in true_front
+                else:
+                    done.append(a)
+        n = orders * len(ids)
+        lines.append(f"| {margin} | {100 * stopped_n / n:.1f}% | "
+                     f"{100 * stopped_n * (1 - at) / n:.1f}% | {lost_p / orders:.2f} | "
+                     f"{lost_t / orders:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--shard", default="0/1", help="K/N: every N-th architecture from K")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--budgets", default="", help="comma-separated names (default: all)")
+    args = parser.parse_args()
+    if not args.report:
+        k, n = (int(v) for v in args.shard.split("/"))
+        sweep((k, n), args.threads, [b for b in args.budgets.split(",") if b])
+    text = report()
+    for name in BUDGETS:
+        sim = early_stop_simulation(name)
+        if sim:
+            text += "\n\n" + sim
+    print(text)
+    (RESULTS / "budget_sweep.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Early stopping of the distilled proxy and the zero-cost pre-filter."""
+
+import dataclasses
+
+import optuna
+import torch
+from optuna.distributions import FloatDistribution
+
+from search.config import Config
+from search.objective import early_stopper, prefilter_reason
+from search.proxy import ProxyData, distilled_proxy, train_candidate
+from search.train import Recipe
+from tests.conftest import tiny_arch
+
+
+def data(n=256, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=gen)
+    x = (torch.rand(n, 1, 28, 28, generator=gen) * 60).to(torch.uint8)
+    x[torch.arange(n), 0, y * 5, :] = 255  # a learnable class pattern
+    return x, y
+
+
+def proxy_cfg(**early_stop):
+    cfg = Config()
+    proxy = dataclasses.replace(cfg.proxy, epochs=2, batch=32,
+                                early_stop=dataclasses.replace(cfg.proxy.early_stop,
+                                                               **early_stop))
+    return dataclasses.replace(cfg, proxy=proxy)
+
+
+def finished(number, final, checkpoint, latency, **attrs):
+    t = optuna.trial.create_trial(
+        values=[final, latency], params={"x": 0.5},
+        distributions={"x": FloatDistribution(0, 1)},
+        user_attrs={"proxy_checkpoint_accuracy": checkpoint, "latency_ms": latency, **attrs})
+    t.number = number
+    return t
+
+
+def test_checkpoint_sees_the_dense_model_at_half_way_and_can_stop_training():
+    x, y = data()
+    arch = tiny_arch(prune=0.5)
+    steps, seen = [], []
+    recipe = Recipe(epochs=2, batch=32)
+
+    def look(model):
+        seen.append(sum(p.numel() for p in model.parameters()))
+        return False
+
+    full = train_candidate(arch, x, y, None, recipe, on_step=steps.append,
+                           checkpoint=(0.5, look))
+    assert steps[-1] == recipe.total_steps(len(y)) == 16
+    assert seen and seen[0] > sum(p.numel() for p in full.parameters())  # not yet pruned
+    steps.clear()
+    train_candidate(arch, x, y, None, recipe, on_step=steps.append,
+                    checkpoint=(0.25, lambda model: True))
+    assert steps[-1] == 4  # stopped a quarter of the way
+
+
+def test_distilled_proxy_records_the_checkpoint_and_why_it_stopped():
+    x, y = data()
+    vx, vy = data(64, seed=1)
+    pd = ProxyData(x, y, None, vx, vy, None)
+    arch = tiny_arch(bits=8)
+    full = distilled_proxy(arch, pd, proxy_cfg(at=0.5), stop_check=lambda acc: None)
+    assert 0 <= full["checkpoint_accuracy"] <= 1 and "stopped_at" not in full
+    stopped = distilled_proxy(arch, pd, proxy_cfg(at=0.5), stop_check=lambda acc: "beaten")
+    assert stopped["stopped_at"] == 0.5 and stopped["stopped_by"] == "beaten"
+    assert stopped["accuracy"] == stopped["checkpoint_accuracy"] == full["checkpoint_accuracy"]
+    never = distilled_proxy(arch, pd, proxy_cfg(at=None), stop_check=lambda acc: "beaten")
+    assert "checkpoint_accuracy" not in never and never["accuracy"] == full["accuracy"]
+
+
+def test_a_partial_result_is_dominated_only_by_a_cheaper_better_finished_trial():
+    trials = [finished(0, final=0.80, checkpoint=0.70, latency=1.0),
+              finished(1, final=0.95, checkpoint=0.90, latency=3.0),  # slower
+              finished(2, final=0.99, checkpoint=0.99, latency=0.5, proxy_stopped_at=0.5),
+              finished(3, final=0.99, checkpoint=0.99, latency=0.5, skipped="over budget")]
+    check = early_stopper(trials, {"latency_ms": 2.0}, ["latency_ms"], margin=0.01)
+    assert "trial 0" in check(0.60)
+    assert check(0.695) is None  # within the margin
+    assert check(0.75) is None  # trial 0 was behind at its own checkpoint (0.70)
+    # the worse of the rival's checkpoint and final accuracy counts
+    rival = [finished(0, final=0.65, checkpoint=0.90, latency=1.0)]
+    assert early_stopper(rival, {"latency_ms": 2.0}, ["latency_ms"], 0.0)(0.70) is None
+    # a slower rival does not dominate; stopped or skipped trials are never rivals
+    assert early_stopper(trials[1:], {"latency_ms": 2.0}, ["latency_ms"], 0.0)(0.5) is None
+    assert "trial 1" in early_stopper(trials, {"latency_ms": 3.0}, ["latency_ms"], 0.0)(0.85)
+
+
+def test_prefilter_needs_enough_cheaper_trials_with_a_higher_score():
+    trials = [finished(i, final=0.8, checkpoint=0.7, latency=lat, zc_naswot=score)
+              for i, (lat, score) in enumerate([(1.0, 50.0), (1.5, 60.0), (3.0, 90.0)])]
+    c = {"latency_ms": 2.0}
+    assert prefilter_reason(trials, c, {"naswot": 40.0}, ["latency_ms"], "naswot", 2)
+    assert prefilter_reason(trials, c, {"naswot": 55.0}, ["latency_ms"], "naswot", 2) is None
+    assert prefilter_reason(trials, c, {"naswot": 55.0}, ["latency_ms"], "naswot", 1)
