@@ -2,6 +2,7 @@
 
     python scripts/proxy_benchmark.py            # score what is missing, then the table
     python scripts/proxy_benchmark.py --report   # the table from the stored scores only
+    python scripts/proxy_benchmark.py --cost 8   # time the default proxy alone (cost.csv)
 
 Scores every architecture of ``scripts/results/proxy/archs.json`` with each proxy, on this
 machine's CPU (``search.threads`` torch threads), and stores them with their cost in seconds in
@@ -155,11 +156,56 @@ def report() -> str:
     return "\n".join(lines)
 
 
+def measure_cost(n: int) -> str:
+    """The default proxy's wall time per trial, alone on this machine with
+    ``search.threads`` threads, for ``n`` architectures spread over the latency range
+    (``cost.csv``); the scores' cost columns come from runs that shared the machine."""
+    import torch
+
+    from search.data import load_dataset
+    from search.proxy import distilled_proxy, prepare_proxy_data
+    from search.teacher import TeacherCache
+    from spaces.arch import Arch
+
+    cfg = load_cfg()
+    torch.set_num_threads(cfg.search.threads)
+    dataset = load_dataset(cfg.data, cfg.seed)
+    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
+                           cfg.seed)
+    data = prepare_proxy_data(cfg, dataset, teacher)
+    archs = json.loads((RESULTS / "archs.json").read_text())["archs"]
+    picks = [archs[round(k * (len(archs) - 1) / max(1, n - 1))] for k in range(n)]
+    rows = []
+    for entry in picks:
+        arch = Arch.from_json(json.dumps(entry["arch"]))
+        start = time.perf_counter()
+        out = distilled_proxy(arch, data, cfg)  # no rivals: never stops early
+        rows.append({"arch_id": arch.arch_id, "rpi4_latency_ms": entry["rpi4_latency_ms"],
+                     "macs": arch.macs(), "seconds": round(time.perf_counter() - start, 2),
+                     "accuracy": round(out["accuracy"], 4)})
+        print(rows[-1], flush=True)
+    with open(RESULTS / "cost.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    secs = sorted(r["seconds"] for r in rows)
+    return (f"default proxy cost, {cfg.search.threads} threads, {len(rows)} architectures "
+            f"spread over the latency range: median {secs[len(secs) // 2]:.1f} s, "
+            f"min {secs[0]:.1f} s, max {secs[-1]:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", action="store_true", help="only the table")
     parser.add_argument("--limit", type=int, default=None, help="only the first N (smoke)")
+    parser.add_argument("--cost", type=int, default=0, metavar="N",
+                        help="only time the default proxy alone on N architectures")
     args = parser.parse_args()
+    if args.cost:
+        line = measure_cost(args.cost)
+        print(line)
+        (RESULTS / "cost.md").write_text(line + "\n")
+        return
     if not args.report:
         score_all(args.limit)
     table = report()

@@ -4,7 +4,7 @@
     python scripts/proxy_int8_check.py --n 4
 
 For 8-bit trials the proxy trains the candidate with fake quantization and scores it in torch;
-the user deploys ``model.int8.onnx`` (onnxruntime static QDQ, int8 weights per channel, uint8
+the user deploys ``model.int8.onnx`` (onnxruntime static QDQ, 8-bit weights per channel, uint8
 activations calibrated on training images). For ``--n`` architectures of
 ``scripts/results/proxy/archs.json`` (spread over the latency range), every layer set to 8 bits,
 this trains each with the default proxy, exports it exactly as ``search.export`` does and

@@ -107,6 +107,14 @@ class SearchConfig:
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency_ms"])
     population: int = 10
     heartbeat_s: int = 30
+    device: str = "auto"  # where the proxy trains: auto (a GPU when present) | cpu | cuda
+
+    def torch_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
 
 @dataclass
@@ -206,6 +214,15 @@ def validate(c: Config) -> None:
         problems.append(f"storage.retry_s={c.storage.retry_s} must be 0 or more seconds")
     if c.search.heartbeat_s < 1:
         problems.append(f"search.heartbeat_s={c.search.heartbeat_s} must be at least 1 second")
+    if c.search.device not in ("auto", "cpu", "cuda"):
+        problems.append(f"search.device={c.search.device!r} is not auto, cpu or cuda")
+    elif c.search.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append("search.device=cuda but torch sees no CUDA GPU here (torch "
+                            f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+                            "use search.device=auto or cpu, or install a CUDA build of torch")
     if c.search.threads < 1:
         problems.append(f"search.threads={c.search.threads} must be at least 1")
     bad = [o for o in c.search.objectives if o not in OBJECTIVES]

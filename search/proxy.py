@@ -52,6 +52,13 @@ def prepare_proxy_data(cfg: Config, dataset: Dataset,
     )
 
 
+def to_device(data: ProxyData, device: str) -> ProxyData:
+    """The proxy's tensors on ``device`` (training then runs there)."""
+    return ProxyData(*(None if t is None else t.to(device) for t in (
+        data.train_x, data.train_y, data.train_teacher, data.val_x, data.val_y,
+        data.val_teacher)))
+
+
 def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
                     teacher: Optional[torch.Tensor], recipe: Recipe, seed: int = 0,
                     on_step: Optional[Callable[[int], None]] = None,

@@ -23,7 +23,7 @@ from search.config import Config
 from search.data import load_dataset
 from search.errors import UserError
 from search.objective import Objective, fastest_possible
-from search.proxy import prepare_proxy_data
+from search.proxy import prepare_proxy_data, to_device
 from search.storage import storage_error
 from search.study import (
     FrontTracker,
@@ -133,7 +133,10 @@ def run_search(cfg: Config) -> None:
             console.print(f"teacher {meta_t.get('model')}: test accuracy "
                           f"{100 * meta_t.get('test_accuracy', 0):.2f}% "
                           f"(cached in {teacher.dir})")
-            objective.proxy_data = prepare_proxy_data(cfg, dataset, teacher)
+            objective.proxy_data = to_device(prepare_proxy_data(cfg, dataset, teacher),
+                                             cfg.search.torch_device())
+            if cfg.search.torch_device() != "cpu":
+                console.print(f"candidates train on {torch.cuda.get_device_name(0)}")
         try:
             run_trials(cfg, study, objective, done, remaining)
         except (StorageInternalError, SQLAlchemyError) as exc:

@@ -1,6 +1,7 @@
 """Config composition with Hydra's compose API (no app launch)."""
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from search.config import CONF_DIR, Config, known_devices, load
@@ -46,6 +47,14 @@ def test_invalid_values_are_named(override, needle):
     with pytest.raises(UserError, match=None) as err:
         make("+device=rpi4", override)
     assert needle in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_refused_with_the_way_out():
+    with pytest.raises(UserError) as err:
+        make("+device=rpi4", "search.device=cuda")
+    assert "search.device=auto" in str(err.value)
+    assert make("+device=rpi4", "search.device=auto").search.torch_device() == "cpu"
 
 
 def test_missing_device_is_a_user_error():

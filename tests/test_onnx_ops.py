@@ -33,6 +33,11 @@ def test_int8_export_quantizes_only_8bit_layers(tmp_path):
     graph = onnx.load(str(int8))
     conv_bits = [op.bits for op in onnx_ops(graph) if op.kind != "eltwise" and op.macs]
     assert 8 in conv_bits and 32 in conv_bits
+    # Weights are unsigned 8-bit: signed ones (U8S8) saturate on x86 CPUs without VNNI.
+    init = {t.name: t for t in graph.graph.initializer}
+    weight_types = {init[n.input[0]].data_type for n in graph.graph.node
+                    if n.op_type == "DequantizeLinear" and n.input[0] in init}
+    assert weight_types == {onnx.TensorProto.UINT8, onnx.TensorProto.INT32}  # INT32: biases
     x = np.random.default_rng(1).random((3, 1, 28, 28), dtype=np.float32)
     ref = ort_session(fp32).run(None, {"image": x})[0]
     assert np.abs(ort_session(int8).run(None, {"image": x})[0] - ref).max() < 0.5
