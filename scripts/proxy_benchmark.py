@@ -54,6 +54,26 @@ def load_cfg():
         return load(compose(config_name="config", overrides=["+device=rpi4"]))
 
 
+def load_archs() -> list[dict]:
+    """The benchmark's architectures (``archs.json``), in order of predicted rpi4 latency."""
+    return json.loads((RESULTS / "archs.json").read_text())["archs"]
+
+
+def spread(items: list, n: int) -> list:
+    """``n`` items evenly spaced over ``items`` (first and last included)."""
+    return [items[round(k * (len(items) - 1) / max(1, n - 1))] for k in range(n)]
+
+
+def load_dataset_and_teacher(cfg):
+    """The dataset and the cached teacher of ``cfg`` (trained first if not cached)."""
+    from search.data import load_dataset
+    from search.teacher import TeacherCache
+
+    dataset = load_dataset(cfg.data, cfg.seed)
+    return dataset, TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir,
+                                 cfg.data.val_images, cfg.seed)
+
+
 def sweep_budget(proxy) -> str | None:
     """The name of the budget in ``proxy_budget_sweep.py`` that trains exactly like ``proxy``
     (its rows can stand in for this proxy's), or None."""
@@ -71,9 +91,7 @@ def score_all(limit: int | None) -> None:
     import torch
     from proxy_budget_sweep import SWEEP
 
-    from search.data import load_dataset
     from search.proxy import distilled_proxy, naswot, prepare_proxy_data, synflow
-    from search.teacher import TeacherCache
     from spaces.arch import Arch
 
     cfg = load_cfg()
@@ -81,13 +99,14 @@ def score_all(limit: int | None) -> None:
     plain = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, alpha=0.0))
     path = RESULTS / "scores.csv"
     done = {r["arch_id"]: r for r in read_csv(path)} if path.exists() else {}
-    archs = json.loads((RESULTS / "archs.json").read_text())["archs"][:limit]
+    archs = load_archs()[:limit]
     # Trainings the budget sweep already ran with exactly the proxy's settings are reused.
     swept = {}
+    sweep_rows = read_csv(SWEEP) if SWEEP.exists() else []
     for name, c in (("distill", cfg), ("no_teacher", plain)):
         budget = sweep_budget(c.proxy)
-        if budget and SWEEP.exists():
-            swept[name] = {r["arch_id"]: r for r in read_csv(SWEEP)
+        if budget:
+            swept[name] = {r["arch_id"]: r for r in sweep_rows
                            if r["budget"] == budget and r["at"] == "1.0"}
     todo = [(a, p) for a in archs for p in PROXIES
             if not done.get(a["arch_id"], {}).get(p)
@@ -95,10 +114,7 @@ def score_all(limit: int | None) -> None:
     fields = ["arch_id"] + [f"{p}{s}" for p in PROXIES + OLD for s in ("", "_cost_s")]
     data = batch = None
     if any(p in ("distill", "no_teacher", "naswot") for _, p in todo):
-        dataset = load_dataset(cfg.data, cfg.seed)
-        teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
-                               cfg.seed)
-        data = prepare_proxy_data(cfg, dataset, teacher)
+        data = prepare_proxy_data(cfg, *load_dataset_and_teacher(cfg))
         batch = data.train_x[:64]
     scorers = {"distill": lambda a: distilled_proxy(a, data, cfg)["accuracy"],
                "no_teacher": lambda a: distilled_proxy(a, data, plain)["accuracy"],
@@ -162,21 +178,14 @@ def measure_cost(n: int) -> str:
     (``cost.csv``); the scores' cost columns come from runs that shared the machine."""
     import torch
 
-    from search.data import load_dataset
     from search.proxy import distilled_proxy, prepare_proxy_data
-    from search.teacher import TeacherCache
     from spaces.arch import Arch
 
     cfg = load_cfg()
     torch.set_num_threads(cfg.search.threads)
-    dataset = load_dataset(cfg.data, cfg.seed)
-    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
-                           cfg.seed)
-    data = prepare_proxy_data(cfg, dataset, teacher)
-    archs = json.loads((RESULTS / "archs.json").read_text())["archs"]
-    picks = [archs[round(k * (len(archs) - 1) / max(1, n - 1))] for k in range(n)]
+    data = prepare_proxy_data(cfg, *load_dataset_and_teacher(cfg))
     rows = []
-    for entry in picks:
+    for entry in spread(load_archs(), n):
         arch = Arch.from_json(json.dumps(entry["arch"]))
         start = time.perf_counter()
         out = distilled_proxy(arch, data, cfg)  # no rivals: never stops early

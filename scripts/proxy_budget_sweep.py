@@ -60,21 +60,15 @@ def measures(model, data) -> dict:
 
 def sweep(shard: tuple[int, int], threads: int, budgets: list[str]) -> None:
     import torch
-    from proxy_benchmark import load_cfg  # same folder
+    from proxy_benchmark import load_archs, load_cfg, load_dataset_and_teacher  # same folder
 
-    from search.data import load_dataset
-    from search.proxy import prepare_proxy_data, train_candidate
-    from search.teacher import TeacherCache
-    from search.train import Recipe
+    from search.proxy import prepare_proxy_data, proxy_recipe, train_candidate
     from spaces.arch import Arch
 
     torch.set_num_threads(threads)
     cfg = load_cfg()
-    dataset = load_dataset(cfg.data, cfg.seed)
-    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
-                           cfg.seed)
-    archs = json.loads((RESULTS / "archs.json").read_text())["archs"]
-    archs = [a for i, a in enumerate(archs) if i % shard[1] == shard[0]]
+    dataset, teacher = load_dataset_and_teacher(cfg)
+    archs = [a for i, a in enumerate(load_archs()) if i % shard[1] == shard[0]]
     part = SWEEP.with_suffix(f".part{shard[0]}.csv")
     done = {(r["arch_id"], r["budget"]) for path in (SWEEP, part) if path.exists()
             for r in read_csv(path) if r["at"] == "1.0"}
@@ -84,8 +78,7 @@ def sweep(shard: tuple[int, int], threads: int, budgets: list[str]) -> None:
         c = dataclasses.replace(cfg, proxy=dataclasses.replace(
             cfg.proxy, train_images=images, val_images=VAL_IMAGES, epochs=epochs, alpha=alpha))
         data = prepare_proxy_data(c, dataset, teacher)
-        recipe = Recipe(epochs=epochs, batch=c.proxy.batch, lr=c.proxy.lr,
-                        temperature=c.proxy.temperature, alpha=c.proxy.alpha)
+        recipe = proxy_recipe(c.proxy)
         for entry in archs:
             if (entry["arch_id"], name) in done:
                 continue
@@ -156,6 +149,19 @@ def front(points: dict[str, tuple[float, float]]) -> set[str]:
                        for acc2, lat2 in points.values())}
 
 
+def replay_inputs(budget: str) -> tuple[dict, dict, dict]:
+    """For the replays: each architecture's final proxy accuracy under ``budget``, its
+    predicted rpi4 latency, and its ground-truth (seed 0) test accuracy."""
+    from proxy_benchmark import load_archs
+
+    final = {r["arch_id"]: float(r["accuracy"]) for r in read_csv(SWEEP)
+             if r["budget"] == budget and r["at"] == "1.0"}
+    lat = {a["arch_id"]: a["rpi4_latency_ms"] for a in load_archs()}
+    truth = {r["arch_id"]: float(r["test_accuracy"])
+             for r in read_csv(RESULTS / "ground_truth.csv") if r["seed"] == "0"}
+    return final, lat, truth
+
+
 def early_stop_simulation(budget: str, margins=(0.0, 0.005, 0.01, 0.02), orders: int = 50
                           ) -> str:
     """Replay the search's early-stop rule over the sweep's measurements: architectures arrive
@@ -167,15 +173,9 @@ def early_stop_simulation(budget: str, margins=(0.0, 0.005, 0.01, 0.02), orders:
     import random
 
     at = BUDGETS[budget][2]
-    rows = read_csv(SWEEP)
-    ckpt = {r["arch_id"]: float(r["accuracy"]) for r in rows
+    ckpt = {r["arch_id"]: float(r["accuracy"]) for r in read_csv(SWEEP)
             if r["budget"] == budget and r["at"] == str(at)}
-    final = {r["arch_id"]: float(r["accuracy"]) for r in rows
-             if r["budget"] == budget and r["at"] == "1.0"}
-    lat = {a["arch_id"]: a["rpi4_latency_ms"]
-           for a in json.loads((RESULTS / "archs.json").read_text())["archs"]}
-    truth = {r["arch_id"]: float(r["test_accuracy"])
-             for r in read_csv(RESULTS / "ground_truth.csv") if r["seed"] == "0"}
+    final, lat, truth = replay_inputs(budget)
     ids = [a for a in final if a in ckpt and a in truth]
     if len(ids) < 3:
         return ""
@@ -215,12 +215,7 @@ def prefilter_simulation(budget: str, ns=(1, 2, 3, 5), orders: int = 50) -> str:
     import random
 
     scores = {r["arch_id"]: float(r["naswot"]) for r in read_csv(RESULTS / "scores.csv")}
-    final = {r["arch_id"]: float(r["accuracy"]) for r in read_csv(SWEEP)
-             if r["budget"] == budget and r["at"] == "1.0"}
-    lat = {a["arch_id"]: a["rpi4_latency_ms"]
-           for a in json.loads((RESULTS / "archs.json").read_text())["archs"]}
-    truth = {r["arch_id"]: float(r["test_accuracy"])
-             for r in read_csv(RESULTS / "ground_truth.csv") if r["seed"] == "0"}
+    final, lat, truth = replay_inputs(budget)
     ids = [a for a in final if a in scores and a in truth]
     if len(ids) < 3:
         return ""

@@ -42,31 +42,23 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from proxy_benchmark import load_cfg
+    from proxy_benchmark import load_archs, load_cfg, load_dataset_and_teacher, spread
 
-    from search.data import load_dataset, to_float
+    from search.data import to_float
     from search.export import onnx_accuracy
-    from search.proxy import prepare_proxy_data, train_candidate
-    from search.teacher import TeacherCache
-    from search.train import Recipe, accuracy, predict_logits
+    from search.proxy import prepare_proxy_data, proxy_recipe, train_candidate
+    from search.train import accuracy, predict_logits
     from spaces.arch import Arch
     from spaces.onnx_io import export_fp32, export_int8
     from spaces.quant import detach_fake_quant
 
     cfg = load_cfg()
     torch.set_num_threads(cfg.search.threads)
-    dataset = load_dataset(cfg.data, cfg.seed)
-    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
-                           cfg.seed)
-    data = prepare_proxy_data(cfg, dataset, teacher)
-    archs = json.loads((RESULTS / "archs.json").read_text())["archs"]
-    picks = [archs[round(k * (len(archs) - 1) / max(1, args.n - 1))] for k in range(args.n)]
-    p = cfg.proxy
-    recipe = Recipe(epochs=p.epochs, batch=p.batch, lr=p.lr, temperature=p.temperature,
-                    alpha=p.alpha)
+    data = prepare_proxy_data(cfg, *load_dataset_and_teacher(cfg))
+    recipe = proxy_recipe(cfg.proxy)
     calib = to_float(data.train_x[:cfg.export.calibration_images]).numpy()
     rows = []
-    for entry in picks:
+    for entry in spread(load_archs(), args.n):
         arch = all_8bit(Arch.from_json(json.dumps(entry["arch"])))
         # the same training as distilled_proxy, keeping the model
         model = train_candidate(arch, data.train_x, data.train_y, data.train_teacher, recipe,

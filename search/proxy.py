@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.config import Config
+from search.config import Config, ProxyConfig
 from search.data import Dataset, to_float
 from search.teacher import TeacherCache
 from search.train import Recipe, Trainer, accuracy, predict_logits
@@ -95,6 +95,12 @@ def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
     return trainer.model.eval()
 
 
+def proxy_recipe(p: ProxyConfig) -> Recipe:
+    """The training recipe of the distilled proxy's budget."""
+    return Recipe(epochs=p.epochs, batch=p.batch, lr=p.lr, temperature=p.temperature,
+                  alpha=p.alpha)
+
+
 def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config,
                     stop_check: Optional[Callable[[float], Optional[str]]] = None) -> dict:
     """Proxy accuracy on the validation images, agreement with the teacher's top-1 and KL
@@ -107,8 +113,7 @@ def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config,
     """
     start = time.time()
     p = cfg.proxy
-    recipe = Recipe(epochs=p.epochs, batch=p.batch, lr=p.lr, temperature=p.temperature,
-                    alpha=p.alpha)
+    recipe = proxy_recipe(p)
     out: dict = {}
 
     def at_checkpoint(model: nn.Module) -> bool:

@@ -133,9 +133,9 @@ def run_search(cfg: Config) -> None:
             console.print(f"teacher {meta_t.get('model')}: test accuracy "
                           f"{100 * meta_t.get('test_accuracy', 0):.2f}% "
                           f"(cached in {teacher.dir})")
-            objective.proxy_data = to_device(prepare_proxy_data(cfg, dataset, teacher),
-                                             cfg.search.torch_device())
-            if cfg.search.torch_device() != "cpu":
+            device = cfg.search.torch_device()
+            objective.proxy_data = to_device(prepare_proxy_data(cfg, dataset, teacher), device)
+            if device != "cpu":
                 console.print(f"candidates train on {torch.cuda.get_device_name(0)}")
         try:
             run_trials(cfg, study, objective, done, remaining)
