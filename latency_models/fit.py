@@ -1,30 +1,60 @@
-"""Fit a device model from measurements and print its held-out accuracy.
+"""Fit a device model from measurements, print its held-out accuracy, write its config.
 
-    # this machine, from the project's own profiler
-    python -m latency_models.fit device=host \
-        measurements=latency_models/data/host_measurements.csv \
+    # a device profiled with a bundle (this machine: latency_models/data/host-bundle)
+    python -m latency_models.fit device=host bundle=latency_models/data/host-bundle \
         power_w=15 out=latency_models/data/host.json
+    # networks measured here by `python -m latency_models.profile out=FILE.csv`
+    python -m latency_models.fit device=mine measurements=FILE.csv power_w=15
+    # Samsung Note10, from Once-for-All's lookup tables (squeeze-excitation, hard-swish)
+    python -m latency_models.fit device=note10 ofa=latency_models/data/ofa_note10_lut \
+        power_w=3.5 out=latency_models/data/note10.json
+    # BitFusion accelerator, from APQ's simulated 4/6/8-bit table (latency and energy)
+    python -m latency_models.fit device=bitfusion apq=latency_models/data/apq_bitfusion_lut.json \
+        power_w=1 bits=8,6,4 out=latency_models/data/bitfusion.json
     # Raspberry Pi 4, from HW-NAS-Bench's FBNet block table
     python -m latency_models.fit device=rpi4 \
         fbnet=latency_models/data/hwnasbench_fbnet_blocks.csv \
         column=raspi4_latency power_w=5.25 out=latency_models/data/rpi4.json
+    # Jetson TX2 with its measured energy
+    python -m latency_models.fit device=jetson_tx2 fbnet=... column=edgegpu_latency \
+        energy=edgegpu_energy power_w=6 out=latency_models/data/jetson_tx2.json
+    # a new board with a few measurements, borrowing the structure of a richer device
+    python -m latency_models.fit device=myboard measurements=results.csv \
+        base=latency_models/data/rpi4.json power_w=4
 
 Held-out accuracy is 5-fold cross-validation over the measured units (networks or blocks),
-predicted by the regressor alone (no lookup of the held-out unit).
+predicted by the regressor alone (no lookup of the held-out unit). Besides the model JSON the
+command writes ``conf/device/NAME.yaml`` (``conf=`` to put it elsewhere), so that
+``python -m search +device=NAME`` finds the new device.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from latency_models.model import DeviceModel
+from latency_models.model import DeviceModel, DeviceModelError
 from latency_models.ops import Op
-from latency_models.sources import MeasurementError, read_fbnet, read_profile
+from latency_models.sources import (
+    MeasurementError,
+    read_apq_lut,
+    read_bundle,
+    read_fbnet,
+    read_ofa_luts,
+    read_profile,
+)
+from spaces.files import write_text
 
-USAGE = ("usage: python -m latency_models.fit device=NAME (measurements=FILE.csv | "
-         "fbnet=FILE.csv column=COLUMN) power_w=WATTS [power_source=TEXT] out=FILE.json")
+USAGE = ("usage: python -m latency_models.fit device=NAME (bundle=DIR | "
+         "measurements=FILE.csv | fbnet=FILE.csv column=COLUMN [energy=COLUMN] | ofa=DIR | "
+         "apq=FILE.json) "
+         "[base=MODEL.json] power_w=WATTS "
+         "[power_source=TEXT] [power_log=FILE.csv] [out=FILE.json] [conf=FILE.yaml] "
+         "[bits=32,8] [description=TEXT]")
+KNOWN = {"device", "bundle", "measurements", "fbnet", "ofa", "apq", "column", "energy", "base",
+         "power_w", "power_source", "power_log", "out", "conf", "bits", "description"}
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,59 +62,207 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def cross_validate(make: callable, samples: list[list[Op]], ys: list[float], folds: int = 5,
-                   seed: int = 0) -> dict:
-    """Within-10% share, MAPE and Spearman of held-out predictions."""
-    y = np.asarray(ys)
-    order = np.random.default_rng(seed).permutation(len(y))
-    pred = np.zeros_like(y)
-    for k in range(folds):
-        test = order[k::folds]
-        train = np.setdiff1d(order, test)
-        model = make().fit([samples[i] for i in train], y[train])
-        for i in test:
-            pred[i] = model.predict(samples[i]).latency_ms
+def accuracy(pred: np.ndarray, y: np.ndarray) -> dict:
+    """Within-10% share, mean absolute percentage error and Spearman of predictions."""
     err = np.abs(pred - y) / y
     return {"within_10pct": float(np.mean(err <= 0.10)), "mape": float(np.mean(err)),
-            "spearman": spearman(pred, y), "n": int(len(y)), "folds": folds}
+            "spearman": spearman(pred, y), "n": int(len(y))}
+
+
+def cross_validate(make: callable, samples: list[list[Op]], ys, folds: int = 5,
+                   seed: int = 0, energy=None, groups=None, evaluate=None) -> dict:
+    """Held-out accuracy of ``make().fit`` (latency, and energy when ``energy`` is given).
+
+    ``groups`` keeps units of one group (a network and its layers) in the same fold;
+    ``evaluate`` (booleans) scores only those units (the networks), by the regressor alone.
+    """
+    y = np.asarray(ys, dtype=float)
+    e = None if energy is None else np.asarray(energy, dtype=float)
+    g = np.arange(len(y)) if groups is None else np.asarray(groups)
+    names = np.unique(g)
+    order = names[np.random.default_rng(seed).permutation(len(names))]
+    pred, pred_e = np.zeros_like(y), np.zeros_like(y)
+    for k in range(folds):
+        test = np.flatnonzero(np.isin(g, order[k::folds]))
+        train = np.setdiff1d(np.arange(len(y)), test)
+        model = make().fit([samples[i] for i in train], y[train],
+                           energy_mj=None if e is None else e[train])
+        for i in test:
+            p = model.predict(samples[i])
+            pred[i], pred_e[i] = p.latency_ms, p.energy_mj
+    sel = np.ones(len(y), bool) if evaluate is None else np.asarray(evaluate, bool)
+    out = dict(accuracy(pred[sel], y[sel]), folds=folds)
+    if e is not None:
+        out["energy"] = accuracy(pred_e[sel], e[sel])
+    return out
+
+
+def fit_bundle(make: callable, bundle: dict, networks=None, energy=None) -> DeviceModel:
+    """A device model from a measured bundle: the linear op model on the whole networks (the
+    ONNX path), the layer model and composition on the layers and networks (the
+    architecture path), every unit in the lookup table. ``networks`` restricts it to those
+    network ids (cross-validation)."""
+    from latency_models.ops import arch_units
+    from spaces.arch import Arch
+
+    samples, units = bundle["samples"], bundle["units"]
+    ys = np.asarray(bundle["latency_ms"])
+    keep = [i for i, u in enumerate(units) if networks is None or u["network"] in networks]
+    nets = [i for i in keep if units[i]["unit"] == "network"]
+    layers = [i for i in keep if units[i]["unit"] == "layer"]
+    model = make().fit([samples[i] for i in nets], ys[nets],
+                       energy_mj=None if energy is None else np.asarray(energy)[nets])
+    composed = [i for i in nets if units[i]["precision"] != "fp16"]
+    if layers and composed:
+        model.fit_layers([samples[i] for i in layers], ys[layers],
+                         [arch_units(Arch.from_json(units[i]["arch_json"])) for i in composed],
+                         ys[composed])
+    model.add_measurements([samples[i] for i in nets], ys[nets],
+                           None if energy is None else np.asarray(energy)[nets])
+    return model
+
+
+def cross_validate_bundle(make: callable, bundle: dict, folds: int = 5, seed: int = 0,
+                          energy=None) -> dict:
+    """Held-out accuracy on a bundle's networks: folds of whole networks (with their layers);
+    held-out fp32 and int8 networks priced from their architecture as the search does, by
+    the layers measured in other networks, the layer model and the composition."""
+    from spaces.arch import Arch
+
+    units, ys = bundle["units"], np.asarray(bundle["latency_ms"])
+    ids = np.unique([u["network"] for u in units])
+    order = ids[np.random.default_rng(seed).permutation(len(ids))]
+    pred, truth = [], []
+    for k in range(folds):
+        test = set(order[k::folds].tolist())
+        model = fit_bundle(make, bundle, networks=set(ids.tolist()) - test, energy=energy)
+        for i, u in enumerate(units):
+            if u["network"] in test and u["unit"] == "network" and u["precision"] != "fp16":
+                pred.append(model.predict_arch(Arch.from_json(u["arch_json"])).latency_ms)
+                truth.append(ys[i])
+    return dict(accuracy(np.array(pred), np.array(truth)), folds=folds)
+
+
+def device_yaml(name: str, model_ref: str, bits: list[int], description: str,
+                provenance: str) -> str:
+    return (f"# Written by python -m latency_models.fit\nname: {name}\n"
+            f"description: {description}\nmodel: {model_ref}\nbits: {bits}\n"
+            f"provenance: {provenance}\n")
 
 
 def main(argv: list[str]) -> int:
+    from search.config import MODEL_DIR
+
     args = dict(a.split("=", 1) for a in argv if "=" in a)
-    known = {"device", "measurements", "fbnet", "column", "power_w", "power_source", "out"}
-    bad = [a for a in argv if "=" not in a] + [k for k in args if k not in known]
-    if bad or "device" not in args or "out" not in args or "power_w" not in args or (
-            ("measurements" in args) == ("fbnet" in args)):
+    bad = [a for a in argv if "=" not in a] + [k for k in args if k not in KNOWN]
+    sources = [k for k in ("bundle", "measurements", "fbnet", "ofa", "apq") if k in args]
+    if bad or "device" not in args or "power_w" not in args or len(sources) != 1:
         print(f"error: {'unknown arguments ' + str(bad) if bad else 'missing arguments'}. "
               + USAGE, file=sys.stderr)
         return 2
+    name = args["device"]
+    out = Path(args.get("out", f"conf/device/{name}.json"))
     try:
-        if "fbnet" in args:
-            samples, ys, _ = read_fbnet(args["fbnet"], args.get("column", "raspi4_latency"))
-            source = f"{args['fbnet']} column {args.get('column', 'raspi4_latency')}"
+        power_w = float(args["power_w"])
+        bits = [int(b) for b in args.get("bits", "32,8").split(",")]
+        if not power_w > 0:
+            raise ValueError
+    except ValueError:
+        print(f"error: power_w={args['power_w']!r} and bits={args.get('bits')!r} must be a "
+              "positive number of watts and a comma-separated list of bit-widths. " + USAGE,
+              file=sys.stderr)
+        return 2
+    groups, evaluate, device_info, simulated = None, None, {}, False
+    try:
+        energy = None
+        if "bundle" in args:
+            bundle = read_bundle(args["bundle"])
+            samples, ys = bundle["samples"], bundle["latency_ms"]
+            groups = [u["network"] for u in bundle["units"]]
+            evaluate = [u["unit"] == "network" for u in bundle["units"]]
+            device_info = dict(bundle["device"], bundle=bundle["bundle_id"])
+            source = f"bundle {args['bundle']}"
+            args["measurements"] = str(bundle["results"])
+        elif "apq" in args:
+            samples, ys, energy, _ = read_apq_lut(args["apq"])
+            source = f"APQ BitFusion table {args['apq']} (simulated)"
+            simulated = True
+        elif "ofa" in args:
+            samples, ys, _ = read_ofa_luts(args["ofa"])
+            source = f"Once-for-All lookup tables in {args['ofa']}"
+        elif "fbnet" in args:
+            column = args.get("column", "raspi4_latency")
+            samples, ys, _, energy = read_fbnet(args["fbnet"], column, args.get("energy"))
+            source = f"{args['fbnet']} column {column}"
         else:
             samples, ys = read_profile(args["measurements"])
             source = args["measurements"]
-    except MeasurementError as exc:
+        if "power_log" in args:
+            from latency_models.power import energy_from_log
+
+            energy = energy_from_log(args["measurements"], args["power_log"])
+        base = DeviceModel.load(args["base"]) if "base" in args else None
+    except (MeasurementError, DeviceModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fallback = {} if any(op.bits == 8 for s in samples for op in s) else {"8": 32}
+    # Precisions never measured are priced as fp32 and labelled "modelled" (never silently).
+    fallback = {"8": 32, "16": 32}
+    native_bits: list[int] = []
+    if simulated:  # an integer accelerator: every width it has runs exactly, float as 8-bit
+        native_bits = sorted({op.bits for s in samples for op in s})
+        fallback = {"32": 8, "16": 8}
+    energy_source = "modelled" if energy is None else ("simulated" if simulated else
+                                                       "measured")
+    power_source = args.get("power_source", "")
 
     def make() -> DeviceModel:
-        return DeviceModel(device=args["device"], power_w=float(args["power_w"]),
-                           power_source=args.get("power_source", ""), fallback=fallback)
+        return DeviceModel(device=name, power_w=power_w, power_source=power_source,
+                           fallback=fallback, energy_source=energy_source,
+                           latency_source="simulated" if simulated else "measured",
+                           native_bits=native_bits)
 
-    cv = cross_validate(make, samples, ys)
-    model = make().fit(samples, ys)
-    if "measurements" in args:
-        model.add_measurements(samples, ys)
-    model.meta = {"source": source, "held_out": cv, "n_samples": len(ys)}
-    model.save(args["out"])
-    print(f"{args['device']}: {len(ys)} measured units from {source}")
+    if base is None and "bundle" in args:
+        cv = cross_validate_bundle(make, bundle, energy=energy)
+        model = fit_bundle(make, bundle, energy=energy)
+    elif base is None:
+        cv = cross_validate(make, samples, ys, energy=energy, groups=groups, evaluate=evaluate)
+        model = make().fit(samples, ys, energy_mj=energy)
+    else:
+        cv = cross_validate(lambda: TransferFit(make(), base), samples, ys, groups=groups,
+                            evaluate=evaluate)
+        model = make().transfer(base, samples, ys)
+    if "measurements" in args and "bundle" not in args:
+        model.add_measurements(samples, ys, energy)
+    model.meta = dict(model.meta, source=source, held_out=cv, n_samples=len(ys))
+    if device_info:
+        model.meta["measured_on"] = device_info
+    model.save(out)
+    print(f"{name}: {len(ys)} units from {source}"
+          + (f", transferred from {base.device}" if base else ""))
     print(f"held-out (5-fold): {cv['within_10pct']:.1%} within +-10%, MAPE {cv['mape']:.1%}, "
-          f"Spearman {cv['spearman']:.3f}")
-    print(f"wrote {args['out']} (hash {model.hash})")
+          f"Spearman {cv['spearman']:.3f}"
+          + (f"; energy {cv['energy']['within_10pct']:.1%} within +-10%" if "energy" in cv
+             else ""))
+    print(f"wrote {out} (hash {model.hash})")
+    conf = Path(args.get("conf", f"conf/device/{name}.yaml"))
+    try:
+        model_ref = str(out.resolve().relative_to(MODEL_DIR))
+    except ValueError:
+        model_ref = str(out)
+    write_text(conf, device_yaml(name, model_ref, bits, args.get("description", name),
+                                 f"fitted from {source}; energy {energy_source}"))
+    print(f"wrote {conf}: run `python -m search +device={name}` from this folder")
     return 0
+
+
+class TransferFit:
+    """Cross-validation adapter: ``fit`` transfers ``base`` with the training fold."""
+
+    def __init__(self, model: DeviceModel, base: DeviceModel) -> None:
+        self.model, self.base = model, base
+
+    def fit(self, samples, ys, energy_mj=None) -> DeviceModel:
+        return self.model.transfer(self.base, samples, ys)
 
 
 if __name__ == "__main__":

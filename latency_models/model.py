@@ -1,11 +1,29 @@
 """A per-device latency and energy model: measured lookups plus a learned op-level regressor.
 
-Latency of a network = sum over its ops of ``a_kind * macs + b_kind * elems + c_kind`` with
-non-negative coefficients fitted per precision (relative error, so small and large networks
-count alike), plus a fitted per-network overhead. Networks measured exactly are looked up.
+A network is priced op by op (see ``latency_models.ops``). Each op kind has a few physical
+features (calls, MACs, elements moved, weights read, and whether its channels fit the
+device's vector width); per precision the device model holds non-negative coefficients that
+turn them into milliseconds, fitted on measured units (blocks or whole networks) by
+non-negative least squares on relative error, plus a fitted per-network overhead.
+Units measured exactly (a layer, a block, a network) are looked up instead of regressed.
 
-Energy is modelled: the device's active power times latency (mJ = W x ms), labelled
-``modelled`` unless a later model measures it.
+Where a device was profiled with a bundle (``latency_models.profile bundle=``), its layers
+were also measured one by one. Layer-alone times add up to a network's time almost exactly
+(on this machine a linear fit of the sum explains 100% of fp32 networks within +-10%), but
+they are not linear in the ops' features: kernels change with channel counts and int8 adds
+quantize/dequantize work. For such devices a gradient-boosted tree model (LightGBM, stored
+in its text format inside the JSON) prices each layer from its op descriptors, measured
+layers are looked up, and a fitted composition (a scale for float layers, one for 8-bit
+layers, a cost per layer and a constant) turns layer prices into the network's latency
+(:meth:`DeviceModel.fit_layers`).
+
+Where a device has few measurements, :meth:`DeviceModel.transfer` keeps the structure of a
+richer device's model and fits one scale per op kind (and a new overhead) to the target's
+measurements, shrunk towards 1 so that 10-20 networks suffice.
+
+Energy is measured where the source has it (a per-op energy regressor fitted like latency),
+simulated where the source is a simulator, and otherwise modelled as the device's active
+power times latency (mJ = W x ms). Every prediction says which.
 
 Stored as plain JSON with a format version and a content hash that studies record.
 """
@@ -24,38 +42,88 @@ from latency_models.ops import KINDS, Op, signature
 from spaces.files import write_text
 
 FORMAT = "edgenas-device-model"
-FORMAT_VERSION = 1
-FEATURES = ("macs", "elems", "count")
+FORMAT_VERSION = 2
+_CONV = ("calls", "macs", "elems", "weights", "misaligned")
+FEATURES = {"conv": _CONV, "dwconv": _CONV, "pwconv": _CONV, "fc": _CONV,
+            "pool": ("calls", "elems", "window_macs"), "add": ("calls", "elems"),
+            "eltwise": ("calls", "elems")}
+OFFSETS = {}
+_n = 0
+for _kind in KINDS:
+    OFFSETS[_kind] = _n
+    _n += len(FEATURES[_kind])
+N_FEATURES = _n
+FEATURE_NAMES = [f"{k}.{f}" for k in KINDS for f in FEATURES[k]]
+LATENCY_SOURCES = ("measured", "simulated", "transferred")
+ENERGY_SOURCES = ("measured", "simulated", "modelled")
 
 
 class DeviceModelError(ValueError):
     """A device model file that cannot be used."""
 
 
-def featurize(ops: list[Op], bits: int) -> np.ndarray:
-    """Feature vector of the ops at precision ``bits``: (macs, elems, count) per kind, in
-    millions of MACs and elements so the coefficients are of similar size."""
-    x = np.zeros(len(KINDS) * len(FEATURES))
+def op_features(op: Op, align: int = 8) -> list[float]:
+    """The features of one op (MACs, elements and weights in millions)."""
+    if op.kind in ("conv", "dwconv", "pwconv", "fc"):
+        # Vectorized kernels (onnxruntime's NCHWc, NEON) need channels in multiples of the
+        # vector width; pruned widths often are not, and then take a slower path.
+        misaligned = float(op.cout % align != 0 or (op.kind in ("pwconv", "fc")
+                                                    and op.cin % align != 0))
+        return [1.0, op.macs / 1e6, op.elems / 1e6, op.weights / 1e6, misaligned]
+    if op.kind == "pool":
+        return [1.0, op.elems / 1e6, op.macs / 1e6]
+    return [1.0, op.elems / 1e6]
+
+
+def featurize(ops: list[Op], bits: int, align: int = 8) -> np.ndarray:
+    """Summed features of the ops that run at precision ``bits`` (one vector per network)."""
+    x = np.zeros(N_FEATURES)
     for op in ops:
         if op.bits != bits:
             continue
-        i = KINDS.index(op.kind) * len(FEATURES)
-        x[i:i + 3] += (op.macs / 1e6, op.elems / 1e6, 1.0)
+        i = OFFSETS[op.kind]
+        f = op_features(op, align)
+        x[i:i + len(f)] += f
     return x
 
 
-def nnls(a: np.ndarray, b: np.ndarray, iters: int = 2000) -> np.ndarray:
-    """Non-negative least squares (scipy's Lawson-Hanson when present, else projected GD)."""
-    try:
-        from scipy.optimize import nnls as scipy_nnls
+_SLOT_KINDS = {"conv": 1, "dwconv": 2, "pwconv": 3, "fc": 4}
+UNIT_SLOTS = 5  # convolutions described one by one (an inverted-residual block has up to 5)
 
-        return scipy_nnls(a, b, maxiter=50 * a.shape[1])[0]
-    except ImportError:  # pragma: no cover - scipy ships with the project's dependencies
-        x = np.zeros(a.shape[1])
-        step = 1.0 / (np.linalg.norm(a, 2) ** 2 + 1e-12)
-        for _ in range(iters):
-            x = np.maximum(0.0, x - step * (a.T @ (a @ x - b)))
-        return x
+
+def unit_features(ops: list[Op], align: int = 8) -> np.ndarray:
+    """Features of one unit (a layer) for the layer model: the summed op features at 32, 16
+    and 8 bits, then each of the first ``UNIT_SLOTS`` convolutions' kind, channels, kernel,
+    stride, input size, precision and channel remainders."""
+    x = [featurize(ops, b, align) for b in (32, 16, 8)]
+    convs = [op for op in ops if op.kind in _SLOT_KINDS][:UNIT_SLOTS]
+    slots = np.zeros(9 * UNIT_SLOTS)
+    for i, op in enumerate(convs):
+        slots[9 * i:9 * i + 9] = (_SLOT_KINDS[op.kind], op.cin, op.cout, op.kernel, op.stride,
+                                  op.size, op.bits, op.cin % align, op.cout % align)
+    return np.concatenate(x + [slots])
+
+
+LAYER_MODEL_PARAMS = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 15,
+                      "min_data_in_leaf": 5, "feature_fraction": 0.8, "bagging_fraction": 0.8,
+                      "bagging_freq": 1, "num_threads": 1, "deterministic": True, "seed": 0,
+                      "verbose": -1}
+LAYER_MODEL_ROUNDS = 600
+
+
+def kind_matrix(coef: np.ndarray) -> np.ndarray:
+    """Per feature, the one-hot op kind it belongs to: (N_FEATURES, len(KINDS))."""
+    m = np.zeros((N_FEATURES, len(KINDS)))
+    for j, kind in enumerate(KINDS):
+        m[OFFSETS[kind]:OFFSETS[kind] + len(FEATURES[kind]), j] = 1.0
+    return m * coef[:, None]
+
+
+def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Non-negative least squares (Lawson-Hanson)."""
+    from scipy.optimize import nnls as scipy_nnls
+
+    return scipy_nnls(a, b, maxiter=50 * a.shape[1])[0]
 
 
 def op_ranges(samples: list[list[Op]]) -> dict:
@@ -70,10 +138,19 @@ def op_ranges(samples: list[list[Op]]) -> dict:
     return ranges
 
 
-def outside(op: Op, ranges: dict) -> bool:
+def outside(op: Op, ranges: dict, bits: int | None = None) -> bool:
     """Whether an op lies outside what was measured (its kind never, or smaller or larger)."""
-    r = ranges.get(f"{op.kind}/{op.bits}")
+    r = ranges.get(f"{op.kind}/{op.bits if bits is None else bits}")
     return r is None or not (r[0] <= op.macs <= r[1] and r[2] <= op.elems <= r[3])
+
+
+def _check_targets(name: str, values, n: int) -> np.ndarray:
+    y = np.asarray(values, dtype=float)
+    if len(y) != n or n == 0:
+        raise ValueError(f"fit needs one {name} per sample and at least one sample")
+    if not np.all(np.isfinite(y)) or np.any(y <= 0):
+        raise ValueError(f"{name} values must be positive finite numbers")
+    return y
 
 
 @dataclass
@@ -85,119 +162,335 @@ class Prediction:
 
 @dataclass
 class DeviceModel:
-    """Fit with :meth:`fit` (per precision), store with :meth:`save`, load with :meth:`load`.
+    """Fit with :meth:`fit` or :meth:`transfer`, store with :meth:`save`, load with :meth:`load`.
 
     Attributes:
         device: device name.
-        power_w: active power used to model energy.
-        coef_: per precision ("32", "8"), the fitted coefficients (ms per unit feature).
-        overhead_ms_: the fitted per-network overhead.
-        ranges_: per op kind and precision, the measured range of MACs and elements.
+        power_w: active power used to model energy where it was not measured.
+        power_source: where ``power_w`` comes from.
         fallback: precision -> precision used in its place when it was never measured.
-        lookup_: op-list signature -> measured latency (ms) of whole networks.
+        align: the device's vector width in channels (the ``misaligned`` feature).
+        native_bits: bit-widths the device runs exactly (an accelerator's 4/6/8 bits); other
+            widths run as an ONNX export does (int8 at 8 bits and below, else float).
+        latency_source: "measured", "simulated" (the data came from a simulator) or
+            "transferred" (scaled from another device's model with a few measurements).
+        energy_source: "measured", "simulated", or "modelled" (power x latency).
         meta: provenance text, source files, licenses, held-out accuracy.
+        coef_: per precision ("32", "8"), latency coefficients (ms per unit feature).
+        energy_coef_: per precision, energy coefficients (mJ per unit feature), when measured.
+        overhead_ms_, overhead_mj_: the fitted per-network overhead.
+        ranges_: per op kind and precision, the measured range of MACs and elements.
+        lookup_: unit signature -> [latency ms, energy mJ or None] of measured units.
+        layer_model_: LightGBM text model of log(ms) of a layer measured alone ("" if none).
+        compose_: [a, a8, b, c] turning layer prices into a network's: a * (sum of float
+            layers) + a8 * (sum of 8-bit layers) + b * layers + c.
     """
 
     device: str
     power_w: float
     power_source: str = ""
     fallback: dict = field(default_factory=dict)
+    align: int = 8
+    native_bits: list = field(default_factory=list)
+    latency_source: str = "measured"
+    energy_source: str = "modelled"
     meta: dict = field(default_factory=dict)
     coef_: dict = field(default_factory=dict)
+    energy_coef_: dict = field(default_factory=dict)
     overhead_ms_: float = 0.0
+    overhead_mj_: float = 0.0
     ranges_: dict = field(default_factory=dict)
     lookup_: dict = field(default_factory=dict)
+    layer_model_: str = ""
+    compose_: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.latency_source not in LATENCY_SOURCES:
+            raise ValueError(f"latency_source must be one of {LATENCY_SOURCES}")
+        if self.energy_source not in ENERGY_SOURCES:
+            raise ValueError(f"energy_source must be one of {ENERGY_SOURCES}")
 
     # ---- fitting ------------------------------------------------------------------------
-    def fit(self, samples: list[list[Op]], latency_ms: list[float],
+    def _design(self, samples: list[list[Op]], precisions: list[int]) -> np.ndarray:
+        return np.stack([np.concatenate([featurize(ops, b, self.align) for b in precisions])
+                         for ops in samples])
+
+    def fit(self, samples: list[list[Op]], latency_ms, energy_mj=None,
             with_overhead: bool = True) -> DeviceModel:
         """Fit the coefficients of every precision present in the samples; returns self.
 
         Each sample is a whole measured unit (a network or a block) and may mix precisions.
-        Rows are weighted by 1/latency so the fit minimises relative error.
+        Rows are weighted by 1/target so the fit minimises relative error. ``energy_mj``,
+        when given, fits the energy coefficients the same way. On a device with
+        ``native_bits`` every coefficient is non-decreasing in the bit-width (an op never
+        costs more at fewer bits), fitted as non-negative increments from the lowest width.
         """
-        y = np.asarray(latency_ms, dtype=float)
-        if len(samples) != len(y) or len(y) == 0:
-            raise ValueError("fit needs one latency per sample and at least one sample")
-        if not np.all(np.isfinite(y)) or np.any(y <= 0):
-            raise ValueError("latencies must be positive finite numbers (milliseconds)")
+        y = _check_targets("latency", latency_ms, len(samples))
         precisions = sorted({op.bits for ops in samples for op in ops})
-        n = len(KINDS) * len(FEATURES)
-        x = np.hstack([np.stack([featurize(ops, b) for ops in samples]) for b in precisions]
-                      + [np.ones((len(y), 1 if with_overhead else 0))])
-        w = 1.0 / y
-        sol = nnls(x * w[:, None], y * w)
-        self.coef_ = {str(b): [float(v) for v in sol[i * n:(i + 1) * n]]
-                      for i, b in enumerate(precisions)}
-        self.ranges_ = op_ranges(samples)
+        x = self._design(samples, precisions)
+        n = N_FEATURES
+        monotone = bool(self.native_bits)
+        if monotone:  # block j holds the features of every width at or above the j-th
+            x = np.hstack([x[:, j * n:].reshape(len(y), -1, n).sum(axis=1)
+                           for j in range(len(precisions))])
+        x = np.hstack([x, np.ones((len(y), 1 if with_overhead else 0))])
+
+        def coefficients(sol: np.ndarray) -> dict:
+            blocks = [sol[i * n:(i + 1) * n] for i in range(len(precisions))]
+            if monotone:
+                blocks = list(np.cumsum(blocks, axis=0))
+            return {str(b): [float(v) for v in blocks[i]] for i, b in enumerate(precisions)}
+
+        sol = nnls(x / y[:, None], np.ones_like(y))
+        self.coef_ = coefficients(sol)
         self.overhead_ms_ = float(sol[-1]) if with_overhead else 0.0
+        if energy_mj is not None:
+            e = _check_targets("energy", energy_mj, len(samples))
+            sol = nnls(x / e[:, None], np.ones_like(e))
+            self.energy_coef_ = coefficients(sol)
+            self.overhead_mj_ = float(sol[-1]) if with_overhead else 0.0
+        self.ranges_ = op_ranges(samples)
         return self
 
-    def add_measurements(self, samples: list[list[Op]], latency_ms: list[float]) -> None:
-        """Record measured whole networks for exact lookup."""
-        for ops, ms in zip(samples, latency_ms):
-            self.lookup_[signature(ops)] = float(ms)
+    def transfer(self, source: DeviceModel, samples: list[list[Op]], latency_ms,
+                 prior: float = 0.05) -> DeviceModel:
+        """Calibrate ``source``'s model to this device with a few measured units.
+
+        One scale per op kind and precision and a new overhead are fitted (non-negative,
+        relative error); each scale is pulled towards 1 with weight ``prior`` so kinds the
+        few samples barely exercise keep the source's cost. Returns self.
+        """
+        y = _check_targets("latency", latency_ms, len(samples))
+        precisions = sorted(int(b) for b in source.coef_)
+        blocks, names = [], []
+        for b in precisions:
+            coef = np.asarray(source.coef_[str(b)])
+            f = np.stack([featurize(ops, b, source.align) for ops in samples])
+            blocks.append(f @ kind_matrix(coef))  # (n, kinds): source ms per kind
+            names += [(str(b), j) for j in range(len(KINDS))]
+        a = np.hstack(blocks + [np.ones((len(y), 1))]) / y[:, None]
+        rows = np.hstack([prior * np.eye(len(names)), np.zeros((len(names), 1))])
+        a = np.vstack([a, rows])
+        b_vec = np.concatenate([np.ones(len(y)), prior * np.ones(len(names))])
+        sol = nnls(a, b_vec)
+        self.coef_ = {}
+        for b in precisions:
+            coef = np.asarray(source.coef_[str(b)], dtype=float).copy()
+            for j, kind in enumerate(KINDS):
+                scale = sol[names.index((str(b), j))]
+                coef[OFFSETS[kind]:OFFSETS[kind] + len(FEATURES[kind])] *= scale
+            self.coef_[str(b)] = [float(v) for v in coef]
+        self.overhead_ms_ = float(sol[-1])
+        self.align = source.align
+        self.ranges_ = source.ranges_
+        self.latency_source = "transferred"
+        self.meta = dict(self.meta, transferred_from={
+            "device": source.device, "hash": source.hash, "samples": len(y),
+            "scales": {f"{KINDS[j]}/{b}": round(float(sol[i]), 4)
+                       for i, (b, j) in enumerate(names)}})
+        return self
+
+    def add_measurements(self, samples: list[list[Op]], latency_ms, energy_mj=None) -> None:
+        """Record measured units (layers, blocks or whole networks) for exact lookup."""
+        energies = [None] * len(samples) if energy_mj is None else list(energy_mj)
+        for ops, ms, mj in zip(samples, latency_ms, energies):
+            self.lookup_[signature(ops)] = [float(ms), None if mj is None else float(mj)]
+        self._cache, self._hash = {}, None
+
+    def fit_layers(self, layers: list[list[Op]], layer_ms, networks: list[list[list[Op]]],
+                   network_ms) -> DeviceModel:
+        """Fit the layer model on layers measured alone and the composition on networks
+        measured whole (each given as its units); the layers join the lookup table.
+        Returns self.
+        """
+        import lightgbm
+
+        y = _check_targets("layer latency", layer_ms, len(layers))
+        yn = _check_targets("network latency", network_ms, len(networks))
+        x = np.stack([unit_features(ops, self.align) for ops in layers])
+        booster = lightgbm.train(LAYER_MODEL_PARAMS, lightgbm.Dataset(x, np.log(y)),
+                                 num_boost_round=LAYER_MODEL_ROUNDS)
+        self.compose_ = []
+        self.layer_model_ = booster.model_to_string()
+        self._booster = booster
+        self.add_measurements(layers, y)
+        sums = np.array([self._layer_sums(units) for units in networks])  # (n, 2)
+        a = np.hstack([sums, np.array([[len(u), 1.0] for u in networks])])
+        self.compose_ = [float(v) for v in np.linalg.lstsq(a / yn[:, None], np.ones(len(yn)),
+                                                            rcond=None)[0]]
+        return self
+
+    def _layer_sums(self, units: list[list[Op]]) -> tuple[float, float]:
+        """Priced units of a network, summed apart for float units and 8-bit-or-below ones
+        (int8 layers compose differently: quantize/dequantize work at their boundaries)."""
+        low = sum(self._unit(u)[0] for u in units if any(op.bits <= 8 for op in u))
+        return sum(self._unit(u)[0] for u in units) - low, low
+
+    def _layer_price(self, ops: list[Op]) -> float:
+        booster = getattr(self, "_booster", None)
+        if booster is None:
+            import lightgbm
+
+            booster = lightgbm.Booster(model_str=self.layer_model_)
+            self._booster = booster
+        return float(np.exp(booster.predict(unit_features(ops, self.align)[None, :])[0]))
 
     # ---- prediction ---------------------------------------------------------------------
-    def _price(self, ops: list[Op], bits: int) -> tuple[float, str, bool]:
-        """Latency of the ops at one precision, the provenance, and an extrapolation flag."""
+    def _precision(self, bits: int) -> tuple[str, bool]:
+        """The coefficient set that prices ``bits`` and whether it stands in for it."""
         key = str(bits)
-        provenance = "regressed"
-        if key not in self.coef_:
-            if key not in self.fallback:
-                raise DeviceModelError(
-                    f"device {self.device!r} has no latency model for {bits}-bit ops and no "
-                    f"fallback; its model covers {sorted(self.coef_)} bits")
-            key = str(self.fallback[key])
-            provenance = "modelled"
-        x = featurize(ops, bits)
-        coef = np.asarray(self.coef_[key])
-        extrapolated = any(outside(Op(op.kind, op.macs, op.elems, int(key)), self.ranges_)
-                           for op in ops if op.bits == bits)
-        return float(x @ coef), provenance, extrapolated
+        if key in self.coef_:
+            return key, False
+        if key in self.fallback and str(self.fallback[key]) in self.coef_:
+            return str(self.fallback[key]), True
+        raise DeviceModelError(
+            f"device {self.device!r} has no latency model for {bits}-bit ops and no "
+            f"fallback; its model covers {sorted(self.coef_)} bits")
+
+    def _regress(self, ops: list[Op]) -> tuple[float, float | None, set, bool]:
+        """Latency, measured-or-simulated energy (None when modelled), the stand-in
+        precisions used and the extrapolation flag of ops priced by the regressor."""
+        ms, mj, standins, extrapolated = 0.0, 0.0, set(), False
+        for bits in sorted({op.bits for op in ops}):
+            key, standin = self._precision(bits)
+            x = featurize(ops, bits, self.align)
+            part = float(x @ np.asarray(self.coef_[key]))
+            if standin and part > 0:  # a stand-in that priced nothing changed nothing
+                standins.add(bits)
+            ms += part
+            if self.energy_coef_:
+                mj += float(x @ np.asarray(self.energy_coef_[key]))
+            extrapolated |= any(outside(op, self.ranges_, int(key)) for op in ops
+                                if op.bits == bits)
+        return ms, (mj if self.energy_coef_ else None), standins, extrapolated
+
+    def _unit(self, ops: list[Op]) -> tuple[float, float | None, bool, set, bool]:
+        """One unit without the network overhead: ms, mJ, looked up, stand-ins, extrapolated."""
+        hit = self.lookup_.get(signature(ops))
+        composed = bool(self.compose_)  # layer prices are whole layer-alone times
+        if hit is not None:
+            mj = None if hit[1] is None else max(0.0, hit[1] - self.overhead_mj_)
+            return (hit[0] if composed else max(0.0, hit[0] - self.overhead_ms_)), mj, True, \
+                set(), False
+        ms, mj, standins, extrapolated = self._regress(ops)
+        if self.layer_model_ and any(op.kind in _SLOT_KINDS for op in ops):
+            ms = self._layer_price(ops)  # a layer; the input preprocessing stays linear
+        return ms, mj, False, standins, extrapolated
+
+    def predict_units(self, units: list[list[Op]], cache_keys: list | None = None
+                      ) -> Prediction:
+        """Latency (ms) and energy (mJ) of a network given as its units (e.g. layers).
+
+        Each unit is looked up where it was measured and regressed otherwise; the network
+        overhead is added once. ``cache_keys`` (hashable, one per unit) memoize unit prices,
+        which the search uses: most layers recur across trials.
+        """
+        ms, mj, n_hit, standins, extrapolated = 0.0, 0.0, 0, set(), False
+        low_ms = 0.0
+        for i, ops in enumerate(units):
+            key = None if cache_keys is None else cache_keys[i]
+            got = self._cache.get(key) if key is not None else None
+            if got is None:
+                got = self._unit(ops)
+                if key is not None:
+                    if len(self._cache) > 200_000:
+                        self._cache.clear()
+                    self._cache[key] = got
+            u_ms, u_mj, hit, u_standins, u_ext = got
+            if self.compose_ and any(op.bits <= 8 for op in ops):
+                low_ms += u_ms
+            ms += u_ms
+            mj = None if (mj is None or u_mj is None) else mj + u_mj
+            n_hit += hit
+            standins |= u_standins
+            extrapolated |= u_ext
+        if self.compose_:
+            a, a8, b, c = self.compose_
+            ms = a * (ms - low_ms) + a8 * low_ms + b * len(units) + c - self.overhead_ms_
+        return self._finish(ms, mj, n_hit, len(units), standins, extrapolated)
 
     def predict(self, ops: list[Op]) -> Prediction:
-        """Latency (ms) and energy (mJ) of one network given as an op list."""
-        sig = signature(ops)
-        if sig in self.lookup_:
-            ms = self.lookup_[sig]
-            prov = {"latency": "measured", "extrapolated": False}
+        """Latency (ms) and energy (mJ) of one network given as a flat op list."""
+        hit = self.lookup_.get(signature(ops))
+        if hit is not None:
+            ms = hit[0]
+            mj = hit[1]
+            return self._finish(ms - self.overhead_ms_, None if mj is None else
+                                mj - self.overhead_mj_, 1, 1, set(), False)
+        ms, mj, standins, extrapolated = self._regress(ops)
+        return self._finish(ms, mj, 0, 1, standins, extrapolated)
+
+    def predict_arch(self, arch) -> Prediction:
+        """Latency and energy of an architecture, layer by layer: layers measured alone (a
+        profiling bundle's) are looked up, the others regressed; prices are memoized."""
+        from latency_models.ops import arch_units
+
+        layers = arch.layers(pruned=True)
+        keys = [("input", arch.in_chans, arch.input_size, arch.resolution), *layers]
+        return self.predict_units(arch_units(arch, tuple(self.native_bits)), cache_keys=keys)
+
+    def predict_archs(self, archs: list) -> dict:
+        """Vectorized regressor for many architectures (see ``latency_models.fast``)."""
+        from latency_models.fast import predict_archs
+
+        return predict_archs(self, archs)
+
+    def _finish(self, ms: float, mj: float | None, n_hit: int, n_units: int, standins: set,
+                extrapolated: bool) -> Prediction:
+        ms += self.overhead_ms_
+        if n_hit == n_units:
+            latency = "measured"
+        elif standins:
+            latency = "modelled"
+        elif self.latency_source != "measured":
+            latency = self.latency_source
         else:
-            total, sources, extrapolated = 0.0, set(), False
-            precisions = sorted({op.bits for op in ops})
-            for bits in precisions:
-                ms_b, src, ext = self._price(ops, bits)
-                total += ms_b
-                sources.add(src)
-                extrapolated |= ext
-            ms = total + self.overhead_ms_
-            prov = {"latency": "modelled" if "modelled" in sources else "regressed",
-                    "extrapolated": extrapolated}
-            if "modelled" in sources:
-                prov["note"] = "; ".join(
-                    f"{k}-bit ops priced as {v}-bit (no {k}-bit measurements for this device)"
-                    for k, v in sorted(self.fallback.items()) if any(op.bits == int(k)
-                                                                     for op in ops))
-        prov.update(energy="modelled", device=self.device, model_hash=self.hash)
-        return Prediction(ms, ms * self.power_w, prov)
+            latency = "regressed"
+        prov = {"latency": latency, "extrapolated": extrapolated,
+                "measured_share": round(n_hit / n_units, 4)}
+        if standins:
+            prov["note"] = "; ".join(f"{b}-bit ops priced as {self.fallback[str(b)]}-bit (no "
+                                     f"{b}-bit measurements for this device)"
+                                     for b in sorted(standins))
+        if mj is None:
+            mj, energy = ms * self.power_w, "modelled"
+        else:
+            mj, energy = mj + self.overhead_mj_, self.energy_source
+        prov.update(energy=energy, device=self.device, model_hash=self.hash)
+        return Prediction(ms, mj, prov)
 
     # ---- storage ------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        body = {
+        return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "device": self.device,
             "units": {"latency": "ms", "energy": "mJ", "power": "W",
-                      "features": "millions of MACs / elements, count"},
-            "kinds": list(KINDS), "features": list(FEATURES),
+                      "features": "millions of MACs / elements / weights, calls, flags"},
+            "kinds": list(KINDS), "features": FEATURE_NAMES, "align": self.align,
+            "native_bits": list(self.native_bits),
+            "latency_source": self.latency_source, "energy_source": self.energy_source,
             "power_w": self.power_w, "power_source": self.power_source,
-            "fallback": self.fallback, "coef": self.coef_, "overhead_ms": self.overhead_ms_,
+            "fallback": self.fallback, "coef": self.coef_, "energy_coef": self.energy_coef_,
+            "overhead_ms": self.overhead_ms_, "overhead_mj": self.overhead_mj_,
             "ranges": self.ranges_, "lookup": self.lookup_, "meta": self.meta,
+            "layer_model": self.layer_model_, "compose": self.compose_,
         }
-        return body
+
+    def __setattr__(self, name: str, value) -> None:
+        # Any change of a parameter or fitted state invalidates the memoized prices and hash.
+        object.__setattr__(self, name, value)
+        if name == "layer_model_":
+            object.__setattr__(self, "_booster", None)
+        if not name.startswith("_"):
+            object.__setattr__(self, "_cache", {})
+            object.__setattr__(self, "_hash", None)
 
     @property
     def hash(self) -> str:
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """Content hash of the model (studies record it to never mix two models)."""
+        if self._hash is None:
+            text = json.dumps(self.to_dict(), sort_keys=True)
+            self._hash = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self._hash
 
     def save(self, path: str | os.PathLike) -> None:
         write_text(path, json.dumps(dict(self.to_dict(), hash=self.hash), indent=1,
@@ -224,16 +517,24 @@ class DeviceModel:
         try:
             model = cls(device=data["device"], power_w=float(data["power_w"]),
                         power_source=data.get("power_source", ""),
-                        fallback=data.get("fallback", {}), meta=data.get("meta", {}),
-                        coef_=data["coef"], overhead_ms_=float(data["overhead_ms"]),
-                        ranges_=data["ranges"], lookup_=data.get("lookup", {}))
+                        fallback=data.get("fallback", {}), align=int(data["align"]),
+                        native_bits=[int(b) for b in data.get("native_bits", [])],
+                        latency_source=data["latency_source"],
+                        energy_source=data["energy_source"], meta=data.get("meta", {}),
+                        coef_=data["coef"], energy_coef_=data.get("energy_coef", {}),
+                        overhead_ms_=float(data["overhead_ms"]),
+                        overhead_mj_=float(data.get("overhead_mj", 0.0)),
+                        ranges_=data["ranges"], lookup_=data.get("lookup", {}),
+                        layer_model_=data.get("layer_model", ""),
+                        compose_=data.get("compose", []))
         except (KeyError, TypeError, ValueError) as exc:
             raise DeviceModelError(f"device model file {path} is missing or has a bad field: "
                                    f"{exc}") from None
-        n = len(KINDS) * len(FEATURES)
-        if data["kinds"] != list(KINDS) or any(len(c) != n for c in model.coef_.values()):
+        if data["kinds"] != list(KINDS) or data.get("features") != FEATURE_NAMES or any(
+                len(c) != N_FEATURES for c in list(model.coef_.values())
+                + list(model.energy_coef_.values())):
             raise DeviceModelError(f"device model file {path} was fitted for other op kinds "
-                                   f"({data['kinds']}); refit it")
+                                   f"or features ({data['kinds']}); refit it")
         if data.get("hash") not in (None, model.hash):
             raise DeviceModelError(f"device model file {path} was edited after fitting (its "
                                    "hash does not match its content); refit it")

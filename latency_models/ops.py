@@ -5,10 +5,13 @@ is priced the same way whether the search asks (fast, from the architecture) or 
 at an ONNX file.
 
 Op kinds: ``conv`` (dense kxk), ``dwconv``, ``pwconv`` (1x1, also the squeeze-excitation
-convolutions), ``fc``, ``pool`` (global average pooling and means) and ``eltwise`` (additions,
-multiplications, activations, resizing and normalization). Batch norm is folded into the
-convolutions. ``bits`` is the precision the op runs at: 32 or 8 (onnxruntime QDQ) for convs
-and fully connected layers; element-wise and pooling ops are counted at 32.
+convolutions), ``fc``, ``pool`` (global average pooling, means and windowed pooling), ``add``
+(the sum of two activations: residual connections) and ``eltwise`` (activations, scaling,
+multiplications, resizing and normalization). Batch norm is folded into the convolutions.
+``bits`` is the precision the op runs at: 32 or 8 (onnxruntime QDQ) for convs and fully
+connected layers; element-wise and pooling ops are counted at 32. Convolutions and pooling
+also carry their shape (input channels, output channels, kernel, stride, input size), which
+the device models' features and lookup keys use.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 from spaces.arch import Arch, Layer
 
-KINDS = ("conv", "dwconv", "pwconv", "fc", "pool", "eltwise")
+KINDS = ("conv", "dwconv", "pwconv", "fc", "pool", "add", "eltwise")
 
 
 class UnknownOpError(ValueError):
@@ -33,16 +36,42 @@ class Op:
     macs: int
     elems: int
     bits: int = 32
+    cin: int = 0
+    cout: int = 0
+    kernel: int = 0
+    stride: int = 0
+    size: int = 0
+
+    @property
+    def weights(self) -> int:
+        """Weights read by a convolution or fully connected layer (0 for other ops)."""
+        if self.kind == "dwconv":
+            return self.cout * self.kernel * self.kernel
+        if self.kind in ("conv", "pwconv"):
+            return self.cin * self.cout * self.kernel * self.kernel
+        return self.macs if self.kind == "fc" else 0
 
 
-def _conv(kind: str, cin: int, cout: int, k: int, hin: int, hout: int, bits: int,
-          groups: int = 1) -> Op:
+def conv_op(kind: str, cin: int, cout: int, k: int, hin: int, hout: int, bits: int,
+          groups: int = 1, stride: int = 1) -> Op:
     macs = hout * hout * cout * (cin // groups) * k * k
-    return Op(kind, macs, cin * hin * hin + cout * hout * hout, bits)
+    return Op(kind, macs, cin * hin * hin + cout * hout * hout, bits, cin, cout, k, stride, hin)
+
+
+def gpool_op(chs: int, size: int) -> Op:
+    """Global average pooling of a (chs, size, size) tensor."""
+    return Op("pool", 0, chs * size * size + chs, 32, chs, chs, 0, 0, size)
 
 
 def _elt(n_elems: int, n_inputs: int = 1) -> Op:
     return Op("eltwise", 0, n_elems * (n_inputs + 1))
+
+
+def run_bits(bits: int, native_bits: tuple[int, ...] = ()) -> int:
+    """The precision a layer at ``bits`` runs at: exactly ``bits`` on a device that runs it
+    natively (``native_bits``, e.g. an accelerator with 4/6/8-bit arithmetic), otherwise what
+    an ONNX export runs: int8 for 8 bits and below, float above."""
+    return bits if bits in native_bits else _quant_bits(bits)
 
 
 def _quant_bits(bits: int) -> int:
@@ -50,62 +79,77 @@ def _quant_bits(bits: int) -> int:
     return 8 if bits <= 8 else 32
 
 
-def layer_ops(layer: Layer) -> list[Op]:
+def layer_ops(layer: Layer, native_bits: tuple[int, ...] = ()) -> list[Op]:
     """The ops of one layer of an architecture."""
-    b = _quant_bits(layer.bits)
+    b = run_bits(layer.bits, native_bits)
     ci, cm, co, k = layer.in_chs, layer.mid_chs, layer.out_chs, layer.kernel
     hi, ho = layer.in_size, layer.out_size
     # QDQ int8 absorbs a ReLU that follows a quantized conv into its output range.
-    relu_gone = b == 8
+    relu_gone = b <= 8
 
     def act(n: int, kind: str = layer.act) -> list[Op]:
         return [] if (relu_gone and kind == "relu") else [_elt(n)]
 
+    s = layer.stride
     if layer.kind == "stem":
-        return [_conv("conv", ci, co, k, hi, ho, b), *act(co * ho * ho, "relu")]
+        return [conv_op("conv", ci, co, k, hi, ho, b, stride=s), *act(co * ho * ho, "relu")]
     if layer.kind == "head":
-        return [_conv("pwconv", ci, co, 1, hi, ho, b), *act(co * ho * ho, "relu"),
-                Op("pool", 0, co * ho * ho + co)]
+        return [conv_op("pwconv", ci, co, 1, hi, ho, b), *act(co * ho * ho, "relu"),
+                gpool_op(co, ho)]
     if layer.kind == "classifier":
-        return [Op("fc", ci * co, ci + co, b)]
+        return [Op("fc", ci * co, ci + co, b, ci, co, 1, 1, 1)]
     ops = []
     if layer.kind == "ir":
-        ops += [_conv("pwconv", ci, cm, 1, hi, hi, b), *act(cm * hi * hi)]
-    ops += [_conv("dwconv", cm, cm, k, hi, ho, b, groups=cm), *act(cm * ho * ho)]
+        ops += [conv_op("pwconv", ci, cm, 1, hi, hi, b), *act(cm * hi * hi)]
+    ops += [conv_op("dwconv", cm, cm, k, hi, ho, b, groups=cm, stride=s), *act(cm * ho * ho)]
     if layer.rd_chs:
         n = cm * ho * ho
-        ops += [Op("pool", 0, n + cm),
-                _conv("pwconv", cm, layer.rd_chs, 1, 1, 1, b), *act(layer.rd_chs),
-                _conv("pwconv", layer.rd_chs, cm, 1, 1, 1, b), _elt(cm),  # sigmoid gate
+        ops += [gpool_op(cm, ho),
+                conv_op("pwconv", cm, layer.rd_chs, 1, 1, 1, b), *act(layer.rd_chs),
+                conv_op("pwconv", layer.rd_chs, cm, 1, 1, 1, b), _elt(cm),  # sigmoid gate
                 Op("eltwise", 0, n + cm + n)]  # scale: (N,C,H,W) * (N,C,1,1)
-    ops.append(_conv("pwconv", cm, co, 1, ho, ho, b))
+    ops.append(conv_op("pwconv", cm, co, 1, ho, ho, b))
     if layer.skip:
-        ops.append(_elt(co * ho * ho, 2))
+        ops.append(Op("add", 0, 3 * co * ho * ho))
     return ops
 
 
-def arch_ops(arch: Arch) -> list[Op]:
-    """The ops of the deployed (pruned) network, input preprocessing included."""
+def input_ops(arch: Arch) -> list[Op]:
+    """The input preprocessing: an optional resize, then (x - 0.5) / 0.5."""
     n_in = arch.in_chans * arch.input_size ** 2
     n_res = arch.in_chans * arch.resolution ** 2
     ops = [] if arch.resolution == arch.input_size else [Op("eltwise", 0, n_in + n_res)]
-    ops += [_elt(n_res), _elt(n_res)]  # (x - 0.5) / 0.5
-    for layer in arch.layers(pruned=True):
-        ops += layer_ops(layer)
-    return ops
+    return ops + [_elt(n_res), _elt(n_res)]
+
+
+def arch_units(arch: Arch, native_bits: tuple[int, ...] = ()) -> list[list[Op]]:
+    """The deployed (pruned) network as units: its input preprocessing, then each layer."""
+    return [input_ops(arch)] + [layer_ops(layer, native_bits)
+                                for layer in arch.layers(pruned=True)]
+
+
+def arch_ops(arch: Arch, native_bits: tuple[int, ...] = ()) -> list[Op]:
+    """The ops of the deployed (pruned) network, input preprocessing included."""
+    return [op for unit in arch_units(arch, native_bits) for op in unit]
+
+
+def op_key(op: Op) -> str:
+    """The exact identity of one op: the key of its entry in a device's lookup table."""
+    return (f"{op.kind},{op.macs},{op.elems},{op.bits},{op.cin},{op.cout},{op.kernel},"
+            f"{op.stride},{op.size}")
 
 
 def signature(ops: list[Op]) -> str:
     """Content hash of an op list: the key of measured networks in a device model."""
-    text = ";".join(f"{o.kind},{o.macs},{o.elems},{o.bits}" for o in sorted(
-        ops, key=lambda o: (o.kind, o.macs, o.elems, o.bits)))
+    keys = sorted(op_key(o) for o in ops)
+    text = ";".join(keys)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ---- ONNX ----------------------------------------------------------------------------------
 _ELTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Clip",
             "Resize", "Tanh", "LeakyRelu", "PRelu", "Max", "Min", "Neg", "Exp", "Sqrt", "Pow",
-            "Softmax", "Upsample"}
+            "Softmax", "Upsample", "BatchNormalization"}
 _POOL = {"GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool", "GlobalMaxPool"}
 _FREE = {"Identity", "Constant", "Flatten", "Reshape", "Shape", "Gather", "Unsqueeze",
          "Squeeze", "Concat", "Slice", "QuantizeLinear", "DequantizeLinear", "Cast",
@@ -153,7 +197,10 @@ def onnx_ops(model) -> list[Op]:
     def bits(node) -> int:
         # QDQ quantizes a node's weights only when the node itself runs in int8.
         src = producer.get(node.input[1])
-        return 8 if src is not None and src.op_type == "DequantizeLinear" else 32
+        if src is not None and src.op_type == "DequantizeLinear":
+            return 8
+        weight = init.get(node.input[1])
+        return 16 if weight is not None and weight.data_type == onnx.TensorProto.FLOAT16 else 32
 
     # Tensors computed from shapes only (e.g. Resize's target size): no runtime cost.
     shape_only: set[str] = set()
@@ -176,12 +223,27 @@ def onnx_ops(model) -> list[Op]:
             macs = int(np.prod(out[2:])) * cout * cin_g * k * w[3]
             kind = "dwconv" if groups > 1 and cin_g == 1 else ("pwconv" if k == 1 and w[3] == 1
                                                               else "conv")
-            ops.append(Op(kind, macs, elems(node), bits(node)))
+            stride = attrs.get("strides", [1])[0]
+            size = shapes[node.input[0]][2] if len(shapes[node.input[0]]) > 2 else 1
+            ops.append(Op(kind, macs, elems(node), bits(node), cin_g * groups, cout, k, stride,
+                          size))
         elif t in ("Gemm", "MatMul"):
             w = shapes[node.input[1]]
-            ops.append(Op("fc", int(np.prod(w)), elems(node), bits(node)))
+            transposed = t == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+            cin, cout = (w[1], w[0]) if transposed else (w[0], w[-1])
+            ops.append(Op("fc", int(np.prod(w)), elems(node), bits(node), cin, cout, 1, 1, 1))
         elif t in _POOL:
-            ops.append(Op("pool", 0, elems(node)))
+            shape = shapes.get(node.input[0], ())
+            chs = shape[1] if len(shape) > 1 else 0
+            size = shape[2] if len(shape) > 2 else 1
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            kernel = attrs.get("kernel_shape", [0])[0]
+            stride = attrs.get("strides", [1])[0] if kernel else 0
+            out = numel(node.output[0])
+            ops.append(Op("pool", out * kernel * kernel, elems(node), 32, chs, chs, kernel,
+                          stride, size))
+        elif t in ("Add", "Sum") and sum(1 for i in node.input if i and not is_const(i)) > 1:
+            ops.append(Op("add", 0, elems(node)))
         elif t in _ELTWISE:
             ops.append(Op("eltwise", 0, elems(node)))
         else:

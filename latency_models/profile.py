@@ -1,7 +1,17 @@
-"""Profile this machine: measure sampled architectures with onnxruntime and write a CSV.
+"""Profile a device: measure sampled architectures here, or write a bundle for another device.
 
-    python -m latency_models.profile out=latency_models/data/host_measurements.csv \
-        n=200 seed=0
+    # this machine: measure 200 sampled networks (fp32 and mixed int8), write a CSV
+    python -m latency_models.profile out=host_measurements.csv n=200 seed=0
+    # another device: write a bundle of ONNX benchmarks and the script that measures them
+    python -m latency_models.profile bundle=rpi-bundle networks=60 seed=0
+
+A bundle holds, for ``networks`` architectures sampled from the search space (squeeze-
+excitation, kernels 3/5/7, pruned widths, mixed 8-bit layers): each network in fp32, in int8
+QDQ where it has 8-bit layers and (for the first ``fp16`` of them) in fp16; and every distinct
+layer of those networks cut out as a model of its own, fp32 and int8. ``manifest.json`` lists
+every file with its op list; ``run_on_device.py`` measures them with only numpy and
+onnxruntime (copy the folder to the device); ``python -m latency_models.fit bundle=DIR`` fits
+the device model from the results.
 
 Each sampled architecture is exported twice with random weights (all-fp32, and int8 QDQ on the
 layers it puts at 8 bits) and timed with onnxruntime's CPU execution provider, pinned to
@@ -123,8 +133,12 @@ def profile(n: int, seed: int, out: str, threads: int = 1, rounds: int = 7,
                 paths.append(p8)
         print(f"exported {len(paths)} models; measuring {rounds} interleaved rounds",
               flush=True)
-        for row, m in zip(rows, measure_many(paths, threads=threads, rounds=rounds,
-                                             runs=runs)):
+        # In chunks of 100 live sessions, as run_on_device.py does: thousands of loaded
+        # sessions slow each other down (cache pressure).
+        measured = [m for i in range(0, len(paths), 100)
+                    for m in measure_many(paths[i:i + 100], threads=threads, rounds=rounds,
+                                          runs=runs)]
+        for row, m in zip(rows, measured):
             row.update(m, threads=threads, onnxruntime=onnxruntime.__version__, cpu=cpu_name())
     with atomic_path(out) as tmp_out:
         with open(tmp_out, "w", newline="") as f:
@@ -134,16 +148,123 @@ def profile(n: int, seed: int, out: str, threads: int = 1, rounds: int = 7,
     print(f"wrote {len(rows)} measurements to {out}")
 
 
+BUNDLE_FORMAT = "edgenas-profile-bundle"
+BUNDLE_VERSION = 1
+
+
+def ops_json(ops: list) -> list[list[int]]:
+    return [[op.kind, op.macs, op.elems, op.bits, op.cin, op.cout, op.kernel, op.stride,
+             op.size] for op in ops]
+
+
+def write_bundle(out: str | os.PathLike, networks: int = 60, seed: int = 0,
+                 fp16: int = 8) -> dict:
+    """Write a profiling bundle (see the module docstring); returns its manifest."""
+    import json
+    import shutil
+
+    import onnx
+    import torch
+
+    from latency_models.ops import arch_ops, layer_ops, onnx_ops, signature
+    from spaces.build import build_model
+    from spaces.files import write_bytes, write_text
+    from spaces.onnx_io import export_fp32, export_int8, extract_layers
+    from spaces.space import RandomChoices, SpaceConfig, sample_arch
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"bundle folder {out} exists and is not empty; choose a new "
+                              "folder (a bundle's files must match its manifest)")
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    space = SpaceConfig()
+    calib = np.random.default_rng(seed).random((32, 1, 28, 28), dtype=np.float32)
+    entries, seen_layers = [], set()
+
+    def add(model: onnx.ModelProto, name: str, **entry) -> None:
+        write_bytes(out / "models" / name, model.SerializeToString())
+        entries.append({"file": f"models/{name}", **entry})
+
+    for i in range(networks):
+        arch = sample_arch(RandomChoices(seed * 100003 + i), space, in_chans=1, input_size=28,
+                           num_classes=10, bits=[32, 8])
+        fp32 = all_bits(arch, 32)
+        with tempfile.TemporaryDirectory() as tmp:
+            p32, p8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            export_fp32(build_model(fp32).eval(), fp32, p32)
+            variants = [("fp32", fp32, onnx.load(str(p32)))]
+            if 8 in arch.bits:
+                export_int8(p32, arch, p8, calib)
+                variants.append(("int8", arch, onnx.load(str(p8))))
+        for precision, a, graph in variants:
+            add(graph, f"n{i:03d}.{precision}.onnx", unit="network", network=i,
+                precision=precision, arch_json=a.to_json(indent=None), ops=ops_json(arch_ops(a)))
+            layers = {layer.name: layer for layer in a.layers()}
+            for name, sub in extract_layers(graph, a).items():
+                ops = layer_ops(layers[name])
+                sig = signature(ops)
+                if sig in seen_layers:
+                    continue
+                seen_layers.add(sig)
+                add(sub, f"n{i:03d}.{precision}.{name}.onnx", unit="layer", network=i,
+                    precision=precision, layer=name, ops=ops_json(ops))
+        if i < fp16:
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            half = convert_float_to_float16(variants[0][2], keep_io_types=True)
+            add(half, f"n{i:03d}.fp16.onnx", unit="network", network=i, precision="fp16",
+                arch_json=fp32.to_json(indent=None), ops=ops_json(onnx_ops(half)))
+        print(f"\rbundle: {i + 1}/{networks} networks, {len(entries)} files", end="",
+              flush=True)
+    print()
+    import hashlib
+
+    manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "seed": seed,
+                "networks": networks, "input": [1, 1, 28, 28], "models": entries}
+    manifest["id"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()
+                                    ).hexdigest()[:12]
+    write_text(out / "manifest.json", json.dumps(manifest, separators=(",", ":")))
+    shutil.copyfile(Path(__file__).with_name("device_script.py"), out / "run_on_device.py")
+    write_text(out / "README.txt", BUNDLE_README.format(n=len(entries)))
+    return manifest
+
+
+BUNDLE_README = """edgenas profiling bundle: {n} ONNX files to time on the device.
+
+On the device (Python 3.8+):
+    python3 -m pip install onnxruntime numpy
+    python3 run_on_device.py --threads 1        # writes results.csv and device.json
+Optional, with a power meter logging timestamp,watts: add --window 3 and keep the log.
+
+Back on the machine with edgenas:
+    python -m latency_models.fit device=NAME bundle=THIS_FOLDER power_w=WATTS \
+        [power_log=meter.csv]
+"""
+
+
 def main(argv: list[str]) -> int:
     args = dict(a.split("=", 1) for a in argv if "=" in a)
-    bad = [a for a in argv if "=" not in a] + [k for k in args if k not in
-                                               ("out", "n", "seed", "threads", "rounds", "runs")]
+    known = ("out", "n", "seed", "threads", "rounds", "runs", "bundle", "networks", "fp16")
+    bad = [a for a in argv if "=" not in a] + [k for k in args if k not in known]
     if bad:
         print(f"error: unknown arguments {bad}; usage: python -m latency_models.profile "
-              "out=FILE.csv n=200 seed=0 threads=1 rounds=7 runs=20", file=sys.stderr)
+              "out=FILE.csv n=200 seed=0 threads=1 rounds=7 runs=20, or python -m "
+              "latency_models.profile bundle=DIR networks=60 seed=0 fp16=8", file=sys.stderr)
         return 2
+    if "bundle" in args:
+        try:
+            manifest = write_bundle(args["bundle"], networks=int(args.get("networks", 60)),
+                                    seed=int(args.get("seed", 0)), fp16=int(args.get("fp16", 8)))
+        except (FileExistsError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args['bundle']}: {len(manifest['models'])} ONNX files, manifest.json, "
+              "run_on_device.py; copy the folder to the device and run "
+              "`python3 run_on_device.py` there")
+        return 0
     profile(n=int(args.get("n", 200)), seed=int(args.get("seed", 0)),
-            out=args.get("out", "latency_models/data/host_measurements.csv"),
+            out=args.get("out", "host_measurements.csv"),
             threads=int(args.get("threads", 1)), rounds=int(args.get("rounds", 7)),
             runs=int(args.get("runs", 20)))
     return 0

@@ -149,6 +149,11 @@ def export_trial(cfg: Config, trial: optuna.trial.FrozenTrial, dataset: Dataset,
     return metrics
 
 
+ENERGY_WORDS = {"modelled": "modelled (device power x latency), not measured",
+                "measured": "fitted per op to the device's energy measurements",
+                "simulated": "simulated per op (a simulator's table), not measured"}
+
+
 def measure_and_predict(cfg: Config, trial: optuna.trial.FrozenTrial, arch: Arch,
                         dataset: Dataset, fp32_path: Path, int8_path: Path) -> dict:
     import onnx
@@ -159,7 +164,11 @@ def measure_and_predict(cfg: Config, trial: optuna.trial.FrozenTrial, arch: Arch
     ops_int8 = onnx_ops(onnx.load(str(int8_path)))
     consistent = (signature(ops_fp32) == signature(arch_ops(all_bits(arch, 32)))
                   and signature(ops_int8) == signature(arch_ops(arch)))
-    pred32, pred8 = device_model.predict(ops_fp32), device_model.predict(ops_int8)
+    # The search's own path (layer by layer, measured layers looked up) where the exported
+    # graphs are the architecture's; the graphs' ops otherwise.
+    pred32, pred8 = ((device_model.predict_arch(all_bits(arch, 32)),
+                      device_model.predict_arch(arch)) if consistent else
+                     (device_model.predict(ops_fp32), device_model.predict(ops_int8)))
     m32, m8 = measure_many([fp32_path, int8_path], threads=1, rounds=5,
                            runs=max(1, cfg.export.latency_runs // 5))
     return {
@@ -227,8 +236,9 @@ Predicted for `{cfg.device.name}` by its device model
 | model.onnx | {p['model.onnx']['latency_ms']:.3f} | {p['model.onnx']['energy_mj']:.3f} |
 | model.int8.onnx | {p['model.int8.onnx']['latency_ms']:.3f} | {p['model.int8.onnx']['energy_mj']:.3f} |
 
-Energy is modelled (device power x latency), not measured. Where the latency source reads
-"modelled", the device has no measurements for that precision (see `conf/device/`).
+Energy is {ENERGY_WORDS.get(p['model.onnx']['provenance']['energy'], '')}. Where the latency
+source reads "modelled", the device has no measurements for that precision (see
+`conf/device/`).
 
 Measured on the exporting machine ({h['cpu']}, onnxruntime {h['onnxruntime']}, 1 thread,
 batch 1, median): model.onnx {h['model.onnx']['median_ms']:.3f} ms, model.int8.onnx

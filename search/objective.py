@@ -17,7 +17,6 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from latency_models.model import DeviceModel
-from latency_models.ops import arch_ops
 from search.config import Config
 from search.proxy import ProxyData, distilled_proxy, zero_cost_proxy, zero_cost_scores
 from search.storage import batched_writes
@@ -30,7 +29,7 @@ DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "energy_mj": "mi
 
 def costs(arch: Arch, device_model: DeviceModel) -> dict:
     """Predicted latency and energy, size, parameters and MACs of the deployed network."""
-    pred = device_model.predict(arch_ops(arch))
+    pred = device_model.predict_arch(arch)
     return {"latency_ms": pred.latency_ms, "energy_mj": pred.energy_mj,
             "size_kib": arch.size_kib(), "params": arch.params(), "macs": arch.macs(),
             "provenance": pred.provenance}

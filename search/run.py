@@ -42,6 +42,16 @@ def load_device_model(cfg: Config) -> DeviceModel:
     return DeviceModel.load(cfg.device.model_path())
 
 
+def energy_note(model: DeviceModel) -> str:
+    """Where the device's energy figures come from, in words."""
+    if model.energy_source == "measured":
+        return "measured: per-op energy fitted to the device's energy measurements"
+    if model.energy_source == "simulated":
+        return "simulated: per-op energy from a simulator's table"
+    return (f"modelled: device power ({model.power_w:g} W, {model.power_source or 'assumed'}) "
+            "x predicted latency")
+
+
 def check_budgets(cfg: Config, objective: Objective) -> None:
     wanted = {k: getattr(cfg.budget, k) for k in ("latency_ms", "energy_mj", "size_kib")
               if getattr(cfg.budget, k) is not None}
@@ -76,7 +86,7 @@ def pareto_rows(study: optuna.Study) -> list[dict]:
 
 
 def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Path,
-                console: Console) -> None:
+                console: Console, energy_note: str) -> None:
     score = "proxy score (NASWOT)" if cfg.proxy.kind == "zero_cost" else "proxy acc"
     table = Table(title=f"Pareto-optimal trials of {study.study_name} ({cfg.device.name})")
     for col in ("trial", score, "latency ms", "energy mJ", "params", "MACs", "size KiB",
@@ -90,9 +100,10 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
                       f"{r['params']:,}", f"{r['macs']:,}", f"{r['size_kib']:.1f}", r["bits"],
                       r["latency_source"])
     console.print(table)
-    console.print("latency from: measured | regressed | modelled (a precision the device model "
-                  "has no measurements for, priced as another); * = outside the measured "
-                  "range.\nEnergy is modelled: device power x predicted latency (see "
+    console.print("latency from: measured | regressed | transferred (another device's model "
+                  "calibrated to this one) | simulated | modelled (a precision the device "
+                  "model has no measurements for, priced as another); * = outside the "
+                  f"measured range.\nEnergy is {energy_note} (see "
                   f"conf/device/{cfg.device.name}.yaml).")
     console.print(f"study: {study.study_name} in {redact(cfg.storage.url)}")
     console.print(f"outputs: {out_dir} (pareto.csv, summary.json, config.json)")
@@ -142,8 +153,9 @@ def run_search(cfg: Config) -> None:
         except (StorageInternalError, SQLAlchemyError) as exc:
             raise storage_error(cfg.storage.url, exc, during_run=True) from None
     rows = pareto_rows(study)
-    write_outputs(cfg, study, rows, out_dir, time.time() - start)
-    print_table(cfg, study, rows, out_dir, console)
+    note = energy_note(device_model)
+    write_outputs(cfg, study, rows, out_dir, time.time() - start, note)
+    print_table(cfg, study, rows, out_dir, console, note)
 
 
 MAX_FAILURES = 5
@@ -215,7 +227,7 @@ def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int
 
 
 def write_outputs(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Path,
-                  seconds: float) -> None:
+                  seconds: float, energy: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if rows:
         import io
@@ -241,5 +253,5 @@ def write_outputs(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: P
     summary = {"study": study.study_name, "storage": redact(cfg.storage.url),
                "device": cfg.device.name, "objectives": cfg.search.objectives,
                "trials": counts, "proxy": proxy, "this_run_seconds": round(seconds, 1),
-               "pareto": rows, "energy": "modelled: device power x predicted latency"}
+               "pareto": rows, "energy": energy}
     write_text(out_dir / "summary.json", json.dumps(summary, indent=1))

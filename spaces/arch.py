@@ -208,9 +208,14 @@ class Arch:
     # ---- derived structure -------------------------------------------------------------
     def layers(self, pruned: bool = True) -> tuple[Layer, ...]:
         """The layer list, pruned (deployed) or dense (before pruning)."""
+        return tuple(Layer(*fields) for fields in self.layer_fields(pruned))
+
+    def layer_fields(self, pruned: bool = True) -> list[tuple]:
+        """The fields of each :class:`Layer`, in order, as plain tuples (what bulk pricing
+        reads: building thousands of frozen dataclasses costs more than the pricing)."""
         size = conv_out_size(self.resolution, STEM_KERNEL, STEM_STRIDE)
-        out = [Layer("stem", "stem", self.in_chans, 0, self.stem_chs, 0, STEM_KERNEL,
-                     STEM_STRIDE, self.resolution, size, "relu", False, self.stem_bits)]
+        out = [("stem", "stem", self.in_chans, 0, self.stem_chs, 0, STEM_KERNEL,
+                STEM_STRIDE, self.resolution, size, "relu", False, self.stem_bits)]
         chs = self.stem_chs
         for s, stage in enumerate(self.stages):
             out_chs = stage.kept_out_chs if pruned else stage.out_chs
@@ -223,14 +228,14 @@ class Arch:
                     mid = chs * stage.expansion
                     mid = kept_channels(mid, stage.prune_ratio) if pruned else mid
                 rd = se_channels(mid if stage.block == "ir" else chs, mid, chs, stage.se_ratio)
-                out.append(Layer(f"s{s}.b{b}", stage.block, chs, mid, out_chs, rd, stage.kernel,
-                                 stride, size, new_size, stage.act, b > 0, stage.bits[b]))
+                out.append((f"s{s}.b{b}", stage.block, chs, mid, out_chs, rd, stage.kernel,
+                            stride, size, new_size, stage.act, b > 0, stage.bits[b]))
                 chs, size = out_chs, new_size
-        out.append(Layer("head", "head", chs, 0, self.head_chs, 0, 1, 1, size, size, "relu",
-                         False, self.head_bits))
-        out.append(Layer("classifier", "classifier", self.head_chs, 0, self.num_classes, 0, 1,
-                         1, 1, 1, "none", False, self.classifier_bits))
-        return tuple(out)
+        out.append(("head", "head", chs, 0, self.head_chs, 0, 1, 1, size, size, "relu",
+                    False, self.head_bits))
+        out.append(("classifier", "classifier", self.head_chs, 0, self.num_classes, 0, 1,
+                    1, 1, 1, "none", False, self.classifier_bits))
+        return out
 
     def params(self, pruned: bool = True) -> int:
         return sum(layer.params for layer in self.layers(pruned))

@@ -101,3 +101,60 @@ def ort_session(path: str | os.PathLike, threads: int = 1):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def extract_layers(graph: onnx.ModelProto, arch: Arch) -> dict[str, onnx.ModelProto]:
+    """Each layer of an exported network (fp32 or QDQ) as a model of its own.
+
+    A layer's nodes are found by their exporter scopes (the head includes its global pooling).
+    Its inputs are the activations it reads from outside; where an input arrives through a
+    quantize/dequantize pair, the pair is kept so that onnxruntime runs the layer in int8 as it
+    does inside the network. Used to measure layers alone (``latency_models.profile``).
+    """
+    from onnx import shape_inference
+    from onnx.utils import Extractor
+
+    from spaces.build import onnx_scopes
+
+    graph = shape_inference.infer_shapes(graph)
+    nodes = graph.graph.node
+    producer = {o: n for n in nodes for o in n.output}
+    consts = {t.name for t in graph.graph.initializer} | {
+        n.output[0] for n in nodes if n.op_type == "Constant"}
+
+    def constant(name: str) -> bool:
+        node = producer.get(name)
+        return name in consts or (node is not None and all(
+            constant(i) for i in node.input if i))
+
+    outputs = {o.name for o in graph.graph.output}
+    extractor = Extractor(graph)
+    scopes = onnx_scopes(arch)
+    out = {}
+    for name, prefixes in scopes.items():
+        if name == "head":
+            prefixes = prefixes + ("/net/global_pool/",)
+        inside = [n for n in nodes if n.name.startswith(prefixes)]
+        produced = {o for n in inside for o in n.output}
+        ins = []
+        for n in inside:
+            for t in n.input:
+                if not t or t in produced or constant(t):
+                    continue
+                src = producer.get(t)
+                if src is not None and src.op_type == "DequantizeLinear":
+                    q = producer.get(src.input[0])
+                    if q is not None and q.op_type == "QuantizeLinear":
+                        t = q.input[0]
+                if t not in ins:
+                    ins.append(t)
+        consumed_outside = {i for n in nodes if n not in inside for i in n.input}
+        outs = [t for t in produced if t in consumed_outside or t in outputs]
+        # Keep only the outputs that the rest of the network reads through the layer's last
+        # tensor (quantize/dequantize copies of internal tensors count as internal).
+        outs = [t for t in outs if not any(
+            n.op_type == "QuantizeLinear" and t in n.input and n in inside for n in nodes)]
+        model = extractor.extract_model(ins, sorted(outs))
+        model.doc_string = f"layer {name} of arch_id {arch.arch_id}"
+        out[name] = model
+    return out

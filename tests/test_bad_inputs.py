@@ -113,6 +113,26 @@ def measurement_csv(tmp: Path, median: str) -> None:
             writer.writerow([f"a{i}", "fp32", median if i == 3 else 0.2 + i / 100, arch])
 
 
+def bundle(tmp: Path, rows: int = 2, results: bool = True, windows: str = "1:2") -> None:
+    """A two-file profiling bundle with ``rows`` rows of results."""
+    op = ["conv", 1000, 100, 32, 1, 1, 3, 1, 8]
+    models = [{"file": f"models/{i}.onnx", "unit": "network", "network": i,
+               "precision": "fp32", "ops": [op]} for i in range(2)]
+    (tmp / "b").mkdir()
+    (tmp / "b" / "manifest.json").write_text(json.dumps(
+        {"format": "edgenas-profile-bundle", "version": 1, "models": models}))
+    if results:
+        lines = ["file,median_ms,p10_ms,p90_ms,runs,windows"] + [
+            f"models/{i}.onnx,0.5,0.4,0.6,20,{windows}" for i in range(rows)]
+        (tmp / "b" / "results.csv").write_text("\n".join(lines) + "\n")
+
+
+def power_log(tmp: Path, scale: float) -> None:
+    bundle(tmp)
+    (tmp / "log.csv").write_text("timestamp,watts\n" + "".join(
+        f"{1 + i / 10},{4 * scale}\n" for i in range(11)))
+
+
 def fit(tmp: Path, *extra: str) -> list[str]:
     return ["-m", "latency_models.fit", "device=x", "power_w=2", f"out={tmp}/x.json", *extra]
 
@@ -229,6 +249,21 @@ CASES = [
          ("row 5", "not a positive time"), setup=lambda t: measurement_csv(t, "-0.5")),
     Case("file-measurements-nan-time", lambda t: fit(t, f"measurements={t}/m.csv"),
          ("row 5", "not a positive time"), setup=lambda t: measurement_csv(t, "nan")),
+    Case("file-bundle-not-measured", lambda t: fit(t, f"bundle={t}/b"),
+         ("has no results.csv", "run_on_device.py"),
+         setup=lambda t: bundle(t, results=False)),
+    Case("file-bundle-measurement-unfinished", lambda t: fit(t, f"bundle={t}/b"),
+         ("1 rows for 2 files", "did not finish", "resumes"), setup=lambda t: bundle(t, 1)),
+    Case("file-power-log-in-milliwatts",
+         lambda t: fit(t, f"bundle={t}/b", f"power_log={t}/log.csv"),
+         ("power log", "milliwatts"), setup=lambda t: power_log(t, 1000)),
+    Case("file-power-log-too-sparse",
+         lambda t: fit(t, f"bundle={t}/b", f"power_log={t}/log.csv"),
+         ("readings inside", "--window 3"),
+         setup=lambda t: (power_log(t, 1), (t / "log.csv").write_text(
+             "timestamp,watts\n0,4\n9,4\n"))),
+    Case("file-lookup-tables-missing", lambda t: fit(t, f"ofa={t}"),
+         ("no *_lookup_table.yaml",)),
     Case("file-onnx-not-onnx", lambda t: predict(t, f"{t}/m.onnx"),
          ("not a valid ONNX model",), setup=lambda t: (t / "m.onnx").write_text("hello")),
     Case("file-arch-json-corrupt", lambda t: predict(t, f"{t}/arch.json"),

@@ -88,7 +88,8 @@ def test_save_load_round_trip_and_tamper_checks(tmp_path):
         DeviceModel.load(path)
 
 
-@pytest.mark.parametrize("device", ["rpi4", "host"])
+@pytest.mark.parametrize("device", ["rpi4", "host", "pixel3", "jetson_tx2", "note10",
+                                    "bitfusion"])
 def test_shipped_device_models_load_and_price_the_space(device):
     model = DeviceModel.load(MODEL_DIR / f"{device}.json")
     lat = [model.predict(arch_ops(sample(s, bits=(32, 8)))).latency_ms for s in range(20)]
@@ -98,7 +99,8 @@ def test_shipped_device_models_load_and_price_the_space(device):
 
 
 def test_fbnet_table_reads_and_rejects_bad_files(tmp_path):
-    samples, ys, keys = read_fbnet(MODEL_DIR / "hwnasbench_fbnet_blocks.csv", "raspi4_latency")
+    samples, ys, keys, _ = read_fbnet(MODEL_DIR / "hwnasbench_fbnet_blocks.csv",
+                                      "raspi4_latency")
     assert len(samples) == len(ys) > 100 and all(y > 0 for y in ys)
     bad = tmp_path / "bad.csv"
     bad.write_text("key,op,H\nx,ConvBlock,8\n")
@@ -109,5 +111,30 @@ def test_fbnet_table_reads_and_rejects_bad_files(tmp_path):
     row = lines[1].split(",")
     row[header.index("raspi4_latency")] = "-1"
     bad.write_text("\n".join([lines[0], ",".join(row)]))
-    with pytest.raises(MeasurementError, match="not a positive time"):
+    with pytest.raises(MeasurementError, match="not a positive number"):
         read_fbnet(bad, "raspi4_latency")
+
+
+def test_bitfusion_runs_4_and_6_bits_natively_and_says_simulated():
+    from latency_models.profile import all_bits
+
+    model = DeviceModel.load(MODEL_DIR / "bitfusion.json")
+    arch = sample(5, bits=(8,))
+    p8, p6, p4 = (model.predict_arch(all_bits(arch, b)) for b in (8, 6, 4))
+    assert p4.latency_ms < p6.latency_ms < p8.latency_ms
+    assert p4.energy_mj < p8.energy_mj
+    assert p8.provenance["latency"] == "simulated" and p8.provenance["energy"] == "simulated"
+    # a float layer has no BitFusion price: it is priced as 8-bit and says so
+    mixed = model.predict_arch(all_bits(arch, 32))
+    assert mixed.provenance["latency"] == "modelled" and "32-bit ops priced as 8-bit" in \
+        mixed.provenance["note"]
+
+
+def test_int8_is_priced_per_op_not_as_a_fixed_speed_up():
+    from latency_models.profile import all_bits
+
+    model = DeviceModel.load(MODEL_DIR / "host.json")
+    ratios = {round(model.predict_arch(arch).latency_ms
+                    / model.predict_arch(all_bits(arch, 32)).latency_ms, 3)
+              for arch in (all_bits(sample(s), 8) for s in range(6))}
+    assert len(ratios) > 3  # each network gets its own int8/fp32 ratio from its ops

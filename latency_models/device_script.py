@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Measure a profiling bundle on the device: needs only Python 3.8+, numpy and onnxruntime.
+
+Copy the whole bundle folder (this script, manifest.json, models/) to the device and run
+
+    python3 run_on_device.py                  # 1 thread, 7 interleaved rounds of 20 runs
+    python3 run_on_device.py --threads 4      # the threads your application will use
+
+It writes ``results.csv`` (one row per ONNX file: median, 10th and 90th percentile in ms,
+number of timed runs, and the wall-clock windows (Unix seconds) of its timed runs, for
+aligning a power-meter log; use ``--window 3`` when you log power) and ``device.json``
+(onnxruntime version, CPU model, frequency governor, threads), both beside this script.
+Copy them back and fit the device model:
+
+    python -m latency_models.fit device=NAME bundle=BUNDLE_DIR power_w=WATTS
+
+Timing: files are measured in chunks of ``--chunk`` (100); in a chunk each file gets its own
+session (sequential execution, fixed threads) and warm-up runs, then every file is timed once
+per round, round after round, so that a slow minute (thermal throttling, a background job)
+touches all files alike; a file's figure is the median of its per-round medians. For steady
+figures set the governor to ``performance`` (the script warns when it is not) and close other
+programs. An interrupted run resumes: finished chunks are kept in ``results.partial.json``.
+"""
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+
+FORMAT = "edgenas-profile-bundle"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip().lower()
+                if key in ("model name", "hardware", "cpu model", "processor") and ":" in line:
+                    value = line.split(":", 1)[1].strip()
+                    if value and not value.isdigit():
+                        return value
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def governor():
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def session(path, threads):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def feed(sess):
+    import numpy as np
+
+    out = {}
+    for inp in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        dtype = np.float16 if "float16" in inp.type else np.float32
+        out[inp.name] = np.random.default_rng(0).random(shape).astype(dtype)
+    return out
+
+
+def main(argv=None):
+    import numpy as np
+
+    parser = argparse.ArgumentParser(description="Measure an edgenas profiling bundle.")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per file per round")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--chunk", type=int, default=100,
+                        help="files loaded and measured together (interleaved rounds)")
+    parser.add_argument("--window", type=float, default=0.0,
+                        help="time each file for at least this many seconds per round; with a "
+                             "power meter logging once a second use 3 or more")
+    parser.add_argument("--bundle", default=os.path.dirname(os.path.abspath(__file__)))
+    args = parser.parse_args(argv)
+    if min(args.threads, args.rounds, args.runs, args.chunk) < 1 or args.warmup < 0:
+        parser.error("--threads, --rounds, --runs and --chunk must be at least 1, --warmup "
+                     "at least 0")
+    try:
+        with open(os.path.join(args.bundle, "manifest.json")) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as exc:
+        sys.exit(f"error: {args.bundle} has no readable manifest.json ({exc}); run this script "
+                 "from the bundle folder that `python -m latency_models.profile bundle=DIR` "
+                 "wrote, with its models/ folder beside it")
+    if manifest.get("format") != FORMAT:
+        sys.exit(f"error: {args.bundle}/manifest.json is not an edgenas profiling bundle")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        sys.exit("error: onnxruntime is not installed; install it with "
+                 "`python3 -m pip install onnxruntime numpy`")
+    if governor() not in ("performance", "unknown"):
+        print(f"warning: CPU frequency governor is {governor()!r}; figures are steadier with "
+              "'performance' (sudo cpupower frequency-set -g performance)", file=sys.stderr)
+    files = [m["file"] for m in manifest["models"]]
+    partial_path = os.path.join(args.bundle, "results.partial.json")
+    state = {"settings": [args.threads, args.runs, args.window, args.rounds, args.chunk],
+             "done": {}}
+    if os.path.exists(partial_path):
+        with open(partial_path) as f:
+            old = json.load(f)
+        if old.get("settings") == state["settings"]:
+            state = old
+            print(f"resuming: {len(state['done'])} of {len(files)} files already measured")
+    # Files are measured in chunks: a few hundred live sessions at once would not fit a small
+    # board's memory, and even on a large machine they slow each other down (cache pressure:
+    # 7% on the project's benchmark machine with 3,300 sessions loaded).
+    chunks = [files[i:i + args.chunk] for i in range(0, len(files), args.chunk)]
+    for c, chunk in enumerate(chunks):
+        if all(name in state["done"] for name in chunk):
+            continue
+        sessions = []
+        for name in chunk:
+            sess = session(os.path.join(args.bundle, name), args.threads)
+            x = feed(sess)
+            for _ in range(args.warmup):
+                sess.run(None, x)
+            sessions.append((sess, x))
+        per_file = {name: [] for name in chunk}
+        for _ in range(args.rounds):
+            for name, (sess, x) in zip(chunk, sessions):
+                times = []
+                t_start = time.time()
+                while len(times) < args.runs or time.time() - t_start < args.window:
+                    t0 = time.perf_counter()
+                    sess.run(None, x)
+                    times.append((time.perf_counter() - t0) * 1e3)
+                per_file[name].append([times, t_start, time.time()])
+        state["done"].update(per_file)
+        del sessions
+        with open(partial_path + ".tmp", "w") as f:
+            json.dump(state, f)
+        os.replace(partial_path + ".tmp", partial_path)
+        print(f"chunk {c + 1}/{len(chunks)} measured ({len(state['done'])} of {len(files)} "
+              "files)", flush=True)
+    rows = []
+    for name in files:
+        per_round = state["done"][name]
+        every = [t for times, _, _ in per_round for t in times]
+        p10, p90 = np.percentile(every, [10, 90])
+        rows.append({"file": name,
+                     "median_ms": float(np.median([np.median(t) for t, _, _ in per_round])),
+                     "p10_ms": float(p10), "p90_ms": float(p90), "runs": len(every),
+                     "windows": ";".join(f"{s:.3f}:{e:.3f}" for _, s, e in per_round)})
+    out = os.path.join(args.bundle, "results.csv")
+    with open(out + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(out + ".tmp", out)
+    info = {"onnxruntime": ort.__version__, "cpu": cpu_model(), "governor": governor(),
+            "threads": args.threads, "rounds": args.rounds, "runs": args.runs,
+            "machine": platform.machine(), "system": platform.platform(),
+            "python": platform.python_version(), "bundle": manifest.get("id", "")}
+    with open(os.path.join(args.bundle, "device.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    os.remove(partial_path)
+    print(f"wrote {out} and device.json ({len(rows)} files); copy them back and run "
+          "`python -m latency_models.fit device=NAME bundle=THIS_FOLDER power_w=WATTS`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Price many architectures at once: the regressor of a device model, vectorized.
+
+``DeviceModel.predict(arch_ops(arch))`` builds a few hundred ``Op`` objects per network and
+prices about 3,000 networks a second. A search that screens candidates in bulk (random or
+evolutionary pre-screening, constraint checks over a whole population) needs more, so this
+module computes the same features with numpy from the layers' fields: one row per layer and
+op slot, no Python objects per op. ``tests/test_latency_fast.py`` holds it equal to the
+reference path (``latency_models.ops.layer_ops``) on random architectures; a change to
+``layer_ops`` that is not made here fails that test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from latency_models.model import FEATURES, N_FEATURES, OFFSETS, DeviceModel
+from latency_models.ops import KINDS
+from spaces.arch import Arch
+
+_FIELDS = ("in_chs", "mid_chs", "out_chs", "rd_chs", "kernel", "stride", "in_size",
+           "out_size")
+_KIND_CODE = {"stem": 0, "ds": 1, "ir": 2, "head": 3, "classifier": 4}
+
+
+def _table(archs: list[Arch]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Column arrays of every layer of every network, the network index of each layer, and
+    the per-network preprocessing elements (input resize and normalization)."""
+    rows, owner, pre = [], [], []
+    code = _KIND_CODE
+    for n, arch in enumerate(archs):
+        layers = arch.layer_fields(pruned=True)  # Layer's fields, in order
+        rows += [(*x[2:10], code[x[1]], x[10] == "relu", x[11], x[12]) for x in layers]
+        owner += [n] * len(layers)
+        n_in, n_res = arch.in_chans * arch.input_size ** 2, arch.in_chans * arch.resolution ** 2
+        pre.append((n_in + n_res if arch.resolution != arch.input_size else 0, n_res))
+    a = np.asarray(rows, dtype=np.int64)
+    cols = {f: a[:, i] for i, f in enumerate(_FIELDS + ("kind", "relu", "skip", "bits"))}
+    return cols, np.asarray(owner), np.asarray(pre, dtype=np.float64)
+
+
+class _Slots:
+    """Accumulates op slots: per layer, features at the layer's precision or at 32 bits."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.low = np.zeros((n_layers, N_FEATURES))  # ops at the layer's precision
+        self.f32 = np.zeros((n_layers, N_FEATURES))  # ops always at 32 bits
+        self.ops: list[tuple] = []  # (kind, macs, elems, present, at layer precision)
+
+    def conv(self, kind: str, present, cin, cout, k, hin, hout, align: int,
+             depthwise: bool = False) -> None:
+        present = present.astype(bool)
+        macs = hout * hout * cout * (1 if depthwise else cin) * k * k
+        elems = cin * hin * hin + cout * hout * hout
+        weights = cout * k * k if depthwise else (cin * cout * k * k if kind != "fc" else macs)
+        mis = (cout % align != 0) | ((cin % align != 0) if kind in ("pwconv", "fc") else False)
+        i = OFFSETS[kind]
+        feats = (np.ones_like(macs), macs / 1e6, elems / 1e6, weights / 1e6, mis)
+        for j, v in enumerate(feats):
+            self.low[:, i + j] += np.where(present, v, 0.0)
+        self.ops.append((kind, macs, elems, present, True))
+
+    def other(self, kind: str, present, elems, window_macs=None) -> None:
+        present = present.astype(bool)
+        i = OFFSETS[kind]
+        self.f32[:, i] += present
+        self.f32[:, i + 1] += np.where(present, elems / 1e6, 0.0)
+        if kind == "pool":
+            self.f32[:, i + 2] += np.where(present, (window_macs if window_macs is not None
+                                                     else 0 * elems) / 1e6, 0.0)
+        self.ops.append((kind, 0 * elems, elems, present, False))
+
+
+def layer_features(cols: dict, align: int) -> _Slots:
+    """The op slots of every layer, mirroring ``latency_models.ops.layer_ops``."""
+    n = len(cols["kind"])
+    kind = cols["kind"]
+    ci, cm, co, rd = cols["in_chs"], cols["mid_chs"], cols["out_chs"], cols["rd_chs"]
+    k, hi, ho = cols["kernel"], cols["in_size"], cols["out_size"]
+    relu = cols["relu"].astype(bool)
+    low = cols["prec"] <= 8
+    stem, ds, ir, head, clf = (kind == c for c in range(5))
+    block = ds | ir
+    se = block & (rd > 0)
+    one = np.ones(n, dtype=np.int64)
+    # int8 QDQ absorbs a ReLU after a quantized conv; hard-swish stays an op.
+    act_kept = ~(low & relu)
+    s = _Slots(n)
+    s.conv("conv", stem, ci, co, k, hi, ho, align)
+    s.other("eltwise", stem & ~low, 2 * co * ho * ho)  # stem ReLU
+    s.conv("pwconv", head, ci, co, one, hi, ho, align)
+    s.other("eltwise", head & ~low, 2 * co * ho * ho)  # head ReLU
+    s.other("pool", head, co * ho * ho + co)
+    s.conv("fc", clf, ci, co, one, one, one, align)
+    s.conv("pwconv", ir, ci, cm, one, hi, hi, align)  # expand
+    s.other("eltwise", ir & act_kept, 2 * cm * hi * hi)
+    s.conv("dwconv", block, cm, cm, k, hi, ho, align, depthwise=True)
+    s.other("eltwise", block & act_kept, 2 * cm * ho * ho)
+    s.other("pool", se, cm * ho * ho + cm)  # squeeze
+    s.conv("pwconv", se, cm, rd, one, one, one, align)
+    s.other("eltwise", se & act_kept, 2 * rd)
+    s.conv("pwconv", se, rd, cm, one, one, one, align)
+    s.other("eltwise", se, 2 * cm)  # sigmoid gate
+    s.other("eltwise", se, 2 * cm * ho * ho + cm)  # scale
+    s.conv("pwconv", block, cm, co, one, ho, ho, align)  # project
+    s.other("add", block & cols["skip"].astype(bool), 3 * co * ho * ho)
+    return s
+
+
+def predict_archs(model: DeviceModel, archs: list[Arch]) -> dict:
+    """Latency (ms), energy (mJ) and extrapolation flags of many architectures at once.
+
+    Returns a dict of numpy arrays ``latency_ms``, ``energy_mj``, ``extrapolated`` and a
+    ``provenance`` dict that holds for all of them. Uses the linear regressor only: measured
+    units in the model's lookup table are not consulted. Devices with a layer model (profiled
+    with a bundle) are priced by ``DeviceModel.predict_arch`` one by one instead.
+    """
+    if not archs:
+        return {"latency_ms": np.zeros(0), "energy_mj": np.zeros(0),
+                "extrapolated": np.zeros(0, bool), "provenance": {}}
+    if model.layer_model_:
+        # A profiled device prices layers with its tree model: one architecture at a time
+        # (memoized per layer), so that bulk and single predictions agree.
+        preds = [model.predict_arch(a) for a in archs]
+        return {"latency_ms": np.array([p.latency_ms for p in preds]),
+                "energy_mj": np.array([p.energy_mj for p in preds]),
+                "extrapolated": np.array([p.provenance["extrapolated"] for p in preds]),
+                "provenance": dict(preds[0].provenance, latency="regressed")}
+    cols, owner, pre = _table(archs)
+    native = np.asarray(model.native_bits or [0])
+    raw = cols["bits"]
+    cols["prec"] = np.where(np.isin(raw, native), raw, np.where(raw <= 8, 8, 32))
+    s = layer_features(cols, model.align)
+    bits = cols["prec"]
+    lat_layer = np.zeros(len(bits))
+    en_layer = np.zeros(len(bits))
+    standins: set[int] = set()
+    low_keys = {}
+    for b in np.unique(bits):
+        key, standin = model._precision(int(b))
+        low_keys[int(b)] = key
+        rows = bits == b
+        coef = np.asarray(model.coef_[key])
+        part = s.low[rows] @ coef
+        if standin and np.any(part > 0):
+            standins.add(int(b))
+        lat_layer[rows] += part
+        if model.energy_coef_:
+            en_layer[rows] += s.low[rows] @ np.asarray(model.energy_coef_[key])
+    key32, standin32 = model._precision(32)
+    part = s.f32 @ np.asarray(model.coef_[key32])
+    if standin32 and np.any(part > 0):
+        standins.add(32)
+    lat_layer += part
+    if model.energy_coef_:
+        en_layer += s.f32 @ np.asarray(model.energy_coef_[key32])
+    n = len(archs)
+    latency = np.bincount(owner, lat_layer, minlength=n)
+    # preprocessing: optional resize, then (x - 0.5) / 0.5
+    pre_ops = np.zeros((n, N_FEATURES))
+    i = OFFSETS["eltwise"]
+    pre_ops[:, i] = (pre[:, 0] > 0) + 2
+    pre_ops[:, i + 1] = (pre[:, 0] + 4 * pre[:, 1]) / 1e6
+    latency += pre_ops @ np.asarray(model.coef_[key32]) + model.overhead_ms_
+    if model.energy_coef_:
+        energy = np.bincount(owner, en_layer, minlength=n) + pre_ops @ np.asarray(
+            model.energy_coef_[key32]) + model.overhead_mj_
+        energy_source = model.energy_source
+    else:
+        energy, energy_source = latency * model.power_w, "modelled"
+    extrapolated = np.zeros(len(bits), bool)
+    by_bits = [(int(b), bits == b) for b in np.unique(bits)]
+    for kind, macs, elems, present, at_low in s.ops:
+        for b, rows in by_bits:
+            sel = present & rows
+            if not sel.any():
+                continue
+            kb = low_keys[b] if at_low else key32
+            r = model.ranges_.get(f"{kind}/{kb}")
+            if r is None:
+                extrapolated |= sel
+            else:
+                extrapolated |= sel & ((macs < r[0]) | (macs > r[1]) | (elems < r[2])
+                                       | (elems > r[3]))
+    if model.latency_source != "measured":
+        latency_prov = model.latency_source
+    else:
+        latency_prov = "regressed"
+    prov = {"latency": "modelled" if standins else latency_prov, "energy": energy_source,
+            "device": model.device, "model_hash": model.hash}
+    return {"latency_ms": latency, "energy_mj": energy,
+            "extrapolated": np.bincount(owner, extrapolated, minlength=n) > 0,
+            "provenance": prov}
+
+
+__all__ = ["predict_archs", "layer_features", "KINDS", "FEATURES"]

@@ -1,0 +1,130 @@
+"""Benchmark 1 of the latency models: this machine, 200 held-out architectures.
+
+    python scripts/latency_host_benchmark.py        # refit from the shipped measurements, test
+    python scripts/latency_host_benchmark.py --bundle /tmp/hb --networks 360  # re-measure:
+        # writes a new bundle there, measures it, measures a new test set, fits and tests
+    python scripts/latency_host_benchmark.py --n 50 # a smaller test set
+
+The host device model is fitted exactly as a user fits a new device: a profiling bundle
+(``python -m latency_models.profile bundle=...``, 120 networks sampled with seed 1, their
+layers cut out, fp32 / int8 / fp16) measured by the bundle's own ``run_on_device.py`` (1
+thread, 7 interleaved rounds of 20 runs, medians), then ``latency_models.fit``'s fit. The
+test set is ``--n`` other architectures (seed 0), each exported in fp32 and in mixed int8 and
+measured side by side with onnxruntime (1 thread, warm-up, 7 interleaved rounds of 20 runs,
+median of the round medians). Both measurements run pinned to one core.
+
+Predictors: what the search uses (``DeviceModel.predict_arch``: layers measured in the
+bundle looked up, the others priced by the layer model, composed into the network); the
+linear op model alone (what an ONNX file gets); a FLOPs-only linear fit per precision on the
+bundle's networks. Prints and writes ``scripts/results/latency/host.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from latency_models import device_script  # noqa: E402
+from latency_models.fit import accuracy, cross_validate_bundle, fit_bundle  # noqa: E402
+from latency_models.model import DeviceModel, nnls  # noqa: E402
+from latency_models.profile import profile, write_bundle  # noqa: E402
+from latency_models.sources import read_bundle, read_profile  # noqa: E402
+from spaces.arch import Arch  # noqa: E402
+
+BUNDLE = ROOT / "latency_models" / "data" / "host-bundle"  # measurements only, no ONNX
+OUT = ROOT / "scripts" / "results" / "latency"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=BUNDLE)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--networks", type=int, default=120, help="networks in the bundle")
+    args = parser.parse_args(argv)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    if not (args.bundle / "manifest.json").is_file():
+        write_bundle(args.bundle, networks=args.networks, seed=1, fp16=12)
+    if not (args.bundle / "results.csv").is_file():
+        device_script.main(["--bundle", str(args.bundle), "--threads", "1"])
+    test_csv = OUT / f"host_test_{args.n}.csv"
+    if not test_csv.is_file() or args.bundle != BUNDLE:
+        profile(n=args.n, seed=0, out=str(test_csv), threads=1, rounds=7, runs=20)
+
+    bundle = read_bundle(args.bundle)
+    samples, ys, units = bundle["samples"], np.asarray(bundle["latency_ms"]), bundle["units"]
+    make = lambda: DeviceModel("host", 15.0, fallback={"8": 32, "16": 32})  # noqa: E731
+    cv = cross_validate_bundle(make, bundle)
+    model = fit_bundle(make, bundle)
+    linear = DeviceModel("host", 15.0, coef_=model.coef_, overhead_ms_=model.overhead_ms_,
+                         ranges_=model.ranges_)  # the ONNX path, no lookup table
+
+    with open(test_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    test_ops, test_y = read_profile(test_csv)
+    archs = [Arch.from_json(r["arch_json"]) for r in rows]
+    precision = [r["precision"] for r in rows]
+    y = np.asarray(test_y)
+    macs = np.array([sum(op.macs for op in ops) for ops in test_ops], float)
+
+    flops = np.zeros_like(y)
+    for prec, keys in (("fp32", ("fp32",)), ("mixed-int8", ("int8",))):
+        sel = [i for i, u in enumerate(units) if u["unit"] == "network"
+               and u["precision"] in keys]
+        m = np.array([sum(op.macs for op in samples[i]) for i in sel], float) / 1e6
+        a, b = nnls(np.stack([m, np.ones_like(m)], 1) / ys[sel, None], np.ones(len(sel)))
+        rows_p = np.array([p == prec for p in precision])
+        flops[rows_p] = a * macs[rows_p] / 1e6 + b
+    preds = {
+        "layer model + measured layers (the search's path)": np.array(
+            [model.predict_arch(a).latency_ms for a in archs]),
+        "linear op model (the ONNX path)": np.array(
+            [linear.predict(o).latency_ms for o in test_ops]),
+        "FLOPs-only linear fit (per precision)": flops,
+    }
+    lines = ["# Host latency model against measurements (benchmark 1)", "",
+             f"`python scripts/latency_host_benchmark.py`: fitted on the bundle ({len(ys)} "
+             f"measured units: {sum(u['unit'] == 'network' for u in units)} networks and "
+             f"{sum(u['unit'] == 'layer' for u in units)} layers); tested on {len(y)} other "
+             "networks measured side by side (1 thread, medians). Bundle cross-validation "
+             f"(5 folds by network, networks scored): {cv['within_10pct']:.1%} within +-10%, "
+             f"Spearman {cv['spearman']:.3f}.", "",
+             "| predictor | precision | n | within +-10% | MAPE | Spearman |",
+             "|---|---|---|---|---|---|"]
+    summary = {}
+    for name, p in preds.items():
+        for prec in ("fp32", "mixed-int8", "all"):
+            sel = np.array([prec in ("all", q) for q in precision])
+            acc = accuracy(p[sel], y[sel])
+            summary[f"{name} / {prec}"] = acc
+            lines.append(f"| {name} | {prec} | {acc['n']} | {acc['within_10pct']:.1%} | "
+                         f"{acc['mape']:.1%} | {acc['spearman']:.3f} |")
+    by_net = {}
+    for u, v in zip(units, ys):
+        if u["unit"] == "network":
+            by_net.setdefault(u["network"], {})[u["precision"]] = v
+    for prec in ("int8", "fp16"):
+        r = [d[prec] / d["fp32"] for d in by_net.values() if prec in d]
+        if r:
+            lines.append(f"\nMeasured {prec} / fp32 latency over {len(r)} bundle networks: "
+                         f"median {np.median(r):.2f}, range {min(r):.2f}-{max(r):.2f}.")
+    text = "\n".join(lines)
+    print(text)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "host.md").write_text(text + "\n")
+    (OUT / "host.json").write_text(json.dumps({"cross_validation": cv, "test": summary},
+                                              indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,240 @@
+"""Adding a device: bundle -> on-device script -> fit -> a device the search can use."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from latency_models import device_script, fit
+from latency_models.model import DeviceModel
+from latency_models.ops import Op, layer_ops, onnx_ops, signature
+from latency_models.power import energy_from_log, write_power_log
+from latency_models.profile import all_bits, write_bundle
+from latency_models.sources import MeasurementError, read_bundle
+from spaces.build import build_model
+from spaces.onnx_io import export_fp32, export_int8, extract_layers, ort_session
+from tests.conftest import ROOT, cli_env
+from tests.test_arch import sample
+
+
+def test_layers_cut_from_exports_have_the_ops_of_their_layer(tmp_path):
+    calib = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    arch = sample(3, bits=(32, 8))
+    fp32 = all_bits(arch, 32)
+    export_fp32(build_model(fp32).eval(), fp32, tmp_path / "m.onnx")
+    export_int8(tmp_path / "m.onnx", arch, tmp_path / "q.onnx", calib)
+    for a, path in ((fp32, "m.onnx"), (arch, "q.onnx")):
+        layers = {layer.name: layer for layer in a.layers()}
+        cut = extract_layers(onnx.load(str(tmp_path / path)), a)
+        assert set(cut) == set(layers)
+        for name, model in cut.items():
+            assert signature(onnx_ops(model)) == signature(layer_ops(layers[name])), name
+        onnx.save(cut["head"], str(tmp_path / "head.onnx"))
+        ort_session(tmp_path / "head.onnx")  # runs on its own
+
+
+@pytest.fixture(scope="module")
+def measured_bundle(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bundle")
+    manifest = write_bundle(folder, networks=6, seed=1, fp16=1)
+    assert device_script.main(["--bundle", str(folder), "--rounds", "2", "--runs", "3",
+                               "--warmup", "1"]) == 0
+    return folder, manifest
+
+
+def test_bundle_covers_networks_layers_and_precisions(measured_bundle):
+    folder, manifest = measured_bundle
+    units = manifest["models"]
+    assert {u["unit"] for u in units} == {"network", "layer"}
+    assert {"fp32", "int8", "fp16"} <= {u["precision"] for u in units}
+    assert all((folder / u["file"]).is_file() for u in units)
+    info = json.loads((folder / "device.json").read_text())
+    assert info["threads"] == 1 and info["onnxruntime"] and info["cpu"]
+    with open(folder / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(units) and all(float(r["median_ms"]) > 0 for r in rows)
+    # the script needs only numpy and onnxruntime
+    source = (folder / "run_on_device.py").read_text()
+    imports = {line.split()[1].split(".")[0] for line in source.splitlines()
+               if line.strip().startswith(("import ", "from "))}
+    assert imports <= {"argparse", "csv", "json", "os", "platform", "sys", "time", "numpy",
+                       "onnxruntime"}
+
+
+def test_fit_from_bundle_writes_model_and_device_config(measured_bundle, tmp_path,
+                                                         monkeypatch, capsys):
+    folder, _ = measured_bundle
+    monkeypatch.chdir(tmp_path)
+    assert fit.main(["device=myboard", f"bundle={folder}", "power_w=4"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out" in out and "conf/device/myboard.yaml" in out
+    model = DeviceModel.load(tmp_path / "conf" / "device" / "myboard.json")
+    assert model.meta["measured_on"]["threads"] == 1 and model.lookup_
+    assert {"32", "8", "16"} <= set(model.coef_)
+    conf = (tmp_path / "conf" / "device" / "myboard.yaml").read_text()
+    assert "name: myboard" in conf and "model: conf/device/myboard.json" in conf
+    pred = subprocess.run([sys.executable, "-m", "latency_models.predict", "+device=myboard",
+                           f"model={folder / 'models' / 'n000.fp32.onnx'}"], cwd=tmp_path,
+                          env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert pred.returncode == 0, pred.stderr
+    assert json.loads(pred.stdout)["provenance"]["latency"] == "measured"
+
+
+def test_bundle_results_that_do_not_fit_are_clear_errors(measured_bundle, tmp_path):
+    folder, _ = measured_bundle
+    with pytest.raises(MeasurementError, match="no manifest.json"):
+        read_bundle(tmp_path)
+    (tmp_path / "manifest.json").write_text((folder / "manifest.json").read_text())
+    with pytest.raises(MeasurementError, match="run_on_device.py"):
+        read_bundle(tmp_path)
+    lines = (folder / "results.csv").read_text().splitlines()
+    (tmp_path / "results.csv").write_text("\n".join(lines[:3]) + "\n")
+    with pytest.raises(MeasurementError, match="did not finish"):
+        read_bundle(tmp_path)
+    (tmp_path / "results.csv").write_text(lines[0] + "\nmodels/other.onnx,1,1,1,3,0:1\n")
+    with pytest.raises(MeasurementError, match="not in this bundle"):
+        read_bundle(tmp_path)
+    (tmp_path / "results.csv").write_text(lines[0] + "\n" + lines[1].replace(
+        lines[1].split(",")[1], "nan", 1) + "\n")
+    with pytest.raises(MeasurementError, match="not a positive number"):
+        read_bundle(tmp_path)
+
+
+def test_write_bundle_refuses_a_folder_in_use(tmp_path):
+    (tmp_path / "x").write_text("")
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_bundle(tmp_path, networks=1)
+
+
+def test_energy_from_a_power_log(tmp_path):
+    results = tmp_path / "results.csv"
+    results.write_text("file,median_ms,windows\na.onnx,2.0,10:12;20:22\nb.onnx,1.0,30:33\n")
+    t = np.arange(0, 40, 0.5)
+    w = np.where(t < 25, 5.0, 3.0)
+    write_power_log(tmp_path / "log.csv", t, w)
+    assert energy_from_log(results, tmp_path / "log.csv") == pytest.approx([10.0, 3.0])
+    write_power_log(tmp_path / "slow.csv", np.array([0.0, 11.0, 40.0]), np.ones(3))
+    with pytest.raises(MeasurementError, match="--window 3"):
+        energy_from_log(results, tmp_path / "slow.csv")
+    write_power_log(tmp_path / "mw.csv", t, w * 1000)
+    with pytest.raises(MeasurementError, match="milliwatts"):
+        energy_from_log(results, tmp_path / "mw.csv")
+
+
+def units(n, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        c = int(rng.integers(8, 64))
+        out.append([Op("conv", int(rng.integers(1e5, 1e7)), int(rng.integers(1e3, 1e5)), 32,
+                       c, c, 3, 1, 8),
+                    Op("pwconv", int(rng.integers(1e5, 1e7)), int(rng.integers(1e3, 1e5)), 32,
+                       c, c, 1, 1, 8),
+                    Op("eltwise", 0, int(rng.integers(1e3, 1e5)))])
+    return out
+
+
+def cost(ops, conv_ms_per_mmac, pw_ms_per_mmac):
+    return 0.02 + sum(o.macs / 1e6 * (conv_ms_per_mmac if o.kind == "conv" else
+                                      pw_ms_per_mmac if o.kind == "pwconv" else 0) for o in ops)
+
+
+def test_transfer_calibrates_a_rich_model_with_few_measurements():
+    rich = units(80, 0)
+    source = DeviceModel("a", 1.0).fit(rich, [cost(u, 1.0, 0.5) for u in rich])
+    few, test = units(12, 1), units(40, 2)
+    target = DeviceModel("b", 2.0).transfer(source, few, [cost(u, 3.0, 0.5) for u in few])
+    pred = np.array([target.predict(u).latency_ms for u in test])
+    true = np.array([cost(u, 3.0, 0.5) for u in test])
+    assert np.max(np.abs(pred / true - 1)) < 0.05
+    assert target.predict(test[0]).provenance["latency"] == "transferred"
+    assert target.meta["transferred_from"]["device"] == "a"
+    # without the transfer, the source's model is off by the conv cost ratio
+    assert np.median(np.array([source.predict(u).latency_ms for u in test]) / true) < 0.6
+
+
+def test_measured_energy_is_fitted_and_labelled():
+    rich = units(60, 3)
+    lat = [cost(u, 1.0, 0.5) for u in rich]
+    energy = [cost(u, 4.0, 1.0) for u in rich]  # energy per op kind, not power x latency
+    model = DeviceModel("tx", 6.0, energy_source="measured").fit(rich[:50], lat[:50],
+                                                                 energy_mj=energy[:50])
+    for u, e in zip(rich[50:], energy[50:]):
+        p = model.predict(u)
+        assert p.energy_mj == pytest.approx(e, rel=0.02)
+        assert p.provenance["energy"] == "measured"
+    plain = DeviceModel("pi", 5.0).fit(rich, lat)
+    p = plain.predict(rich[0])
+    assert p.provenance["energy"] == "modelled" and p.energy_mj == pytest.approx(
+        5.0 * p.latency_ms)
+
+
+def test_fit_cli_bad_input_is_one_paragraph(tmp_path):
+    bad = tmp_path / "m.csv"
+    bad.write_text("arch_json,median_ms\n")
+    for args, message in ((["device=x", "power_w=1"], "missing arguments"),
+                          (["device=x", "power_w=-1", f"measurements={bad}"], "positive"),
+                          (["device=x", "power_w=1", f"measurements={bad}"], "is empty"),
+                          (["device=x", "power_w=1", f"bundle={tmp_path}"], "manifest.json")):
+        res = subprocess.run([sys.executable, "-m", "latency_models.fit", *args], cwd=tmp_path,
+                             env=cli_env(), capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and message in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
+    assert not (tmp_path / "conf").exists()
+    assert ROOT.is_dir()
+
+
+def layer(rng):
+    cin, cout = (int(v) for v in rng.integers(4, 96, 2))
+    size = int(rng.choice([4, 7, 14]))
+    return [Op("pwconv", cin * cout * size * size, (cin + cout) * size * size, 32, cin, cout, 1,
+               1, size)]
+
+
+def layer_ms(ops):
+    op = ops[0]  # a kernel that is twice as slow when channels are not a multiple of 8
+    return 0.004 + op.macs / 2e8 * (2.0 if op.cout % 8 else 1.0)
+
+
+def test_layer_model_learns_what_the_linear_model_cannot_and_composes_networks():
+    rng = np.random.default_rng(0)
+    layers = [layer(rng) for _ in range(400)]
+    networks = [[layer(rng) for _ in range(int(rng.integers(3, 9)))] for _ in range(60)]
+
+    def net_ms(units):
+        return 1.05 * sum(layer_ms(u) for u in units) - 0.002 * len(units) + 0.01
+
+    model = DeviceModel("dev", 1.0).fit([[op for u in n for op in u] for n in networks],
+                                        [net_ms(n) for n in networks])
+    model.fit_layers(layers, [layer_ms(u) for u in layers], networks,
+                     [net_ms(n) for n in networks])
+    assert len(model.compose_) == 4
+    fresh = [[layer(rng) for _ in range(6)] for _ in range(30)]
+    pred = np.array([model.predict_units(n).latency_ms for n in fresh])
+    true = np.array([net_ms(n) for n in fresh])
+    assert np.median(np.abs(pred / true - 1)) < 0.05
+    # the linear op model alone cannot see the alignment step
+    flat = np.array([model.predict([op for u in n for op in u]).latency_ms for n in fresh])
+    assert np.median(np.abs(flat / true - 1)) > np.median(np.abs(pred / true - 1))
+    # layers measured alone are looked up
+    seen = model.predict_units(layers[:5])
+    assert seen.provenance["measured_share"] == 1.0 and seen.provenance["latency"] == "measured"
+
+
+def test_layer_model_round_trips_through_json(tmp_path):
+    rng = np.random.default_rng(1)
+    layers = [layer(rng) for _ in range(100)]
+    networks = [[layer(rng) for _ in range(4)] for _ in range(20)]
+    ms = [sum(layer_ms(u) for u in n) for n in networks]
+    model = DeviceModel("dev", 1.0).fit([[op for u in n for op in u] for n in networks], ms)
+    model.fit_layers(layers, [layer_ms(u) for u in layers], networks, ms)
+    model.save(tmp_path / "m.json")
+    again = DeviceModel.load(tmp_path / "m.json")
+    probe = [layer(rng) for _ in range(5)]
+    assert again.predict_units(probe).latency_ms == pytest.approx(
+        model.predict_units(probe).latency_ms, rel=1e-9)
+    assert "pickle" not in (tmp_path / "m.json").read_text()
