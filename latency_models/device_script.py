@@ -7,8 +7,9 @@ Copy the whole bundle folder (this script, manifest.json, models/) to the device
     python3 run_on_device.py --threads 4      # the threads your application will use
 
 It writes ``results.csv`` (one row per ONNX file: median, 10th and 90th percentile in ms,
-number of timed runs, and the wall-clock windows (Unix seconds) of its timed runs, for
-aligning a power-meter log; use ``--window 3`` when you log power) and ``device.json``
+number of timed runs, the wall-clock windows (Unix seconds) of its timed runs, for aligning a
+power-meter log (use ``--window 3`` when you log power), and, on x86 Linux machines whose RAPL
+counter is readable, the energy per inference measured by it) and ``device.json``
 (onnxruntime version, CPU model, frequency governor, threads), both beside this script.
 Copy them back and fit the device model:
 
@@ -45,6 +46,18 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+RAPL = "/sys/class/powercap/intel-rapl:0/energy_uj"  # package energy counter (x86 Linux)
+
+
+def read_energy_uj(path):
+    """The RAPL energy counter in microjoules, or None where it cannot be read."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def governor():
@@ -85,6 +98,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=20, help="timed runs per file per round")
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--rapl", default=RAPL,
+                        help="RAPL energy counter to read around every timed window (ignored "
+                             "where it cannot be read; reading it may need root)")
     parser.add_argument("--chunk", type=int, default=100,
                         help="files loaded and measured together (interleaved rounds)")
     parser.add_argument("--window", type=float, default=0.0,
@@ -114,7 +130,7 @@ def main(argv=None):
               "'performance' (sudo cpupower frequency-set -g performance)", file=sys.stderr)
     files = [m["file"] for m in manifest["models"]]
     partial_path = os.path.join(args.bundle, "results.partial.json")
-    state = {"settings": [args.threads, args.runs, args.window, args.rounds, args.chunk],
+    state = {"settings": [2, args.threads, args.runs, args.window, args.rounds, args.chunk],
              "done": {}}
     if os.path.exists(partial_path):
         with open(partial_path) as f:
@@ -140,12 +156,18 @@ def main(argv=None):
         for _ in range(args.rounds):
             for name, (sess, x) in zip(chunk, sessions):
                 times = []
+                e_start = read_energy_uj(args.rapl)
                 t_start = time.time()
                 while len(times) < args.runs or time.time() - t_start < args.window:
                     t0 = time.perf_counter()
                     sess.run(None, x)
                     times.append((time.perf_counter() - t0) * 1e3)
-                per_file[name].append([times, t_start, time.time()])
+                e_end = read_energy_uj(args.rapl)
+                # energy per inference (mJ) over this window; None without a counter or when
+                # it wrapped around
+                mj = (e_end - e_start) / 1e3 / len(times) if e_start is not None and \
+                    e_end is not None and e_end > e_start else None
+                per_file[name].append([times, t_start, time.time(), mj])
         state["done"].update(per_file)
         del sessions
         with open(partial_path + ".tmp", "w") as f:
@@ -156,12 +178,15 @@ def main(argv=None):
     rows = []
     for name in files:
         per_round = state["done"][name]
-        every = [t for times, _, _ in per_round for t in times]
+        every = [t for r in per_round for t in r[0]]
         p10, p90 = np.percentile(every, [10, 90])
+        energies = [r[3] for r in per_round if r[3] is not None]
         rows.append({"file": name,
-                     "median_ms": float(np.median([np.median(t) for t, _, _ in per_round])),
+                     "median_ms": float(np.median([np.median(r[0]) for r in per_round])),
                      "p10_ms": float(p10), "p90_ms": float(p90), "runs": len(every),
-                     "windows": ";".join(f"{s:.3f}:{e:.3f}" for _, s, e in per_round)})
+                     "windows": ";".join(f"{r[1]:.3f}:{r[2]:.3f}" for r in per_round),
+                     "energy_mj": float(np.median(energies)) if len(energies) == len(
+                         per_round) else ""})
     out = os.path.join(args.bundle, "results.csv")
     with open(out + ".tmp", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -169,6 +194,7 @@ def main(argv=None):
         writer.writerows(rows)
     os.replace(out + ".tmp", out)
     info = {"onnxruntime": ort.__version__, "cpu": cpu_model(), "governor": governor(),
+            "energy_counter": args.rapl if read_energy_uj(args.rapl) is not None else None,
             "threads": args.threads, "rounds": args.rounds, "runs": args.runs,
             "machine": platform.machine(), "system": platform.platform(),
             "python": platform.python_version(), "bundle": manifest.get("id", "")}

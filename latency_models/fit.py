@@ -182,6 +182,7 @@ def main(argv: list[str]) -> int:
             evaluate = [u["unit"] == "network" for u in bundle["units"]]
             device_info = dict(bundle["device"], bundle=bundle["bundle_id"])
             source = f"bundle {args['bundle']}"
+            energy = bundle["energy_mj"]  # the device's RAPL counter, where it had one
             args["measurements"] = str(bundle["results"])
         elif "apq" in args:
             samples, ys, energy, _ = read_apq_lut(args["apq"])

@@ -369,7 +369,10 @@ class DeviceModel:
         hit = self.lookup_.get(signature(ops))
         composed = bool(self.compose_)  # layer prices are whole layer-alone times
         if hit is not None:
-            mj = None if hit[1] is None else max(0.0, hit[1] - self.overhead_mj_)
+            if hit[1] is not None:
+                mj = max(0.0, hit[1] - self.overhead_mj_)
+            else:  # energy not measured for this unit: the energy regressor's, if any
+                mj = self._regress(ops)[1] if self.energy_coef_ else None
             return (hit[0] if composed else max(0.0, hit[0] - self.overhead_ms_)), mj, True, \
                 set(), False
         ms, mj, standins, extrapolated = self._regress(ops)

@@ -131,7 +131,8 @@ def read_bundle(folder: str | os.PathLike) -> dict:
 
     Returns a dict with ``samples`` (op lists), ``latency_ms``, ``units`` (the manifest entry
     of each, with ``unit`` "network" or "layer", ``network``, ``precision``), ``device``
-    (what ``device.json`` recorded) and ``results`` (the path of ``results.csv``).
+    (what ``device.json`` recorded), ``results`` (the path of ``results.csv``) and
+    ``energy_mj`` (per file, when the device's energy counter measured every file; else None).
     """
     import json
     from pathlib import Path
@@ -156,7 +157,7 @@ def read_bundle(folder: str | os.PathLike) -> dict:
                                "device.json back into it")
     rows = read_rows(results, ("file", "median_ms"))
     by_file = {m["file"]: m for m in manifest["models"]}
-    samples, ys, units = [], [], []
+    samples, ys, units, energy = [], [], [], []
     for i, row in enumerate(rows):
         entry = by_file.get(row["file"])
         if entry is None:
@@ -168,6 +169,8 @@ def read_bundle(folder: str | os.PathLike) -> dict:
         samples.append([Op(*v) for v in entry["ops"]])
         ys.append(ms)
         units.append(entry)
+        mj = row.get("energy_mj") or ""
+        energy.append(_positive(results, i, "energy_mj", mj) if mj else None)
     missing = len(by_file) - len(rows)
     if missing:
         raise MeasurementError(f"{results} has {len(rows)} rows for {len(by_file)} files of "
@@ -177,8 +180,11 @@ def read_bundle(folder: str | os.PathLike) -> dict:
         device = json.loads((folder / "device.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         device = {}
+    # Energy measured on the device (its RAPL counter) when every file has it.
+    measured = all(e is not None and e > 0 for e in energy)
     return {"samples": samples, "latency_ms": ys, "units": units, "device": device,
-            "results": results, "bundle_id": manifest.get("id", "")}
+            "results": results, "bundle_id": manifest.get("id", ""),
+            "energy_mj": energy if measured else None}
 
 
 def _make_divisible(v: float, divisor: int = 8) -> int:

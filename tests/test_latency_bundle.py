@@ -238,3 +238,26 @@ def test_layer_model_round_trips_through_json(tmp_path):
     assert again.predict_units(probe).latency_ms == pytest.approx(
         model.predict_units(probe).latency_ms, rel=1e-9)
     assert "pickle" not in (tmp_path / "m.json").read_text()
+
+
+def test_energy_counter_on_the_device_makes_energy_measured(tmp_path, monkeypatch):
+    folder = tmp_path / "b"
+    write_bundle(folder, networks=3, seed=2, fp16=0)
+    counter = iter(range(0, 10**9, 4000))  # +4 mJ between two reads of the counter
+    monkeypatch.setattr(device_script, "read_energy_uj", lambda path: next(counter))
+    assert device_script.main(["--bundle", str(folder), "--rounds", "1", "--runs", "4",
+                               "--warmup", "0"]) == 0
+    with open(folder / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["energy_mj"]) == pytest.approx(1.0) for r in rows)  # 4 mJ / 4 runs
+    assert read_bundle(folder)["energy_mj"] == [pytest.approx(1.0)] * len(rows)
+    monkeypatch.chdir(tmp_path)
+    assert fit.main(["device=rapl", f"bundle={folder}", "power_w=10"]) == 0
+    model = DeviceModel.load(tmp_path / "conf" / "device" / "rapl.json")
+    assert model.energy_source == "measured" and model.energy_coef_
+    from spaces.arch import Arch
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    arch = Arch.from_json(next(u["arch_json"] for u in manifest["models"]
+                               if u["unit"] == "network"))
+    assert model.predict_arch(arch).provenance["energy"] == "measured"
