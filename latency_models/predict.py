@@ -62,14 +62,12 @@ def targets(path: Path) -> list[Path]:
 
 
 def ops_of(path: Path):
+    """The ops of an ONNX file."""
     import onnx
     from onnx.onnx_cpp2py_export.checker import ValidationError
 
-    from latency_models.ops import arch_ops, onnx_ops
-    from spaces.arch import Arch
+    from latency_models.ops import onnx_ops
 
-    if path.suffix == ".json":
-        return arch_ops(Arch.from_json(path.read_text()))
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
@@ -82,7 +80,7 @@ def ops_of(path: Path):
 def main(argv: list[str]) -> int:
     from latency_models.model import DeviceModelError
     from latency_models.ops import UnknownOpError
-    from spaces.arch import ArchError
+    from spaces.arch import Arch, ArchError
 
     args = dict(a.lstrip("+").split("=", 1) for a in argv if "=" in a)
     bad = [a for a in argv if "=" not in a] + sorted(set(args) - {"device", "model"})
@@ -93,7 +91,10 @@ def main(argv: list[str]) -> int:
     try:
         device = load_device(args["device"])
         for path in targets(Path(args["model"])):
-            pred = device.predict(ops_of(path))
+            if path.suffix == ".json":  # an architecture: priced as the search prices it
+                pred = device.predict_arch(Arch.from_json(path.read_text()))
+            else:
+                pred = device.predict(ops_of(path))
             print(json.dumps({"path": str(path), "latency_ms": round(pred.latency_ms, 6),
                               "energy_mj": round(pred.energy_mj, 6),
                               "provenance": pred.provenance}), flush=True)
