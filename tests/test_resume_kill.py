@@ -55,13 +55,14 @@ def test_kill_9_mid_trial_then_resume_reruns_it(tmp_path):
 def test_ctrl_c_stops_cleanly_and_keeps_the_study(tmp_path):
     args = search_args(tmp_path, "proxy=distill", "proxy.train_images=512",
                        "proxy.val_images=64", "proxy.epochs=12", "proxy.teacher.epochs=1",
-                       "search.n_trials=4")
+                       "search.n_trials=12")  # more than it gets to run: a wide window
     storage = f"sqlite:///{tmp_path}/study.db"
     proc = start_cli(args, capture=True)
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
             time.sleep(0.5)
+            assert proc.poll() is None, "the search finished before it could be interrupted"
             try:
                 trials = optuna.load_study(study_name=NAME, storage=storage).trials
             except KeyError:
