@@ -50,10 +50,17 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
 
 def start_cli(args: list[str], capture: bool = False, env: dict | None = None
               ) -> subprocess.Popen:
-    """Start ``python -m ...`` in the background (to kill or interrupt it)."""
+    """Start ``python -m ...`` in the background (to kill or interrupt it).
+
+    SIGINT gets its default disposition in the child, as in a terminal: a test run started in
+    the background of a non-interactive shell inherits SIGINT ignored, and Python then never
+    raises KeyboardInterrupt (the Ctrl-C test would wait for nothing)."""
+    import signal
+
     out = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=cli_env(env), stdout=out,
-                            stderr=out, text=True)
+                            stderr=out, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def search_args(tmp: Path, *extra: str, device: str = "rpi4", storage: str | None = None,

@@ -69,3 +69,20 @@ def test_int8_nodes_empty_without_8bit_layers(tmp_path):
     arch = tiny_arch(bits=32)
     export_fp32(build_model(arch).eval(), arch, tmp_path / "m.onnx")
     assert int8_nodes(onnx.load(str(tmp_path / "m.onnx")), arch) == []
+
+
+def test_exported_architectures_get_the_same_prediction_from_either_path(tmp_path):
+    from latency_models.model import DeviceModel
+    from search.config import MODEL_DIR
+
+    calib = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    model = DeviceModel.load(MODEL_DIR / "rpi4.json")
+    arch = sample(7, bits=(32, 8))
+    fp32_arch = all_bits(arch, 32)
+    export_fp32(build_model(fp32_arch).eval(), fp32_arch, tmp_path / "m.onnx")
+    export_int8(tmp_path / "m.onnx", arch, tmp_path / "m8.onnx", calib)
+    for a, path in ((fp32_arch, "m.onnx"), (arch, "m8.onnx")):
+        from_onnx = model.predict(onnx_ops(onnx.load(str(tmp_path / path))))
+        assert from_onnx.latency_ms == pytest.approx(model.predict_arch(a).latency_ms, rel=1e-9)
+        assert from_onnx.energy_mj == pytest.approx(model.predict(arch_ops(a)).energy_mj,
+                                                    rel=1e-9)
