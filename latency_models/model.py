@@ -104,6 +104,11 @@ def unit_features(ops: list[Op], align: int = 8) -> np.ndarray:
     return np.concatenate(x + [slots])
 
 
+def _low_precision(ops: list[Op]) -> bool:
+    """Whether a unit runs at 8 bits or fewer (the layer model composes those apart)."""
+    return any(op.bits <= 8 for op in ops)
+
+
 LAYER_MODEL_PARAMS = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 15,
                       "min_data_in_leaf": 5, "feature_fraction": 0.8, "bagging_fraction": 0.8,
                       "bagging_freq": 1, "num_threads": 1, "deterministic": True, "seed": 0,
@@ -323,8 +328,9 @@ class DeviceModel:
     def _layer_sums(self, units: list[list[Op]]) -> tuple[float, float]:
         """Priced units of a network, summed apart for float units and 8-bit-or-below ones
         (int8 layers compose differently: quantize/dequantize work at their boundaries)."""
-        low = sum(self._unit(u)[0] for u in units if any(op.bits <= 8 for op in u))
-        return sum(self._unit(u)[0] for u in units) - low, low
+        prices = [(self._unit(u)[0], _low_precision(u)) for u in units]
+        low = sum(ms for ms, is_low in prices if is_low)
+        return sum(ms for ms, _ in prices) - low, low
 
     def _layer_price(self, ops: list[Op]) -> float:
         booster = getattr(self, "_booster", None)
@@ -400,7 +406,7 @@ class DeviceModel:
                         self._cache.clear()
                     self._cache[key] = got
             u_ms, u_mj, hit, u_standins, u_ext = got
-            if self.compose_ and any(op.bits <= 8 for op in ops):
+            if self.compose_ and _low_precision(ops):
                 low_ms += u_ms
             ms += u_ms
             mj = None if (mj is None or u_mj is None) else mj + u_mj
