@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latency_models.model import DeviceModel, DeviceModelError
+from latency_models.model import DeviceModel, DeviceModelError, nnls
 from latency_models.ops import Op
 from latency_models.sources import (
     MeasurementError,
@@ -58,8 +58,17 @@ KNOWN = {"device", "bundle", "measurements", "fbnet", "ofa", "apq", "column", "e
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """Spearman's rank correlation, ties ranked by their average (FLOPs often tie)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b)[0])
+
+
+def flops_fit(macs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The FLOPs-only baseline: (a, b) of y = a * MMACs + b, non-negative, relative error."""
+    x = np.stack([np.asarray(macs, float) / 1e6, np.ones(len(y))], axis=1)
+    a, b = nnls(x / np.asarray(y, float)[:, None], np.ones(len(y)))
+    return float(a), float(b)
 
 
 def accuracy(pred: np.ndarray, y: np.ndarray) -> dict:

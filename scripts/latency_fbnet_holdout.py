@@ -22,8 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from latency_models.fit import spearman  # noqa: E402
-from latency_models.model import DeviceModel, nnls  # noqa: E402
+from latency_models.fit import flops_fit, spearman  # noqa: E402
+from latency_models.model import DeviceModel  # noqa: E402
 from latency_models.sources import read_fbnet  # noqa: E402
 
 DATA = ROOT / "latency_models" / "data" / "hwnasbench_fbnet_blocks.csv"
@@ -46,12 +46,6 @@ def scores(pred: np.ndarray, y: np.ndarray) -> dict:
     err = np.abs(pred - y) / y
     return {"within_10pct": float(np.mean(err <= 0.10)), "mape": float(np.mean(err)),
             "spearman": spearman(pred, y)}
-
-
-def flops_fit(train_macs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """[a, b] of y = a * MACs + b, non-negative, relative error."""
-    x = np.stack([train_macs / 1e6, np.ones_like(train_macs)], axis=1)
-    return nnls(x / y[:, None], np.ones_like(y))
 
 
 def run(column: str, what: str) -> list[dict]:

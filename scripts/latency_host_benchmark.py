@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from latency_models import device_script  # noqa: E402
-from latency_models.fit import accuracy, cross_validate_bundle, fit_bundle  # noqa: E402
-from latency_models.model import DeviceModel, nnls  # noqa: E402
+from latency_models.fit import accuracy, cross_validate_bundle, fit_bundle, flops_fit  # noqa: E402
+from latency_models.model import DeviceModel  # noqa: E402
 from latency_models.profile import profile, write_bundle  # noqa: E402
 from latency_models.sources import read_bundle, read_profile  # noqa: E402
 from spaces.arch import Arch  # noqa: E402
@@ -80,8 +80,7 @@ def main(argv: list[str]) -> int:
     for prec, keys in (("fp32", ("fp32",)), ("mixed-int8", ("int8",))):
         sel = [i for i, u in enumerate(units) if u["unit"] == "network"
                and u["precision"] in keys]
-        m = np.array([sum(op.macs for op in samples[i]) for i in sel], float) / 1e6
-        a, b = nnls(np.stack([m, np.ones_like(m)], 1) / ys[sel, None], np.ones(len(sel)))
+        a, b = flops_fit([sum(op.macs for op in samples[i]) for i in sel], ys[sel])
         rows_p = np.array([p == prec for p in precision])
         flops[rows_p] = a * macs[rows_p] / 1e6 + b
     preds = {

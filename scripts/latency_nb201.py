@@ -41,8 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from latency_models.fit import accuracy, spearman  # noqa: E402
-from latency_models.model import DeviceModel, nnls  # noqa: E402
+from latency_models.fit import accuracy, flops_fit, spearman  # noqa: E402
+from latency_models.model import DeviceModel  # noqa: E402
 from latency_models.ops import Op  # noqa: E402
 from search.config import MODEL_DIR  # noqa: E402
 
@@ -268,8 +268,7 @@ def main(argv: list[str]) -> int:
                                                            y[calib])
         results[f"rpi4 model + {args.calibration} calibration nets"] = np.array(
             [model.predict(o).latency_ms for o in ops])
-        a, b = nnls(np.stack([macs[calib] / 1e6, np.ones(len(calib))], 1) / y[calib, None],
-                    np.ones(len(calib)))
+        a, b = flops_fit(macs[calib], y[calib])
         results[f"FLOPs linear fit on the {args.calibration} nets"] = a * macs / 1e6 + b
 
     lines = [f"# NAS-Bench-201 on Raspberry Pi 4 ({len(test)} networks scored)", "",
