@@ -108,6 +108,9 @@ class SearchConfig:
     population: int = 10
     heartbeat_s: int = 30
     device: str = "auto"  # where the proxy trains: auto (a GPU when present) | cpu | cuda
+    # The sampler's own seed (null: ``seed``), to repeat a search with other proposals on the
+    # same data split, teacher and proxy training.
+    sampler_seed: Optional[int] = None
 
     def torch_device(self) -> str:
         import torch
@@ -138,6 +141,32 @@ class ExportConfig:
     latency_runs: int = 100
 
 
+# Hand-designed edge models that ``python -m search.report`` compares the found models with:
+# name -> (where it comes from, what it is). Built by search/baselines.py.
+BASELINES = {
+    "mobilenetv3_small_050": ("timm", "MobileNetV3-Small, width 0.5 (Howard et al. 2019)"),
+    "mobilenetv3_small_075": ("timm", "MobileNetV3-Small, width 0.75"),
+    "mobilenetv3_small_100": ("timm", "MobileNetV3-Small, width 1.0"),
+    "lcnet_035": ("timm", "PP-LCNet, width 0.35 (Cui et al. 2021)"),
+    "lcnet_050": ("timm", "PP-LCNet, width 0.5"),
+    "lcnet_075": ("timm", "PP-LCNet, width 0.75"),
+    "mnasnet_small": ("timm", "MnasNet-Small (Tan et al. 2019)"),
+    "mobilenetv2_035": ("timm", "MobileNetV2, width 0.35 (Sandler et al. 2018)"),
+    "mobilenetv2_050": ("timm", "MobileNetV2, width 0.5"),
+    "squeezenet1_1": ("torchvision", "SqueezeNet 1.1 (Iandola et al. 2016)"),
+}
+
+
+@dataclass
+class ReportConfig:
+    """``python -m search.report``: the found models against hand-designed baselines."""
+
+    exports: Optional[str] = None  # exported trials (default <out_dir>/export; made if missing)
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    latency_rounds: int = 7  # interleaved rounds of host measurement (median over rounds)
+    plotly_js: str = "inline"  # inline: the page works offline (about 4 MB) | cdn: small
+
+
 @dataclass
 class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
@@ -149,6 +178,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     seed: int = 0
     out_dir: str = "outputs"
     cache_dir: str = ".cache/edgenas"
@@ -261,6 +291,14 @@ def validate(c: Config) -> None:
         problems.append(f"proxy.teacher.epochs={c.proxy.teacher.epochs} must be at least 1")
     if c.export.epochs < 1:
         problems.append(f"export.epochs={c.export.epochs} must be at least 1")
+    if c.report.plotly_js not in ("inline", "cdn"):
+        problems.append(f"report.plotly_js={c.report.plotly_js!r} is not 'inline' or 'cdn'")
+    unknown = [b for b in c.report.baselines if b not in BASELINES]
+    if unknown:
+        problems.append(f"report.baselines: unknown {', '.join(map(repr, unknown))}; known: "
+                        f"{', '.join(BASELINES)}")
+    if c.report.latency_rounds < 1:
+        problems.append(f"report.latency_rounds={c.report.latency_rounds} must be at least 1")
     if c.data.kind not in ("fashion_mnist", "imagefolder", "synthetic"):
         problems.append(f"data.kind={c.data.kind!r} is not fashion_mnist, imagefolder or "
                         "synthetic")

@@ -10,9 +10,6 @@ built aside and renamed into place, so an interrupted export leaves no half-writ
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +32,7 @@ from search.teacher import TeacherCache
 from search.train import Recipe
 from spaces.arch import Arch
 from spaces.build import arch_def
+from spaces.files import atomic_dir
 from spaces.onnx_io import export_fp32, export_int8, ort_session
 from spaces.quant import detach_fake_quant
 
@@ -79,46 +77,61 @@ def onnx_accuracy(path: Path, x: torch.Tensor, y: torch.Tensor, batch: int = 500
     return correct / len(y)
 
 
+def final_recipe(cfg: Config) -> Recipe:
+    """The export's training recipe: the found models' and the baselines' final training."""
+    return Recipe(epochs=cfg.export.epochs, batch=cfg.export.batch, lr=cfg.export.lr,
+                  temperature=cfg.proxy.temperature, alpha=cfg.proxy.alpha, hflip=True)
+
+
+def calibration_images(cfg: Config, dataset: Dataset, train_idx: torch.Tensor) -> np.ndarray:
+    """The int8 calibration images: a seeded draw from the training split, float32 in [0, 1]."""
+    order = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed))
+    return to_float(dataset.train_x[train_idx[order[:cfg.export.calibration_images]]]).numpy()
+
+
+def check_fp32(model: torch.nn.Module, path: Path, dataset: Dataset, what: str) -> float:
+    """Largest difference between torch and the exported fp32 file on 64 test images.
+
+    Raises:
+        ExportError: over ``FP32_TOLERANCE`` (the caller then writes nothing).
+    """
+    probe = to_float(dataset.test_x[:64])
+    with torch.no_grad():
+        ref = model.eval()(probe).numpy()
+    got = ort_session(path).run(None, {"image": probe.numpy()})[0]
+    diff = float(np.abs(ref - got).max())
+    if not diff < FP32_TOLERANCE:
+        raise ExportError(f"{what}: the fp32 ONNX model differs from torch by {diff:.3g} "
+                          f"(limit {FP32_TOLERANCE}); nothing was exported. Report this with "
+                          "the model's description")
+    return diff
+
+
 def export_trial(cfg: Config, trial: optuna.trial.FrozenTrial, dataset: Dataset,
                  teacher: TeacherCache, out_root: Path) -> dict:
     from search.proxy import train_candidate
 
     arch = Arch.from_json(trial.user_attrs["arch_json"])
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
-    recipe = Recipe(epochs=cfg.export.epochs, batch=cfg.export.batch, lr=cfg.export.lr,
-                    temperature=cfg.proxy.temperature, alpha=cfg.proxy.alpha, hflip=True)
-    soft = teacher.logits(train_idx)
+    recipe = final_recipe(cfg)
+    device = cfg.search.torch_device()
+    soft = teacher.logits(train_idx).to(device)
     steps = recipe.total_steps(len(train_idx))
     start = time.time()
     with tqdm(total=steps, desc=f"trial {trial.number}: final training", unit="step",
               leave=False) as bar:
-        model = train_candidate(arch, dataset.train_x[train_idx], dataset.train_y[train_idx],
-                                soft, recipe, seed=cfg.seed, on_step=lambda _: bar.update())
+        model = train_candidate(arch, dataset.train_x[train_idx].to(device),
+                                dataset.train_y[train_idx].to(device), soft, recipe,
+                                seed=cfg.seed, on_step=lambda _: bar.update())
     train_s = time.time() - start
-    detach_fake_quant(model).eval()
+    detach_fake_quant(model.cpu()).eval()
 
-    out_root.mkdir(parents=True, exist_ok=True)
-    final = out_root / f"trial_{trial.number}"
-    for stale in out_root.glob(f".trial_{trial.number}.*"):  # left by a killed export
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=f".trial_{trial.number}.", dir=out_root))
-    try:
+    with atomic_dir(out_root / f"trial_{trial.number}") as work:
         fp32_path, int8_path = work / "model.onnx", work / "model.int8.onnx"
         export_fp32(model, arch, fp32_path)
-        probe = dataset.test_x[:64]
-        with torch.no_grad():
-            ref = model(to_float(probe)).numpy()
-        got = ort_session(fp32_path).run(None, {"image": to_float(probe).numpy()})[0]
-        diff = float(np.abs(ref - got).max())
-        if not diff < FP32_TOLERANCE:
-            raise ExportError(f"trial {trial.number}: the fp32 ONNX model differs from torch by "
-                              f"{diff:.3g} (limit {FP32_TOLERANCE}); nothing was exported. "
-                              "Report this with the trial's arch.json")
-        calib_idx = train_idx[torch.randperm(len(train_idx), generator=torch.Generator()
-                                             .manual_seed(cfg.seed))[:cfg.export
-                                                                      .calibration_images]]
+        diff = check_fp32(model, fp32_path, dataset, f"trial {trial.number}")
         int8_nodes = export_int8(fp32_path, arch, int8_path,
-                                 to_float(dataset.train_x[calib_idx]).numpy())
+                                 calibration_images(cfg, dataset, train_idx))
         save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                   str(work / "weights.safetensors"))
         (work / "arch.json").write_text(arch.to_json())
@@ -131,22 +144,28 @@ def export_trial(cfg: Config, trial: optuna.trial.FrozenTrial, dataset: Dataset,
         metrics = measure_and_predict(cfg, trial, arch, dataset, fp32_path, int8_path)
         metrics.update(onnx_fp32_max_abs_diff=diff, int8_nodes=len(int8_nodes),
                        training={"epochs": cfg.export.epochs, "seconds": round(train_s, 1),
-                                 "recipe": "distillation from the cached teacher, dense for "
-                                 "half the epochs, then pruned and fine-tuned with fake "
-                                 "quantization", "teacher": teacher.meta.get("model"),
+                                 "recipe": RECIPE_WORDS, "fingerprint": recipe_fingerprint(
+                                     cfg, teacher), "device": device,
+                                 "teacher": teacher.meta.get("model"),
                                  "teacher_test_accuracy": teacher.meta.get("test_accuracy")})
         (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (work / "card.md").write_text(model_card(cfg, arch, metrics))
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old_trial_{trial.number}.", dir=out_root))
-            os.replace(final, old / "x")
-            os.replace(work, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(work, final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return metrics
+
+
+RECIPE_WORDS = ("distillation from the cached teacher, dense for half the epochs, then pruned "
+                "and fine-tuned with fake quantization")
+
+
+def recipe_fingerprint(cfg: Config, teacher: TeacherCache) -> str:
+    """A short hash of everything that decides a final training's result but the model."""
+    import hashlib
+
+    fields = {"recipe": final_recipe(cfg).__dict__, "seed": cfg.seed,
+              "val_images": cfg.data.val_images, "calibration": cfg.export.calibration_images,
+              "data": cfg.data.name, "teacher": teacher.meta.get("model"),
+              "teacher_accuracy": teacher.meta.get("test_accuracy")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 ENERGY_WORDS = {"modelled": "modelled (device power x latency), not measured",
@@ -250,9 +269,18 @@ batch 1, median): model.onnx {h['model.onnx']['median_ms']:.3f} ms, model.int8.o
 """
 
 
-def run_export(cfg: Config) -> None:
-    torch.set_num_threads(cfg.search.threads)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own messages say what failed
+def study_names(cfg: Config) -> list[str]:
+    """Names of the studies in the configured storage."""
+    storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s, cfg.storage.retry_s)
+    return [s.study_name for s in optuna.get_all_study_summaries(storage)]
+
+
+def load_study(cfg: Config) -> optuna.Study:
+    """The configured study, checked to have been searched with this device model.
+
+    Raises:
+        UserError: no such study, or another device model.
+    """
     storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s, cfg.storage.retry_s)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if cfg.study.name not in names:
@@ -264,6 +292,13 @@ def run_export(cfg: Config) -> None:
     if device_hash and device_hash != load_device_model(cfg).hash:
         raise UserError(f"study {cfg.study.name!r} was searched with another {cfg.device.name} "
                         f"device model ({device_hash}); export with the same device model")
+    return study
+
+
+def run_export(cfg: Config) -> None:
+    torch.set_num_threads(cfg.search.threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own messages say what failed
+    study = load_study(cfg)
     trials = select_trials(cfg, study)
     dataset = load_dataset(cfg.data, cfg.seed)
     teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,

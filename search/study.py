@@ -95,7 +95,8 @@ def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
         return optuna.samplers.RandomSampler(seed=seed)
 
-    return WorkerSeededSampler(factory, cfg.seed)
+    seed = cfg.seed if cfg.search.sampler_seed is None else cfg.search.sampler_seed
+    return WorkerSeededSampler(factory, seed)
 
 
 def open_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict) -> optuna.Study:

@@ -23,8 +23,16 @@ OUTPUT_NAME = "logits"
 
 def export_fp32(model: EdgeNet, arch: Arch, path: str | os.PathLike) -> None:
     """Export ``model`` (eval mode, batch norm folded) to ``path`` with a dynamic batch axis."""
+    export_module(model, (arch.in_chans, arch.input_size, arch.input_size), path,
+                  doc=f"arch_id {arch.arch_id}")
+
+
+def export_module(model: torch.nn.Module, shape: tuple[int, int, int],
+                  path: str | os.PathLike, doc: str = "") -> None:
+    """Export any image classifier taking float32 (N, C, H, W) to ``path`` (fp32, opset 17,
+    dynamic batch axis, input ``image``, output ``logits``); the file is written atomically."""
     model = model.eval()
-    x = torch.rand(1, arch.in_chans, arch.input_size, arch.input_size)
+    x = torch.rand(1, *shape)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -33,7 +41,7 @@ def export_fp32(model: EdgeNet, arch: Arch, path: str | os.PathLike) -> None:
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                           do_constant_folding=True)
     graph = onnx.load_from_string(buf.getvalue())
-    graph.doc_string = f"arch_id {arch.arch_id}"
+    graph.doc_string = doc
     onnx.checker.check_model(graph)
     write_bytes(path, graph.SerializeToString())
 
@@ -70,13 +78,22 @@ def export_int8(fp32_path: str | os.PathLike, arch: Arch, path: str | os.PathLik
     Layers at other bit-widths stay in float. Returns the quantized node names (empty when no
     layer is at 8 bits; the file is then the fp32 graph).
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
     graph = onnx.load(str(fp32_path))
     nodes = int8_nodes(graph, arch)
     if not nodes:
         write_bytes(path, graph.SerializeToString())
         return []
+    quantize_qdq(fp32_path, path, calibration, nodes)
+    return nodes
+
+
+def quantize_qdq(fp32_path: str | os.PathLike, path: str | os.PathLike,
+                 calibration: np.ndarray, nodes: list[str] | None = None) -> None:
+    """onnxruntime static QDQ quantization with this project's settings (uint8 weights per
+    channel, uint8 activations; see :func:`export_int8`) of ``nodes``, or of every node
+    onnxruntime can quantize when ``nodes`` is None. Written atomically."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime logs its pre-processing advice to the root
@@ -88,7 +105,6 @@ def export_int8(fp32_path: str | os.PathLike, arch: Arch, path: str | os.PathLik
                             nodes_to_quantize=nodes)
     finally:
         root.setLevel(level)
-    return nodes
 
 
 def ort_session(path: str | os.PathLike, threads: int = 1):

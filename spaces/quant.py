@@ -78,14 +78,20 @@ def attach_fake_quant(model: EdgeNet, arch: Arch) -> EdgeNet:
     """Fake-quantize every layer below 32 bits, in place; returns the model."""
     bits = {layer.name: layer.bits for layer in arch.layers()}
     for name, module in layer_modules(model, arch).items():
-        if bits[name] >= 32:
-            continue
-        for op in _quantizable(module):
-            parametrize.register_parametrization(op, "weight", WeightFakeQuant(bits[name]))
-            op.act_fake_quant = ActFakeQuant(bits[name])
-            op._fq_hook = op.register_forward_pre_hook(
-                lambda mod, args: (mod.act_fake_quant(args[0]),) + tuple(args[1:]))
+        if bits[name] < 32:
+            fake_quantize(module, bits[name])
     return model
+
+
+def fake_quantize(module: nn.Module, bits: int) -> nn.Module:
+    """Fake-quantize every convolution and linear layer inside ``module`` (any torch model,
+    not only this space's) at ``bits``, in place; returns the module."""
+    for op in _quantizable(module):
+        parametrize.register_parametrization(op, "weight", WeightFakeQuant(bits))
+        op.act_fake_quant = ActFakeQuant(bits)
+        op._fq_hook = op.register_forward_pre_hook(
+            lambda mod, args: (mod.act_fake_quant(args[0]),) + tuple(args[1:]))
+    return module
 
 
 def detach_fake_quant(model: nn.Module) -> nn.Module:

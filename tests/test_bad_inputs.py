@@ -297,6 +297,12 @@ CASES = [
     Case("config-unknown-prefilter-score",
          lambda t: search_args(t, "proxy.prefilter.score=flops", "proxy.prefilter.dominated_by=2"),
          ("proxy.prefilter.score='flops'", "naswot")),
+    Case("report-no-out", lambda t: ["-m", "search.report"] + search_args(t)[2:],
+         ("out=DIR",)),
+    Case("report-unknown-baseline",
+         lambda t: ["-m", "search.report"] + search_args(t, f"out={t}/r",
+                                                          "report.baselines=[resnet50]")[2:],
+         ("report.baselines", "'resnet50'", "mobilenetv3_small_050")),
 ]
 
 
@@ -430,3 +436,17 @@ def test_debug_switch_shows_the_traceback(tmp_path):
     result = run_cli(*fm(tmp_path, "debug=true"))
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "Fashion-MNIST is not in" in result.stderr
+
+
+def test_atomic_dir_keeps_the_old_folder_on_a_crash(tmp_path):
+    from spaces.files import atomic_dir
+
+    target = tmp_path / "lcnet_035"
+    with atomic_dir(target) as work:
+        (work / "metrics.json").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as work:
+            (work / "metrics.json").write_text("half")
+            raise RuntimeError("killed")
+    assert (target / "metrics.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["lcnet_035"]  # no temporary folder left

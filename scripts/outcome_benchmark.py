@@ -1,0 +1,163 @@
+"""The outcome benchmark: does the search beat hand-designed edge models on the device?
+
+    python scripts/outcome_benchmark.py                    # the full benchmark
+    python scripts/outcome_benchmark.py --trials 16 --epochs 2   # a cheaper run (say so)
+
+1. ``python -m search +device=rpi4`` with ``--trials`` trials (NSGA-II, sampler seed 0).
+2. ``python -m search.report``: its Pareto front and the ten baselines trained with the same
+   recipe (``export.epochs=--epochs``, same teacher), all exported to fp32 and int8 ONNX and
+   scored the same way (accuracy with onnxruntime, host latency measured side by side, rpi4
+   latency and energy predicted from the graphs); dominance figures against each baseline.
+3. Hypervolume: the same search with sampler seeds 0..``--seeds``-1, and random search with
+   the same seeds and trial budget (same data split, teacher and proxy); the hypervolume of
+   each study's (proxy accuracy, predicted latency) points against one reference point
+   (accuracy 0, the largest latency any of these studies saw), and the NSGA-II runs against
+   the median of the random ones.
+4. Copies the report (JSON, Markdown, PNG, HTML), every scored ONNX file, ``hypervolume.json``
+   and ``command.txt`` (the exact command, step times) to ``--results``.
+
+Everything resumes: studies continue where they stopped, exported and trained models whose
+recipe is unchanged are kept. Training runs on a GPU when torch sees one (``search.device``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a step, its output to the console and ``log``; returns its seconds."""
+    print("$ " + " ".join(cmd), flush=True)
+    start = time.time()
+    with open(log, "a") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        for line in proc.stdout:
+            fh.write(line)
+            if "step/s]" not in line and "it/s]" not in line:  # progress bars: log only
+                sys.stdout.write(line)
+        if proc.wait() != 0:
+            sys.exit(f"step failed (exit {proc.returncode}); see {log}. Run the same command "
+                     "again to resume")
+    return time.time() - start
+
+
+def study_points(storage: str, name: str) -> list[tuple[float, float]]:
+    import optuna
+
+    from search.study import complete_trials, feasible
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name=name, storage=storage)
+    return [(t.values[0], t.values[1]) for t in complete_trials(study) if feasible(t)]
+
+
+def main() -> None:
+    from search.report import hypervolume
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="rpi4")
+    ap.add_argument("--trials", type=int, default=32, help="each search's trial budget")
+    ap.add_argument("--epochs", type=int, default=4, help="final training (export recipe)")
+    ap.add_argument("--seeds", type=int, default=3, help="sampler seeds for the hypervolume")
+    ap.add_argument("--work", default=".cache/edgenas/outcome", help="studies, models, logs")
+    ap.add_argument("--results", default="scripts/results/outcome")
+    ap.add_argument("--skip-hypervolume", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="more Hydra overrides for every step, e.g. "
+                    "search.threads=4 (a smoke run: data=synthetic proxy=zero_cost)")
+    args = ap.parse_args()
+
+    work, results = (ROOT / args.work).resolve(), ROOT / args.results
+    work.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{work}/studies.db"
+    log = work / "benchmark.log"
+    py = sys.executable
+    common = [f"+device={args.device}", f"storage.url={storage}",
+              f"search.n_trials={args.trials}", *args.overrides]
+    times_file = work / "times.json"  # seconds per step, summed over resumed invocations
+    times: dict[str, float] = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    started = time.time()
+
+    def step(key: str, cmd: list[str]) -> None:
+        times[key] = times.get(key, 0.0) + run(cmd, log)
+        times_file.write_text(json.dumps(times, indent=1))
+
+    def search(sampler: str, seed: int) -> str:
+        name = f"outcome-{args.device}-{sampler}-s{seed}"
+        key = f"search {sampler} seed {seed}"
+        step(key, [py, "-m", "search", *common, f"study.name={name}",
+                   f"search.sampler={sampler}", f"search.sampler_seed={seed}",
+                   f"out_dir={work}/{name}"])
+        return name
+
+    main_study = search("nsga2", 0)
+    report_dir = work / "report"
+    step("report", [py, "-m", "search.report", *common, f"study.name={main_study}",
+                    f"out_dir={work}/{main_study}", f"export.epochs={args.epochs}",
+                    "report.plotly_js=cdn", f"out={report_dir}"])
+
+    hv = None
+    if not args.skip_hypervolume:
+        # Seed by seed (NSGA-II's first generation is random search with the same seed, so
+        # each pair differs only by what the evolution proposed after it).
+        studies = {(s, seed): main_study if (s, seed) == ("nsga2", 0) else search(s, seed)
+                   for seed in range(args.seeds) for s in ("nsga2", "random")}
+        points = {k: study_points(storage, name) for k, name in studies.items()}
+        ref = max(lat for pts in points.values() for _, lat in pts)
+        volumes = {k: hypervolume(p, ref) for k, p in points.items()}
+        random_median = statistics.median(v for (s, _), v in volumes.items() if s == "random")
+        nsga = [v for (s, _), v in sorted(volumes.items()) if s == "nsga2"]
+        hv = {"reference": {"accuracy": 0.0, "latency_ms": ref},
+              "objectives": "proxy accuracy (validation split) and predicted "
+                            f"{args.device} latency, ms", "trials": args.trials,
+              "studies": {f"{s}-s{seed}": {"hypervolume": round(v, 5),
+                                            "trials": len(points[(s, seed)])}
+                          for (s, seed), v in sorted(volumes.items())},
+              "random_median": round(random_median, 5),
+              "nsga2_median": round(statistics.median(nsga), 5),
+              "nsga2_above_random_median": sum(v > random_median for v in nsga),
+              "of": len(nsga),
+              "pairs_nsga2_above_random_same_seed": sum(
+                  volumes[("nsga2", seed)] > volumes[("random", seed)]
+                  for seed in range(args.seeds))}
+        print(f"hypervolume: NSGA-II {', '.join(f'{v:.4f}' for v in nsga)} | random median "
+              f"{random_median:.4f} -> {hv['nsga2_above_random_median']} of {len(nsga)} above")
+
+    # ---- results ----
+    results.mkdir(parents=True, exist_ok=True)
+    report = json.loads((report_dir / "report.json").read_text())
+    onnx_dir = results / "onnx"
+    shutil.rmtree(onnx_dir, ignore_errors=True)
+    for m in report["models"]:
+        for precision, path in m["files"].items():
+            dest = onnx_dir / m["name"] / Path(path).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+            m["files"][precision] = str(dest.relative_to(results))
+    (results / "report.json").write_text(json.dumps(report, indent=1))
+    for name in ("report.md", "report.png", "report.html"):
+        shutil.copyfile(report_dir / name, results / name)
+    if hv is not None:
+        (results / "hypervolume.json").write_text(json.dumps(hv, indent=1))
+    total = sum(times.values())
+    (results / "command.txt").write_text(
+        f"python scripts/outcome_benchmark.py {' '.join(sys.argv[1:])}\n\n"
+        "seconds per step (summed over resumed runs):\n"
+        + "".join(f"  {k}: {v:.0f}\n" for k, v in times.items())
+        + f"total: {total:.0f} s ({total / 60:.1f} min)\n")
+    print(f"results in {results}: {total / 60:.1f} min of steps in all, "
+          f"{(time.time() - started) / 60:.1f} min this invocation")
+
+
+if __name__ == "__main__":
+    main()

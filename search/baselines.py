@@ -1,0 +1,118 @@
+"""Hand-designed edge models to compare the search's results with.
+
+Each baseline is built from scratch (no pretrained weights), adapted to the dataset the same
+way for all: its input channels and classes are the dataset's, its first convolution keeps the
+full resolution (stride 1 instead of 2, since 28x28 images are 8 times smaller than the 224x224
+the models were designed for; without it MobileNetV3 ends at 1x1 after its fourth stage), and
+normalization sits inside the graph as in the found models (float32 images in [0, 1]).
+
+Training is the found models' final training (:func:`search.export.final_recipe`: the same
+epochs, batch, learning rate, distillation from the same cached teacher on the same split, the
+same seed). A baseline is trained as the search trains an unpruned architecture whose layers
+are all at 8 bits: fake quantization on every convolution and linear layer throughout, so its
+int8 file (onnxruntime static QDQ of every node it can quantize, the same settings and
+calibration images as the found models) is the model it was trained to be. The fp32 file holds
+the same weights in float.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from tqdm import tqdm
+
+from search.config import BASELINES, Config
+from search.data import Dataset
+from search.errors import UserError
+from search.export import (
+    RECIPE_WORDS,
+    calibration_images,
+    check_fp32,
+    final_recipe,
+    recipe_fingerprint,
+)
+from search.teacher import TeacherCache
+from search.train import Trainer
+from spaces.files import atomic_dir
+from spaces.onnx_io import export_module, quantize_qdq
+from spaces.quant import detach_fake_quant, fake_quantize
+
+
+class BaselineNet(nn.Module):
+    """Normalize inside the graph, then the hand-designed network."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (N, C, H, W) in [0, 1], the dataset's own size
+        return self.net((x - 0.5) / 0.5)  # (N, num_classes)
+
+
+def build_baseline(name: str, in_chans: int, num_classes: int) -> BaselineNet:
+    """A freshly initialised baseline adapted to the dataset (see the module's notes)."""
+    if name not in BASELINES:
+        raise UserError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+    if BASELINES[name][0] == "torchvision":
+        import torchvision
+
+        net = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+        first = net.features[0]
+        net.features[0] = nn.Conv2d(in_chans, first.out_channels, first.kernel_size, stride=1,
+                                    padding=first.padding)
+    else:
+        import timm
+
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes,
+                                in_chans=in_chans)
+        net.conv_stem.stride = (1, 1)
+    return BaselineNet(net)
+
+
+def export_baseline(cfg: Config, name: str, dataset: Dataset, teacher: TeacherCache,
+                    out_root: Path) -> dict:
+    """Train baseline ``name`` with the final recipe and write ``out_root/NAME/`` (model.onnx,
+    model.int8.onnx, weights.safetensors, metrics.json), atomically; returns its metrics."""
+    train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
+    recipe = final_recipe(cfg)
+    device = cfg.search.torch_device()
+    torch.manual_seed(cfg.seed)
+    model = fake_quantize(build_baseline(name, dataset.in_chans, dataset.num_classes), 8)
+    trainer = Trainer(model.to(device), dataset.train_x[train_idx].to(device),
+                      dataset.train_y[train_idx].to(device),
+                      teacher.logits(train_idx).to(device), recipe, seed=cfg.seed)
+    start = time.time()
+    with tqdm(total=trainer.total_steps, desc=f"{name}: final training", unit="step",
+              leave=False) as bar:
+        trainer.run(on_step=lambda _: bar.update())
+    train_s = time.time() - start
+    model = detach_fake_quant(trainer.model.cpu()).eval()
+
+    with atomic_dir(out_root / name) as work:
+        fp32_path, int8_path = work / "model.onnx", work / "model.int8.onnx"
+        export_module(model, (dataset.in_chans, dataset.size, dataset.size), fp32_path,
+                      doc=f"baseline {name}")
+        diff = check_fp32(model, fp32_path, dataset, f"baseline {name}")
+        quantize_qdq(fp32_path, int8_path, calibration_images(cfg, dataset, train_idx))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(work / "weights.safetensors"))
+        metrics = {
+            "baseline": name, "source": BASELINES[name][0], "description": BASELINES[name][1],
+            "params": sum(p.numel() for p in model.parameters()),
+            "onnx_fp32_max_abs_diff": diff,
+            "adaptation": "built from scratch; input channels and classes of the dataset; "
+                          "first convolution at stride 1; normalization inside the graph",
+            "training": {"epochs": cfg.export.epochs, "seconds": round(train_s, 1),
+                         "recipe": RECIPE_WORDS + " (a baseline: unpruned, every layer at 8 "
+                         "bits)", "fingerprint": recipe_fingerprint(cfg, teacher),
+                         "device": device, "teacher": teacher.meta.get("model"),
+                         "teacher_test_accuracy": teacher.meta.get("test_accuracy")},
+        }
+        (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics

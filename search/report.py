@@ -1,0 +1,436 @@
+"""python -m search.report [+device=NAME] out=DIR: found models against hand-designed ones.
+
+1. The study's chosen trials (``select``, the Pareto front by default) are exported with the
+   export recipe where ``report.exports`` does not hold them yet (``python -m search.export``).
+2. Every baseline of ``report.baselines`` is trained with the same recipe and teacher and
+   exported to ``DIR/baselines/NAME/`` (:mod:`search.baselines`).
+3. Every model, found or baseline, is scored the same way from its ONNX files: test accuracy
+   measured with onnxruntime, latency measured here (1 thread, batch 1, every file in each of
+   ``report.latency_rounds`` interleaved rounds, median), latency and energy predicted for the
+   device from the graph's ops, parameters and MACs counted in the graph.
+4. ``DIR/report.json``, ``report.md`` (table and dominance figures), ``report.png`` and
+   ``report.html`` (accuracy against latency with the found models' front and the baselines).
+
+Without ``+device`` the device is ``rpi4``. Every step resumes: exported models whose recipe is
+unchanged are kept, so an interrupted report picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from search.config import CONF_DIR, Config, load
+from search.errors import UserError, guarded, silence_library_warnings
+from spaces.files import write_bytes, write_text
+
+DEFAULT_DEVICE = "rpi4"
+PRECISIONS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+LATENCIES = {"host_ms": "measured here", "device_ms": "predicted for the device"}
+GAIN_POINTS = 1.0  # target: at least this many points more accurate at no more latency,
+SPEEDUP = 1.5      # or at least this many times faster at no less accuracy
+
+
+# ---- what is compared ---------------------------------------------------------------------
+def found_models(cfg: Config, exports: Path, dataset, teacher) -> list[dict]:
+    """The exported trials to report: those under ``exports``, after exporting the study's
+    chosen trials that are missing there or were trained with another recipe."""
+    from search.export import (
+        export_trial,
+        load_study,
+        recipe_fingerprint,
+        select_trials,
+        study_names,
+    )
+
+    if cfg.study.name in study_names(cfg):
+        fingerprint = recipe_fingerprint(cfg, teacher)
+        trials = select_trials(cfg, load_study(cfg))
+        todo = [t for t in trials if _fingerprint(exports / f"trial_{t.number}") != fingerprint]
+        for i, trial in enumerate(todo):
+            print(f"exporting trial {trial.number} ({i + 1}/{len(todo)}; {len(trials)} chosen)")
+            export_trial(cfg, trial, dataset, teacher, exports)
+        chosen = [exports / f"trial_{t.number}" for t in trials]
+    else:
+        chosen = sorted(p for p in exports.glob("trial_*") if (p / "metrics.json").is_file())
+        if not chosen:
+            raise UserError(f"no exported models in {exports} and no study {cfg.study.name!r} "
+                            "to export them from: run `python -m search "
+                            f"+device={cfg.device.name}` first, or point report.exports at a "
+                            "folder written by `python -m search.export`")
+    out = []
+    for folder in chosen:
+        m = json.loads((folder / "metrics.json").read_text())
+        out.append({"name": f"trial_{m['trial']}", "kind": "found", "folder": folder,
+                    "trial": m["trial"], "arch_id": m.get("arch_id"),
+                    "proxy_accuracy": m.get("proxy_accuracy"),
+                    "training_s": m.get("training", {}).get("seconds")})
+    return out
+
+
+def baseline_models(cfg: Config, out: Path, dataset, teacher) -> list[dict]:
+    """Every configured baseline, trained and exported under ``out/baselines`` if needed."""
+    from search.baselines import export_baseline
+    from search.config import BASELINES
+    from search.export import recipe_fingerprint
+
+    fingerprint = recipe_fingerprint(cfg, teacher)
+    models = []
+    for i, name in enumerate(cfg.report.baselines):
+        folder = out / "baselines" / name
+        if _fingerprint(folder) != fingerprint:
+            print(f"training baseline {name} ({i + 1}/{len(cfg.report.baselines)}, "
+                  f"{cfg.export.epochs} epochs)")
+            start = time.time()
+            export_baseline(cfg, name, dataset, teacher, out / "baselines")
+            print(f"  {name}: {time.time() - start:.0f} s")
+        m = json.loads((folder / "metrics.json").read_text())
+        models.append({"name": name, "kind": "baseline", "folder": folder,
+                       "description": BASELINES[name][1],
+                       "training_s": m["training"]["seconds"]})
+    return models
+
+
+def _fingerprint(folder: Path) -> Optional[str]:
+    try:
+        return json.loads((folder / "metrics.json").read_text())["training"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# ---- scoring ------------------------------------------------------------------------------
+def score(cfg: Config, models: list[dict], dataset) -> dict:
+    """Fill each model's figures, every model measured the same way; returns the context."""
+    import onnx
+    import onnxruntime
+
+    from latency_models.ops import onnx_ops
+    from latency_models.profile import cpu_name, measure_many
+    from search.export import onnx_accuracy
+    from search.run import load_device_model
+
+    device_model = load_device_model(cfg)
+    files = [m["folder"] / f for m in models for f in PRECISIONS.values()]
+    print(f"measuring {len(files)} ONNX files here (1 thread, {cfg.report.latency_rounds} "
+          "interleaved rounds)")
+    timings = iter(measure_many(files, threads=1, rounds=cfg.report.latency_rounds, runs=20))
+    for m in models:
+        m["files"], m["accuracy"], m["host_ms"], m["device_ms"] = {}, {}, {}, {}
+        m["device_energy_mj"], m["provenance"], m["host_spread_ms"] = {}, {}, {}
+        for precision, file in PRECISIONS.items():
+            path = m["folder"] / file
+            graph = onnx.load(str(path))
+            ops = onnx_ops(graph)
+            pred = device_model.predict(ops)
+            timing = next(timings)
+            m["files"][precision] = str(path)
+            m["accuracy"][precision] = onnx_accuracy(path, dataset.test_x, dataset.test_y)
+            m["host_ms"][precision] = timing["median_ms"]
+            m["host_spread_ms"][precision] = [timing["p10_ms"], timing["p90_ms"]]
+            m["device_ms"][precision] = pred.latency_ms
+            m["device_energy_mj"][precision] = pred.energy_mj
+            m["provenance"][precision] = {k: pred.provenance.get(k) for k in
+                                          ("latency", "energy", "extrapolated", "model_hash")}
+            if precision == "fp32":
+                m["macs"] = sum(op.macs for op in ops
+                                if op.kind in ("conv", "dwconv", "pwconv", "fc"))
+                m["params"] = sum(_numel(t) for t in graph.graph.initializer
+                                  if len(t.dims) > 0)
+    return {"device": cfg.device.name, "device_model_hash": device_model.hash,
+            "device_latency_source": device_model.latency_source,
+            "device_energy_source": device_model.energy_source,
+            "host": {"cpu": cpu_name(), "onnxruntime": onnxruntime.__version__, "threads": 1,
+                     "batch": 1, "rounds": cfg.report.latency_rounds, "runs_per_round": 20},
+            "test_images": len(dataset.test_y), "dataset": cfg.data.name}
+
+
+def _numel(tensor) -> int:
+    n = 1
+    for d in tensor.dims:
+        n *= d
+    return n
+
+
+def front(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """The (latency, accuracy, name) points no other point beats on both, by latency."""
+    best, out = -1.0, []
+    for lat, acc, name in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            out.append((lat, acc, name))
+            best = acc
+    return out
+
+
+def hypervolume(points: list[tuple[float, float]], ref_latency: float) -> float:
+    """Area dominated by (accuracy up, latency down) points, from (accuracy 0, ref_latency)."""
+    area, best = 0.0, 0.0
+    for lat, acc in sorted((lat, acc) for acc, lat in points if lat <= ref_latency):
+        if acc > best:  # a new step: from this latency to the reference, up to acc
+            area += (acc - best) * (ref_latency - lat)
+            best = acc
+    return area
+
+
+def dominance(models: list[dict]) -> list[dict]:
+    """Per baseline, precision and latency: the found models' best accuracy gain at no more
+    latency and best speed-up at no less accuracy, and whether either meets the target."""
+    found = [m for m in models if m["kind"] == "found"]
+    rows = []
+    for b in (m for m in models if m["kind"] == "baseline"):
+        for precision in PRECISIONS:
+            for latency in LATENCIES:
+                acc_b, lat_b = b["accuracy"][precision], b[latency][precision]
+                gains = [(100 * (f["accuracy"][precision] - acc_b), f["name"]) for f in found
+                         if f[latency][precision] <= lat_b]
+                speed = [(lat_b / f[latency][precision], f["name"]) for f in found
+                         if f["accuracy"][precision] >= acc_b]
+                gain = max(gains, default=None)
+                fast = max(speed, default=None)
+                rows.append({
+                    "baseline": b["name"], "precision": precision, "latency": latency,
+                    "gain_points": None if gain is None else gain[0],
+                    "gain_by": None if gain is None else gain[1],
+                    "speedup": None if fast is None else fast[0],
+                    "speedup_by": None if fast is None else fast[1],
+                    "met": bool((gain is not None and gain[0] >= GAIN_POINTS)
+                                or (fast is not None and fast[0] >= SPEEDUP))})
+    return rows
+
+
+# ---- outputs ------------------------------------------------------------------------------
+def entry(m: dict) -> dict:
+    keys = ("name", "kind", "files", "accuracy", "host_ms", "host_spread_ms", "device_ms",
+            "device_energy_mj", "provenance", "params", "macs", "training_s", "trial",
+            "arch_id", "proxy_accuracy", "description")
+    return {k: (str(m[k]) if isinstance(m[k], Path) else m[k]) for k in keys if k in m}
+
+
+def markdown(report: dict) -> str:
+    ctx, dev = report["context"], report["context"]["device"]
+    lines = [f"# Found models against hand-designed edge models ({ctx['dataset']}, {dev})", "",
+             f"Test accuracy on {ctx['test_images']:,} images measured with onnxruntime on each "
+             f"exported file; host latency measured here ({ctx['host']['cpu']}, onnxruntime "
+             f"{ctx['host']['onnxruntime']}, 1 thread, batch 1, median of "
+             f"{ctx['host']['rounds']} interleaved rounds); `{dev}` latency and energy "
+             f"predicted from each graph's ops by the device model {ctx['device_model_hash']} "
+             f"(latency {ctx['device_latency_source']}, energy {ctx['device_energy_source']}).",
+             f"All models trained with the same recipe: {report['recipe']}.", "",
+             f"| model | kind | params | MACs | acc fp32 % | acc int8 % | host fp32 ms | "
+             f"host int8 ms | {dev} fp32 ms | {dev} int8 ms | {dev} int8 mJ |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in sorted(report["models"], key=lambda m: (m["kind"] != "found",
+                                                     m["device_ms"]["int8"])):
+        lines.append(
+            f"| {m['name']} | {m['kind']} | {m['params']:,} | {m['macs'] / 1e6:.2f}M | "
+            f"{100 * m['accuracy']['fp32']:.2f} | {100 * m['accuracy']['int8']:.2f} | "
+            f"{m['host_ms']['fp32']:.3f} | {m['host_ms']['int8']:.3f} | "
+            f"{m['device_ms']['fp32']:.3f} | {m['device_ms']['int8']:.3f} | "
+            f"{m['device_energy_mj']['int8']:.3f} |")
+    s = report["summary"]
+    lines += ["", f"## Dominance (target: {GAIN_POINTS:g} point more accurate at no more "
+              f"latency, or {SPEEDUP:g} times faster at no less accuracy)", "",
+              "| precision | latency | baselines beaten |", "|---|---|---|"]
+    for key, v in s.items():
+        lines.append(f"| {key.split('/')[0]} | {LATENCIES[key.split('/')[1]]} | "
+                     f"{v['met']} of {v['of']} |")
+    lines += ["", "| baseline | precision | latency | best gain (points) at <= latency | "
+              "best speed-up at >= accuracy | met |", "|---|---|---|---|---|---|"]
+    for r in report["dominance"]:
+        gain = "none as fast" if r["gain_points"] is None else \
+            f"{r['gain_points']:+.2f} ({r['gain_by']})"
+        fast = "none as accurate" if r["speedup"] is None else \
+            f"{r['speedup']:.2f}x ({r['speedup_by']})"
+        lines.append(f"| {r['baseline']} | {r['precision']} | {LATENCIES[r['latency']]} | "
+                     f"{gain} | {fast} | {'yes' if r['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _panels(report: dict):
+    dev = report["context"]["device"]
+    for row, precision in enumerate(PRECISIONS):
+        for col, latency in enumerate(LATENCIES):
+            title = (f"{precision}: latency measured here (1 thread)" if latency == "host_ms"
+                     else f"{precision}: latency predicted for {dev}")
+            pts = {kind: [(m[latency][precision], 100 * m["accuracy"][precision], m["name"])
+                          for m in report["models"] if m["kind"] == kind]
+                   for kind in ("found", "baseline")}
+            yield row, col, title, pts
+
+
+def _floor(pts: dict) -> float:
+    """The accuracy axis starts a few points under the found models and the baselines within
+    10 points of them, so one failed model does not flatten the rest."""
+    found = [p[1] for p in pts["found"]] or [p[1] for p in pts["baseline"]] or [0.0]
+    near = [p[1] for p in pts["found"] + pts["baseline"] if p[1] >= min(found) - 10]
+    return max(0.0, min(near) - 2)
+
+
+def plot_png(report: dict, path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 10))
+    for row, col, title, pts in _panels(report):
+        ax = axes[row][col]
+        floor = _floor(pts)
+        if pts["found"]:
+            x, y, _ = zip(*pts["found"])
+            ax.scatter(x, y, c="tab:blue", s=28, label="found (edgenas)", zorder=3)
+            fx, fy, _ = zip(*front(pts["found"]))
+            ax.step(fx, fy, where="post", c="tab:blue", lw=1, alpha=0.7, label="found: front")
+        shown = [p for p in pts["baseline"] if p[1] >= floor]
+        low = [p for p in pts["baseline"] if p[1] < floor]
+        if shown:
+            x, y, _ = zip(*shown)
+            ax.scatter(x, y, c="tab:orange", marker="s", s=32, label="baselines", zorder=3)
+        if low:  # far below the rest: drawn on the lower edge with their accuracy
+            x, _, _ = zip(*low)
+            ax.scatter(x, [floor] * len(low), c="tab:orange", marker="v", s=40, zorder=3,
+                       clip_on=False, label="baselines below the axis")
+        for i, (xi, yi, name) in enumerate(sorted(pts["baseline"])):
+            text = name if yi >= floor else f"{name} ({yi:.1f}%)"
+            ax.annotate(text, (xi, max(yi, floor)), fontsize=7, rotation=20,
+                        xytext=(3, 4 if i % 2 == 0 else -11), textcoords="offset points")
+        ax.set_ylim(floor, None)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("latency, ms (log)")
+        ax.set_ylabel("test accuracy, %")
+        ax.grid(alpha=0.3)
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles),
+               fontsize=9)
+    fig.suptitle(f"{report['context']['dataset']}: found models and hand-designed baselines, "
+                 f"same training recipe", fontsize=12)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def plot_html(report: dict, path: Path, plotly_js: str) -> None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = list(_panels(report))
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[2] for p in panels])
+    by_name = {m["name"]: m for m in report["models"]}
+
+    def hover(name: str) -> str:
+        m = by_name[name]
+        return (f"<b>{name}</b> ({m['kind']})<br>params {m['params']:,}, MACs "
+                f"{m['macs'] / 1e6:.2f}M<br>accuracy fp32 {100 * m['accuracy']['fp32']:.2f}%,"
+                f" int8 {100 * m['accuracy']['int8']:.2f}%<br>here fp32 "
+                f"{m['host_ms']['fp32']:.3f} ms, int8 {m['host_ms']['int8']:.3f} ms<br>"
+                f"device fp32 {m['device_ms']['fp32']:.3f} ms, int8 "
+                f"{m['device_ms']['int8']:.3f} ms, {m['device_energy_mj']['int8']:.3f} mJ")
+
+    for i, (row, col, _, pts) in enumerate(panels):
+        for kind, color, symbol in (("found", "#1f77b4", "circle"),
+                                    ("baseline", "#ff7f0e", "square")):
+            if not pts[kind]:
+                continue
+            x, y, names = zip(*pts[kind])
+            fig.add_trace(go.Scatter(
+                x=x, y=y, mode="markers" if kind == "found" else "markers+text",
+                text=None if kind == "found" else list(names), textposition="top center",
+                textfont={"size": 9}, marker={"color": color, "symbol": symbol, "size": 9},
+                name="found (edgenas)" if kind == "found" else "baselines", legendgroup=kind,
+                showlegend=i == 0, hovertext=[hover(n) for n in names], hoverinfo="text"),
+                row=row + 1, col=col + 1)
+        if pts["found"]:
+            fx, fy, _ = zip(*front(pts["found"]))
+            fig.add_trace(go.Scatter(x=fx, y=fy, mode="lines", line={"shape": "hv",
+                                                                     "color": "#1f77b4"},
+                                     name="found: front", legendgroup="front",
+                                     showlegend=i == 0, hoverinfo="skip"),
+                          row=row + 1, col=col + 1)
+        fig.update_xaxes(type="log", title_text="latency, ms (log)", row=row + 1, col=col + 1)
+        fig.update_yaxes(title_text="test accuracy, %", row=row + 1, col=col + 1)
+    fig.update_layout(height=900, title=f"{report['context']['dataset']}: found models and "
+                      "hand-designed baselines (hover for figures)")
+    write_text(path, fig.to_html(include_plotlyjs=True if plotly_js == "inline" else "cdn",
+                                 full_html=True))
+
+
+def summary(rows: list[dict]) -> dict:
+    out: dict = {}
+    for r in rows:
+        s = out.setdefault(f"{r['precision']}/{r['latency']}", {"met": 0, "of": 0})
+        s["of"] += 1
+        s["met"] += int(r["met"])
+    return out
+
+
+# ---- entry point --------------------------------------------------------------------------
+def run_report(cfg: Config) -> dict:
+    import torch
+
+    from search.data import load_dataset
+    from search.export import RECIPE_WORDS
+    from search.teacher import TeacherCache
+
+    if not cfg.out:
+        raise UserError("say where the report goes: python -m search.report out=DIR")
+    out = Path(cfg.out)
+    exports = Path(cfg.report.exports or Path(cfg.out_dir) / "export")
+    torch.set_num_threads(cfg.search.threads)
+    start = time.time()
+    dataset = load_dataset(cfg.data, cfg.seed)
+    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
+                           cfg.seed)
+    models = found_models(cfg, exports, dataset, teacher)
+    models += baseline_models(cfg, out, dataset, teacher)
+    context = score(cfg, models, dataset)
+    rows = dominance(models)
+    report = {"context": context, "recipe": f"{RECIPE_WORDS}; {cfg.export.epochs} epochs, "
+              f"teacher {teacher.meta.get('model')} (test accuracy "
+              f"{100 * (teacher.meta.get('test_accuracy') or 0):.2f}%)",
+              "targets": {"gain_points": GAIN_POINTS, "speedup": SPEEDUP},
+              "models": [entry(m) for m in models], "dominance": rows,
+              "summary": summary(rows), "seconds": round(time.time() - start, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "report.json", json.dumps(report, indent=1))
+    write_text(out / "report.md", markdown(report))
+    plot_png(report, out / "report.png")
+    plot_html(report, out / "report.html", cfg.report.plotly_js)
+    print(markdown(report).split("\n## Dominance")[0].split("\n\n", 2)[-1])
+    for key, v in report["summary"].items():
+        print(f"{key}: {v['met']} of {v['of']} baselines beaten")
+    print(f"report: {out / 'report.md'}, report.json, report.png, report.html")
+    return report
+
+
+def with_default_device(dc: DictConfig) -> DictConfig:
+    """The composed config with ``device`` set to :data:`DEFAULT_DEVICE` when none was given."""
+    if "device" not in dc:
+        with open_dict(dc):
+            dc.device = OmegaConf.load(CONF_DIR / "device" / f"{DEFAULT_DEVICE}.yaml")
+    return dc
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(dc: DictConfig) -> None:
+    guarded(lambda: run_report(load(with_default_device(dc))))
+
+
+if __name__ == "__main__":
+    silence_library_warnings()
+    main()
