@@ -34,7 +34,7 @@ from search.export import (
     calibration_images,
     check_fp32,
     final_recipe,
-    recipe_fingerprint,
+    training_record,
 )
 from search.teacher import TeacherCache
 from search.train import Trainer
@@ -108,11 +108,8 @@ def export_baseline(cfg: Config, name: str, dataset: Dataset, teacher: TeacherCa
             "onnx_fp32_max_abs_diff": diff,
             "adaptation": "built from scratch; input channels and classes of the dataset; "
                           "first convolution at stride 1; normalization inside the graph",
-            "training": {"epochs": cfg.export.epochs, "seconds": round(train_s, 1),
-                         "recipe": RECIPE_WORDS + " (a baseline: unpruned, every layer at 8 "
-                         "bits)", "fingerprint": recipe_fingerprint(cfg, teacher),
-                         "device": device, "teacher": teacher.meta.get("model"),
-                         "teacher_test_accuracy": teacher.meta.get("test_accuracy")},
+            "training": training_record(cfg, teacher, train_s, device, RECIPE_WORDS + " (a "
+                                        "baseline: unpruned, every layer at 8 bits)"),
         }
         (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import hydra
 import numpy as np
@@ -143,11 +144,7 @@ def export_trial(cfg: Config, trial: optuna.trial.FrozenTrial, dataset: Dataset,
              "timm's make_divisible replaced by round (see spaces/build.py)"}, indent=1))
         metrics = measure_and_predict(cfg, trial, arch, dataset, fp32_path, int8_path)
         metrics.update(onnx_fp32_max_abs_diff=diff, int8_nodes=len(int8_nodes),
-                       training={"epochs": cfg.export.epochs, "seconds": round(train_s, 1),
-                                 "recipe": RECIPE_WORDS, "fingerprint": recipe_fingerprint(
-                                     cfg, teacher), "device": device,
-                                 "teacher": teacher.meta.get("model"),
-                                 "teacher_test_accuracy": teacher.meta.get("test_accuracy")})
+                       training=training_record(cfg, teacher, train_s, device, RECIPE_WORDS))
         (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (work / "card.md").write_text(model_card(cfg, arch, metrics))
     return metrics
@@ -166,6 +163,16 @@ def recipe_fingerprint(cfg: Config, teacher: TeacherCache) -> str:
               "data": cfg.data.name, "teacher": teacher.meta.get("model"),
               "teacher_accuracy": teacher.meta.get("test_accuracy")}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def training_record(cfg: Config, teacher: TeacherCache, seconds: float, device: str,
+                    recipe: str) -> dict:
+    """metrics.json's ``training`` entry of a final training (its fingerprint decides whether
+    a later report trains the model again)."""
+    return {"epochs": cfg.export.epochs, "seconds": round(seconds, 1), "recipe": recipe,
+            "fingerprint": recipe_fingerprint(cfg, teacher), "device": device,
+            "teacher": teacher.meta.get("model"),
+            "teacher_test_accuracy": teacher.meta.get("test_accuracy")}
 
 
 ENERGY_WORDS = {"modelled": "modelled (device power x latency), not measured",
@@ -269,9 +276,11 @@ batch 1, median): model.onnx {h['model.onnx']['median_ms']:.3f} ms, model.int8.o
 """
 
 
-def study_names(cfg: Config) -> list[str]:
-    """Names of the studies in the configured storage."""
-    storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s, cfg.storage.retry_s)
+def study_names(cfg: Config, storage: Optional[optuna.storages.BaseStorage] = None
+                ) -> list[str]:
+    """Names of the studies in the configured storage (``storage`` if already open)."""
+    if storage is None:
+        storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s, cfg.storage.retry_s)
     return [s.study_name for s in optuna.get_all_study_summaries(storage)]
 
 
@@ -282,7 +291,7 @@ def load_study(cfg: Config) -> optuna.Study:
         UserError: no such study, or another device model.
     """
     storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s, cfg.storage.retry_s)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    names = study_names(cfg, storage)
     if cfg.study.name not in names:
         raise UserError(f"no study {cfg.study.name!r} in {redact(cfg.storage.url)} (studies "
                         f"there: {', '.join(names) or 'none'}); run `python -m search "

@@ -18,6 +18,7 @@ unchanged are kept, so an interrupted report picks up where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -25,7 +26,7 @@ from typing import Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from search.config import CONF_DIR, Config, load
+from search.config import BASELINES, CONF_DIR, Config, load
 from search.errors import UserError, guarded, silence_library_warnings
 from spaces.files import write_bytes, write_text
 
@@ -76,7 +77,6 @@ def found_models(cfg: Config, exports: Path, dataset, teacher) -> list[dict]:
 def baseline_models(cfg: Config, out: Path, dataset, teacher) -> list[dict]:
     """Every configured baseline, trained and exported under ``out/baselines`` if needed."""
     from search.baselines import export_baseline
-    from search.config import BASELINES
     from search.export import recipe_fingerprint
 
     fingerprint = recipe_fingerprint(cfg, teacher)
@@ -139,7 +139,7 @@ def score(cfg: Config, models: list[dict], dataset) -> dict:
             if precision == "fp32":
                 m["macs"] = sum(op.macs for op in ops
                                 if op.kind in ("conv", "dwconv", "pwconv", "fc"))
-                m["params"] = sum(_numel(t) for t in graph.graph.initializer
+                m["params"] = sum(math.prod(t.dims) for t in graph.graph.initializer
                                   if len(t.dims) > 0)
     return {"device": cfg.device.name, "device_model_hash": device_model.hash,
             "device_latency_source": device_model.latency_source,
@@ -147,13 +147,6 @@ def score(cfg: Config, models: list[dict], dataset) -> dict:
             "host": {"cpu": cpu_name(), "onnxruntime": onnxruntime.__version__, "threads": 1,
                      "batch": 1, "rounds": cfg.report.latency_rounds, "runs_per_round": 20},
             "test_images": len(dataset.test_y), "dataset": cfg.data.name}
-
-
-def _numel(tensor) -> int:
-    n = 1
-    for d in tensor.dims:
-        n *= d
-    return n
 
 
 def front(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
