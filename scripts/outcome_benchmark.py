@@ -3,7 +3,8 @@
     python scripts/outcome_benchmark.py                    # the full benchmark
     python scripts/outcome_benchmark.py --trials 16 --epochs 2   # a cheaper run (say so)
 
-1. ``python -m search +device=rpi4`` with ``--trials`` trials (NSGA-II, sampler seed 0).
+1. ``python -m search +device=rpi4`` with ``--trials`` trials (NSGA-II, sampler seed 0), then
+   the searches of step 3.
 2. ``python -m search.report``: its Pareto front and the ten baselines trained with the same
    recipe (``export.epochs=--epochs``, same teacher), all exported to fp32 and int8 ONNX and
    scored the same way (accuracy with onnxruntime, host latency measured side by side, rpi4
@@ -100,18 +101,22 @@ def main() -> None:
                    f"out_dir={work}/{name}"])
         return name
 
+    # Every search first (the report's study first of all), then the report: the searches
+    # are the cheap, CPU-bound part; the report's training is what a GPU speeds up.
     main_study = search("nsga2", 0)
+    studies = {}
+    if not args.skip_hypervolume:
+        # Seed by seed (NSGA-II's first generation is random search with the same seed, so
+        # each pair differs only by what the evolution proposed after it).
+        studies = {(s, seed): main_study if (s, seed) == ("nsga2", 0) else search(s, seed)
+                   for seed in range(args.seeds) for s in ("nsga2", "random")}
     report_dir = work / "report"
     step("report", [py, "-m", "search.report", *common, f"study.name={main_study}",
                     f"out_dir={work}/{main_study}", f"export.epochs={args.epochs}",
                     "report.plotly_js=cdn", f"out={report_dir}"])
 
     hv = None
-    if not args.skip_hypervolume:
-        # Seed by seed (NSGA-II's first generation is random search with the same seed, so
-        # each pair differs only by what the evolution proposed after it).
-        studies = {(s, seed): main_study if (s, seed) == ("nsga2", 0) else search(s, seed)
-                   for seed in range(args.seeds) for s in ("nsga2", "random")}
+    if studies:
         points = {k: study_points(storage, name) for k, name in studies.items()}
         ref = max(lat for pts in points.values() for _, lat in pts)
         volumes = {k: hypervolume(p, ref) for k, p in points.items()}
