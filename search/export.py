@@ -35,7 +35,7 @@ from spaces.arch import Arch
 from spaces.build import arch_def
 from spaces.files import atomic_dir
 from spaces.onnx_io import export_fp32, export_int8, ort_session
-from spaces.quant import detach_fake_quant
+from spaces.quant import clean_dead_channels, detach_fake_quant
 
 FP32_TOLERANCE = 1e-4
 
@@ -126,6 +126,7 @@ def export_trial(cfg: Config, trial: optuna.trial.FrozenTrial, dataset: Dataset,
                                 seed=cfg.seed, on_step=lambda _: bar.update())
     train_s = time.time() - start
     detach_fake_quant(model.cpu()).eval()
+    dead = clean_dead_channels(model, to_float(dataset.test_x[:1]))
 
     with atomic_dir(out_root / f"trial_{trial.number}") as work:
         fp32_path, int8_path = work / "model.onnx", work / "model.int8.onnx"
@@ -144,12 +145,16 @@ def export_trial(cfg: Config, trial: optuna.trial.FrozenTrial, dataset: Dataset,
              "timm's make_divisible replaced by round (see spaces/build.py)"}, indent=1))
         metrics = measure_and_predict(cfg, trial, arch, dataset, fp32_path, int8_path)
         metrics.update(onnx_fp32_max_abs_diff=diff, int8_nodes=len(int8_nodes),
+                       dead_channels_cleaned=dead,
                        training=training_record(cfg, teacher, train_s, device, RECIPE_WORDS))
         (work / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (work / "card.md").write_text(model_card(cfg, arch, metrics))
     return metrics
 
 
+# Bumped when the way a trained model becomes its files changes (2: constant channels cleaned
+# before the batch norms are folded), so that a report exports its models again.
+EXPORT_VERSION = 2
 RECIPE_WORDS = ("distillation from the cached teacher, dense for half the epochs, then pruned "
                 "and fine-tuned with fake quantization")
 
@@ -158,7 +163,7 @@ def recipe_fingerprint(cfg: Config, teacher: TeacherCache) -> str:
     """A short hash of everything that decides a final training's result but the model."""
     import hashlib
 
-    fields = {"recipe": final_recipe(cfg).__dict__, "seed": cfg.seed,
+    fields = {"recipe": final_recipe(cfg).__dict__, "seed": cfg.seed, "export": EXPORT_VERSION,
               "val_images": cfg.data.val_images, "calibration": cfg.export.calibration_images,
               "data": cfg.data.name, "teacher": teacher.meta.get("model"),
               "teacher_accuracy": teacher.meta.get("test_accuracy")}

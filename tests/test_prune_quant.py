@@ -66,3 +66,65 @@ def test_fake_quant_passes_gradients():
     conv = model.net.conv_stem
     assert isinstance(conv, nn.Conv2d)
     assert conv.parametrizations.weight.original.grad is not None
+
+
+class DeadChannelNet(nn.Module):
+    """conv -> BN -> ReLU whose channel 1 never fires, then a depthwise conv -> BN that sees a
+    constant 0 on that channel (as training leaves it: running variance ~ 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.dw, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.bn1.bias[1] = -100.0  # ReLU kills channel 1
+            self.bn2.weight[1], self.bn2.bias[1] = 3.0, 0.5
+            self.bn2.running_var[1] = 1e-20
+            self.bn2.running_mean[1] = 0.0
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.dw(y)))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_dead_channels_are_rewritten_as_the_constant_they_output(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from spaces.onnx_io import export_module
+    from spaces.quant import clean_dead_channels
+
+    torch.manual_seed(0)
+    model = DeadChannelNet().eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        before = model(x)
+
+    def largest_folded_weight(path):
+        graph = onnx.load(str(path)).graph
+        return max(float(abs(numpy_helper.to_array(t)).max()) for t in graph.initializer
+                   if len(t.dims) == 4)
+
+    export_module(model, (1, 28, 28), tmp_path / "before.onnx", doc="t")
+    assert largest_folded_weight(tmp_path / "before.onnx") > 100  # 3 / sqrt(eps) x filter
+    assert clean_dead_channels(model, x[:1]) == 1
+    assert torch.count_nonzero(model.dw.weight[1]) == 0 and model.bn2.running_var[1] == 1
+    assert torch.count_nonzero(model.dw.weight[[0, 2, 3]]) == 27  # the others untouched
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, atol=1e-6)
+    export_module(model, (1, 28, 28), tmp_path / "after.onnx", doc="t")
+    assert largest_folded_weight(tmp_path / "after.onnx") < 10
+
+
+def test_dead_channel_cleaning_finds_the_pairs_inside_timm_models():
+    from spaces.quant import clean_dead_channels
+
+    model = build_model(tiny_arch()).eval()
+    x = torch.rand(1, 1, 28, 28)
+    assert clean_dead_channels(model, x) == 0  # nothing dead in a fresh model
+    bn = model.net.bn1  # the stem's norm (timm's BatchNormAct2d)
+    bn.running_var[0] = 1e-20
+    assert clean_dead_channels(model, x) == 1
+    assert torch.count_nonzero(model.net.conv_stem.weight[0]) == 0

@@ -12,7 +12,7 @@ import torch
 from latency_models.model import DeviceModel
 from latency_models.ops import onnx_ops
 from search.config import BASELINES, MODEL_DIR
-from search.report import dominance, front, hypervolume
+from search.report import beaten_words, dominance, front, hypervolume, summary
 from spaces.onnx_io import export_module, ort_session, quantize_qdq
 from tests.conftest import run_cli, search_args
 
@@ -45,6 +45,18 @@ def test_speedup_alone_can_meet_the_target():
                for r in rows)
     rows = dominance([model("a", "found", 0.88, 0.6), model("base", "baseline", 0.88, 0.8)])
     assert not any(r["met"] for r in rows)  # 1.33 times and 0 points: short of both targets
+
+
+def test_a_baseline_at_chance_accuracy_is_named_when_counted_as_beaten():
+    models = [model("a", "found", 0.88, 0.5), model("dead", "baseline", 0.11, 0.8),
+              model("base", "baseline", 0.90, 0.8)]
+    rows = dominance(models, chance=0.1)
+    assert all(r["at_chance"] == (r["baseline"] == "dead") for r in rows)
+    s = summary(rows)["fp32/host_ms"]
+    assert (s["met"], s["of"], s["met_at_chance"]) == (1, 2, ["dead"])
+    assert beaten_words(s) == ("1 of 2 (dead at chance accuracy: did not train with the "
+                               "recipe)")
+    assert beaten_words(summary(dominance(models[::2]))["int8/device_ms"]) == "0 of 1"
 
 
 def test_front_and_hypervolume():
