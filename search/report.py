@@ -53,7 +53,10 @@ def found_models(cfg: Config, exports: Path, dataset, teacher) -> list[dict]:
     if cfg.study.name in study_names(cfg):
         fingerprint = recipe_fingerprint(cfg, teacher)
         trials = select_trials(cfg, load_study(cfg))
-        todo = [t for t in trials if _fingerprint(exports / f"trial_{t.number}") != fingerprint]
+        # Exported with this recipe, and this trial's architecture (a study deleted and run
+        # again under the same name numbers other architectures alike).
+        todo = [t for t in trials if _fingerprint(exports / f"trial_{t.number}") != fingerprint
+                or _arch_id(exports / f"trial_{t.number}") != t.user_attrs.get("arch_id")]
         for i, trial in enumerate(todo):
             print(f"exporting trial {trial.number} ({i + 1}/{len(todo)}; {len(trials)} chosen)")
             export_trial(cfg, trial, dataset, teacher, exports)
@@ -100,6 +103,13 @@ def baseline_models(cfg: Config, out: Path, dataset, teacher) -> list[dict]:
 def _fingerprint(folder: Path) -> Optional[str]:
     try:
         return json.loads((folder / "metrics.json").read_text())["training"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _arch_id(folder: Path) -> Optional[str]:
+    try:
+        return json.loads((folder / "metrics.json").read_text())["arch_id"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

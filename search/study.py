@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -42,9 +43,21 @@ def study_meta(cfg: Config, data_fingerprint: str, device_model_hash: str) -> di
     }
 
 
+def worker_seed(seed: int, first_trial: int) -> int:
+    """The seed of a worker whose first trial is number ``first_trial`` of a study seeded
+    ``seed``: ``seed`` itself for a fresh study, otherwise a hash of both.
+
+    Not ``seed + first_trial``: with it, seed 1 resumed at trial 1 proposed exactly what seed
+    2 proposes fresh, so repeated searches "with seeds 0, 1, 2" shared most of their trials.
+    """
+    if first_trial == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, first_trial]).generate_state(1)[0])
+
+
 class WorkerSeededSampler(optuna.samplers.BaseSampler):
-    """A sampler seeded, when this worker starts its first trial, with ``seed`` plus that
-    trial's number.
+    """A sampler seeded, when this worker starts its first trial, from ``seed`` and that
+    trial's number (:func:`worker_seed`).
 
     A single worker is reproducible (a fresh study starts from ``seed``; a resumed one does
     not replay its first proposals), and workers sharing a study get different seeds, since
@@ -64,7 +77,7 @@ class WorkerSeededSampler(optuna.samplers.BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._inner is None:
-            self._inner = self._factory(self._seed + trial.number)
+            self._inner = self._factory(worker_seed(self._seed, trial.number))
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict:

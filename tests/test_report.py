@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -143,6 +144,17 @@ def test_report_end_to_end_and_resume(tmp_path):
     again = run_cli(*args)  # resumes: nothing is trained again, the report is rewritten
     assert again.returncode == 0, again.stderr
     assert "training baseline" not in again.stdout and "exporting trial" not in again.stdout
+
+    # An export folder of another architecture under the same trial number (the study was
+    # deleted and run again) is exported again.
+    found = next(m for m in report["models"] if m["kind"] == "found")
+    metrics_file = Path(found["files"]["fp32"]).parent / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**metrics, "arch_id": "0123456789abcdef"}))
+    third = run_cli(*args)
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.count("exporting trial") == 1 and "training baseline" not in third.stdout
+    assert json.loads(metrics_file.read_text())["arch_id"] == metrics["arch_id"]
 
 
 def test_report_says_what_to_run_first(tmp_path):

@@ -162,3 +162,32 @@ def test_password_is_never_printed(tmp_path):
     assert result.returncode != 0
     assert "s3cret" not in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_resumed_seed_never_replays_another_seeds_fresh_search():
+    import optuna
+
+    from search.study import WorkerSeededSampler, worker_seed
+
+    assert worker_seed(3, 0) == 3  # a fresh study starts from its seed
+    resumed = {worker_seed(s, k) for s in range(5) for k in range(1, 40)}
+    assert len(resumed) == 5 * 39 and not resumed & set(range(1000))
+
+    def proposals(seed, first_trial, n=5):
+        """Architectures (here: one integer) a worker proposes when it joins at first_trial."""
+        study = optuna.create_study(sampler=WorkerSeededSampler(
+            lambda s: optuna.samplers.RandomSampler(seed=s), seed))
+        for _ in range(first_trial):  # trials of an earlier worker, already in the study
+            study.add_trial(optuna.trial.create_trial(params={"x": 0}, value=0.0, distributions={
+                "x": optuna.distributions.IntDistribution(0, 10 ** 9)}))
+        out = []
+        for _ in range(n):
+            trial = study.ask()
+            out.append(trial.suggest_int("x", 0, 10 ** 9))
+            study.tell(trial, 0.0)
+        return out
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    assert proposals(1, 0) == proposals(1, 0)  # reproducible
+    seed2 = set(proposals(2, 0))
+    assert not seed2 & set(proposals(1, 1)) and not seed2 & set(proposals(1, 2))
