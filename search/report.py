@@ -21,9 +21,10 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import hydra
+import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from search.config import BASELINES, CONF_DIR, Config, load
@@ -53,10 +54,15 @@ def found_models(cfg: Config, exports: Path, dataset, teacher) -> list[dict]:
     if cfg.study.name in study_names(cfg):
         fingerprint = recipe_fingerprint(cfg, teacher)
         trials = select_trials(cfg, load_study(cfg))
-        # Exported with this recipe, and this trial's architecture (a study deleted and run
-        # again under the same name numbers other architectures alike).
-        todo = [t for t in trials if _fingerprint(exports / f"trial_{t.number}") != fingerprint
-                or _arch_id(exports / f"trial_{t.number}") != t.user_attrs.get("arch_id")]
+
+        def up_to_date(trial: optuna.trial.FrozenTrial) -> bool:
+            # Exported with this recipe, and this trial's architecture (a study deleted and
+            # run again under the same name numbers other architectures alike).
+            folder = exports / f"trial_{trial.number}"
+            return (_recorded(folder, "training", "fingerprint") == fingerprint
+                    and _recorded(folder, "arch_id") == trial.user_attrs.get("arch_id"))
+
+        todo = [t for t in trials if not up_to_date(t)]
         for i, trial in enumerate(todo):
             print(f"exporting trial {trial.number} ({i + 1}/{len(todo)}; {len(trials)} chosen)")
             export_trial(cfg, trial, dataset, teacher, exports)
@@ -87,7 +93,7 @@ def baseline_models(cfg: Config, out: Path, dataset, teacher) -> list[dict]:
     models = []
     for i, name in enumerate(cfg.report.baselines):
         folder = out / "baselines" / name
-        if _fingerprint(folder) != fingerprint:
+        if _recorded(folder, "training", "fingerprint") != fingerprint:
             print(f"training baseline {name} ({i + 1}/{len(cfg.report.baselines)}, "
                   f"{cfg.export.epochs} epochs)")
             start = time.time()
@@ -100,16 +106,14 @@ def baseline_models(cfg: Config, out: Path, dataset, teacher) -> list[dict]:
     return models
 
 
-def _fingerprint(folder: Path) -> Optional[str]:
+def _recorded(folder: Path, *keys: str) -> Any:
+    """``metrics.json[keys[0]][keys[1]]...`` of an exported model's folder; None where the
+    folder, the file or the entry is missing or unreadable."""
     try:
-        return json.loads((folder / "metrics.json").read_text())["training"]["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _arch_id(folder: Path) -> Optional[str]:
-    try:
-        return json.loads((folder / "metrics.json").read_text())["arch_id"]
+        value = json.loads((folder / "metrics.json").read_text())
+        for key in keys:
+            value = value[key]
+        return value
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
