@@ -389,17 +389,16 @@ def summary(rows: list[dict]) -> dict:
                            {"met": 0, "of": 0, "met_at_chance": []})
         s["of"] += 1
         s["met"] += int(r["met"])
-        if r["met"] and r.get("at_chance"):
+        if r["met"] and r["at_chance"]:
             s["met_at_chance"].append(r["baseline"])
     return out
 
 
 def beaten_words(v: dict) -> str:
     """'8 of 10', with the beaten baselines that never learned named."""
-    at_chance = v.get("met_at_chance") or []
     return f"{v['met']} of {v['of']}" + (
-        f" ({', '.join(at_chance)} at chance accuracy: did not train with the recipe)"
-        if at_chance else "")
+        f" ({', '.join(v['met_at_chance'])} at chance accuracy: did not train with the recipe)"
+        if v["met_at_chance"] else "")
 
 
 # ---- entry point --------------------------------------------------------------------------
