@@ -3,8 +3,7 @@
     python scripts/outcome_benchmark.py                    # the full benchmark
     python scripts/outcome_benchmark.py --trials 16 --epochs 2   # a cheaper run (say so)
 
-1. ``python -m search +device=rpi4`` with ``--trials`` trials (NSGA-II, sampler seed 0), then
-   the searches of step 3.
+1. ``python -m search +device=rpi4`` with ``--trials`` trials (NSGA-II, sampler seed 0).
 2. ``python -m search.report``: its Pareto front and the ten baselines trained with the same
    recipe (``export.epochs=--epochs``, same teacher), all exported to fp32 and int8 ONNX and
    scored the same way (accuracy with onnxruntime, host latency measured side by side, rpi4
@@ -14,8 +13,9 @@
    each study's (proxy accuracy, predicted latency) points against one reference point
    (accuracy 0, the largest latency any of these studies saw), and the NSGA-II runs against
    the median of the random ones.
-4. Copies the report (JSON, Markdown, PNG, HTML), every scored ONNX file, ``hypervolume.json``
-   and ``command.txt`` (the exact command, step times) to ``--results``.
+4. Copies the report (JSON, Markdown, PNG, HTML), every scored ONNX file and ``command.txt``
+   (the exact command, step times) to ``--results`` as soon as the report is done, and
+   ``hypervolume.json`` once the searches of step 3 are.
 
 Everything resumes: studies continue where they stopped, exported and trained models whose
 recipe is unchanged are kept. Training runs on a GPU when torch sees one (``search.device``).
@@ -101,22 +101,45 @@ def main() -> None:
                    f"out_dir={work}/{name}"])
         return name
 
-    # Every search first (the report's study first of all), then the report: the searches
-    # are the cheap, CPU-bound part; the report's training is what a GPU speeds up.
+    def write_command() -> None:
+        total = sum(times.values())
+        (results / "command.txt").write_text(
+            f"python scripts/outcome_benchmark.py {' '.join(sys.argv[1:])}\n\n"
+            "seconds per step (summed over resumed runs):\n"
+            + "".join(f"  {k}: {v:.0f}\n" for k, v in times.items())
+            + f"total: {total:.0f} s ({total / 60:.1f} min)\n")
+
+    # The report right after its study: it is the result a user reads, and on 2 cores the
+    # whole benchmark spans more than one sitting, so it comes first; the hypervolume's
+    # searches (step 3) follow.
     main_study = search("nsga2", 0)
-    studies = {}
-    if not args.skip_hypervolume:
-        # Seed by seed (NSGA-II's first generation is random search with the same seed, so
-        # each pair differs only by what the evolution proposed after it).
-        studies = {(s, seed): main_study if (s, seed) == ("nsga2", 0) else search(s, seed)
-                   for seed in range(args.seeds) for s in ("nsga2", "random")}
     report_dir = work / "report"
     step("report", [py, "-m", "search.report", *common, f"study.name={main_study}",
                     f"out_dir={work}/{main_study}", f"export.epochs={args.epochs}",
                     "report.plotly_js=cdn", f"out={report_dir}"])
 
-    hv = None
-    if studies:
+    # ---- the report's results ----
+    results.mkdir(parents=True, exist_ok=True)
+    report = json.loads((report_dir / "report.json").read_text())
+    onnx_dir = results / "onnx"
+    shutil.rmtree(onnx_dir, ignore_errors=True)
+    for m in report["models"]:
+        for precision, path in m["files"].items():
+            dest = onnx_dir / m["name"] / Path(path).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+            m["files"][precision] = str(dest.relative_to(results))
+    (results / "report.json").write_text(json.dumps(report, indent=1))
+    for name in ("report.md", "report.png", "report.html"):
+        shutil.copyfile(report_dir / name, results / name)
+    (results / "hypervolume.json").unlink(missing_ok=True)  # an earlier run's, redone below
+    write_command()
+
+    if not args.skip_hypervolume:
+        # Seed by seed (NSGA-II's first generation is random search with the same seed, so
+        # each pair differs only by what the evolution proposed after it).
+        studies = {(s, seed): main_study if (s, seed) == ("nsga2", 0) else search(s, seed)
+                   for seed in range(args.seeds) for s in ("nsga2", "random")}
         points = {k: study_points(storage, name) for k, name in studies.items()}
         ref = max(lat for pts in points.values() for _, lat in pts)
         volumes = {k: hypervolume(p, ref) for k, p in points.items()}
@@ -137,30 +160,9 @@ def main() -> None:
                   for seed in range(args.seeds))}
         print(f"hypervolume: NSGA-II {', '.join(f'{v:.4f}' for v in nsga)} | random median "
               f"{random_median:.4f} -> {hv['nsga2_above_random_median']} of {len(nsga)} above")
-
-    # ---- results ----
-    results.mkdir(parents=True, exist_ok=True)
-    report = json.loads((report_dir / "report.json").read_text())
-    onnx_dir = results / "onnx"
-    shutil.rmtree(onnx_dir, ignore_errors=True)
-    for m in report["models"]:
-        for precision, path in m["files"].items():
-            dest = onnx_dir / m["name"] / Path(path).name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dest)
-            m["files"][precision] = str(dest.relative_to(results))
-    (results / "report.json").write_text(json.dumps(report, indent=1))
-    for name in ("report.md", "report.png", "report.html"):
-        shutil.copyfile(report_dir / name, results / name)
-    if hv is not None:
         (results / "hypervolume.json").write_text(json.dumps(hv, indent=1))
-    total = sum(times.values())
-    (results / "command.txt").write_text(
-        f"python scripts/outcome_benchmark.py {' '.join(sys.argv[1:])}\n\n"
-        "seconds per step (summed over resumed runs):\n"
-        + "".join(f"  {k}: {v:.0f}\n" for k, v in times.items())
-        + f"total: {total:.0f} s ({total / 60:.1f} min)\n")
-    print(f"results in {results}: {total / 60:.1f} min of steps in all, "
+        write_command()
+    print(f"results in {results}: {sum(times.values()) / 60:.1f} min of steps in all, "
           f"{(time.time() - started) / 60:.1f} min this invocation")
 
 
