@@ -142,6 +142,7 @@ def score_all(limit: int | None) -> None:
 def report() -> str:
     from itertools import combinations
 
+    import numpy as np
     from scipy.stats import kendalltau, spearmanr
 
     truth: dict[str, dict[int, float]] = {}
@@ -160,6 +161,22 @@ def report() -> str:
         costs = sorted(float(scores[a][f"{p}_cost_s"]) for a in ids)
         lines.append(f"| {p} | {kendalltau(x, y)[0]:.3f} | {spearmanr(x, y)[0]:.3f} | "
                      f"{costs[len(costs) // 2]:.3g} |")
+    # Combinations of stored scores, each proxy standardized over the architectures and
+    # summed with equal weights (nothing fitted to the ground truth). Offline: the search
+    # still ranks by `distill` alone.
+    combos = [("distill", "naswot"), ("distill", "macs"), ("distill", "naswot", "macs")]
+    lines += ["", "Combinations (offline, not what the search uses): the sum of each proxy's "
+              "z-score over these architectures (log for MACs), equal weights, nothing fitted "
+              "to the ground truth.", "", "| combination | Kendall tau | Spearman rho |",
+              "|---|---|---|"]
+    for combo in combos:
+        total = np.zeros(len(ids))
+        for p in combo:
+            x = np.array([float(scores[a][p]) for a in ids])
+            x = np.log(x) if p in ("macs", "params") else x
+            total += (x - x.mean()) / x.std()
+        lines.append(f"| {' + '.join(combo)} | {kendalltau(total, y)[0]:.3f} | "
+                     f"{spearmanr(total, y)[0]:.3f} |")
     seeded = [a for a in truth if len(truth[a]) > 1]
     seeds = sorted({s for a in seeded for s in truth[a]})
     taus = [kendalltau([truth[a][s] for a in seeded], [truth[a][t] for a in seeded])[0]
