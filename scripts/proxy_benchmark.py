@@ -154,10 +154,10 @@ def report() -> str:
     lines = [f"{len(ids)} architectures; ground truth: seed-0 test accuracy after full training",
              "", "| proxy | Kendall tau | Spearman rho | cost s / architecture (median) |",
              "|---|---|---|---|"]
-    for p in PROXIES + OLD:
-        if not all(scores[a].get(p) for a in ids):
-            continue
-        x = [float(scores[a][p]) for a in ids]
+    # Each proxy's scores over the architectures, where every one of them has been scored.
+    columns = {p: np.array([float(scores[a][p]) for a in ids]) for p in PROXIES + OLD
+               if all(scores[a].get(p) for a in ids)}
+    for p, x in columns.items():
         costs = sorted(float(scores[a][f"{p}_cost_s"]) for a in ids)
         lines.append(f"| {p} | {kendalltau(x, y)[0]:.3f} | {spearmanr(x, y)[0]:.3f} | "
                      f"{costs[len(costs) // 2]:.3g} |")
@@ -169,11 +169,10 @@ def report() -> str:
               "z-score over these architectures (log for MACs), equal weights, nothing fitted "
               "to the ground truth.", "", "| combination | Kendall tau | Spearman rho |",
               "|---|---|---|"]
-    for combo in combos:
+    for combo in (c for c in combos if all(p in columns for p in c)):
         total = np.zeros(len(ids))
         for p in combo:
-            x = np.array([float(scores[a][p]) for a in ids])
-            x = np.log(x) if p in ("macs", "params") else x
+            x = np.log(columns[p]) if p in ("macs", "params") else columns[p]
             total += (x - x.mean()) / x.std()
         lines.append(f"| {' + '.join(combo)} | {kendalltau(total, y)[0]:.3f} | "
                      f"{spearmanr(total, y)[0]:.3f} |")
