@@ -132,7 +132,7 @@ def main() -> None:
     (results / "report.json").write_text(json.dumps(report, indent=1))
     for name in ("report.md", "report.png", "report.html"):
         shutil.copyfile(report_dir / name, results / name)
-    (results / "hypervolume.json").unlink(missing_ok=True)  # an earlier run's, redone below
+    (results / "hypervolume.json").unlink(missing_ok=True)  # an earlier run's; step 3 redoes it
     write_command()
 
     if not args.skip_hypervolume:
