@@ -18,7 +18,8 @@
    ``hypervolume.json`` once the searches of step 3 are.
 
 Everything resumes: studies continue where they stopped, exported and trained models whose
-recipe is unchanged are kept. Training runs on a GPU when torch sees one (``search.device``).
+recipe is unchanged are kept, and a finished report of the same study and recipe is not
+measured again. Training runs on a GPU when torch sees one (``search.device``).
 """
 
 from __future__ import annotations
@@ -53,14 +54,16 @@ def run(cmd: list[str], log: Path) -> float:
     return time.time() - start
 
 
-def study_points(storage: str, name: str) -> list[tuple[float, float]]:
+def study_points(storage: str, name: str, feasible_only: bool = True
+                 ) -> list[tuple[float, float]]:
     import optuna
 
     from search.study import complete_trials, feasible
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=name, storage=storage)
-    return [(t.values[0], t.values[1]) for t in complete_trials(study) if feasible(t)]
+    return [(t.values[0], t.values[1]) for t in complete_trials(study)
+            if feasible(t) or not feasible_only]
 
 
 def main() -> None:
@@ -114,9 +117,22 @@ def main() -> None:
     # searches (step 3) follow.
     main_study = search("nsga2", 0)
     report_dir = work / "report"
-    step("report", [py, "-m", "search.report", *common, f"study.name={main_study}",
-                    f"out_dir={work}/{main_study}", f"export.epochs={args.epochs}",
-                    "report.plotly_js=cdn", f"out={report_dir}"])
+    # A finished report of this very study and recipe is kept: measuring it again would only
+    # re-time the host latencies (and change the committed figures by their noise).
+    stamp_file = report_dir / "benchmark-stamp.json"
+    stamp = {"study": main_study, "finished_trials": len(study_points(storage, main_study,
+                                                                        feasible_only=False)),
+             "epochs": args.epochs, "overrides": common}
+    if (report_dir / "report.json").is_file() and stamp_file.is_file() \
+            and json.loads(stamp_file.read_text()) == stamp:
+        print(f"report of {main_study} already done ({report_dir}); delete {stamp_file.name} "
+              "there to measure it again", flush=True)
+    else:
+        stamp_file.unlink(missing_ok=True)
+        step("report", [py, "-m", "search.report", *common, f"study.name={main_study}",
+                        f"out_dir={work}/{main_study}", f"export.epochs={args.epochs}",
+                        "report.plotly_js=cdn", f"out={report_dir}"])
+        stamp_file.write_text(json.dumps(stamp, indent=1))
 
     # ---- the report's results ----
     results.mkdir(parents=True, exist_ok=True)

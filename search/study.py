@@ -112,7 +112,8 @@ def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:
     return WorkerSeededSampler(factory, seed)
 
 
-def open_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict) -> optuna.Study:
+def open_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict,
+               *, joining: bool = False) -> optuna.Study:
     """Create the study, or load it after checking it was made with the same setup."""
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -124,6 +125,10 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict) ->
             diff = [k for k in meta if k in recorded and recorded[k] != meta[k]]
             missing = [k for k in meta if k not in recorded]
             foreign = len(missing) == len(meta)
+            if foreign and not joining and existing[name].n_trials == 0:
+                # Most likely another worker created it a moment ago and is recording its
+                # setup now: wait for that before judging it.
+                return _join_new_study(cfg, storage, meta)
             if diff or foreign:
                 what = "; ".join(f"{k}: study has {recorded.get(k)!r}, now {meta[k]!r}"
                                  for k in diff) or "it was not created by this tool"
@@ -159,18 +164,27 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict) ->
         raise storage_error(cfg.storage.url, exc) from None
 
 
-def _join_new_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict,
-                    wait_s: float = 30) -> optuna.Study:
+SETUP_WAIT_S = 30.0  # how long a worker waits for a new study's creator to record its setup
+
+
+def _join_new_study(cfg: Config, storage: optuna.storages.BaseStorage,
+                    meta: dict) -> optuna.Study:
     """Open a study another worker has just created, once it has recorded its setup."""
     import time
 
     study_id = storage.get_study_id_from_name(cfg.study.name)
-    deadline = time.monotonic() + wait_s
+    start = time.monotonic()
+    told = False
     while len(storage.get_study_user_attrs(study_id)) < len(meta):
-        if time.monotonic() > deadline:
+        waited = time.monotonic() - start
+        if waited > SETUP_WAIT_S:
             break  # a study that never got its setup: open_study's checks will refuse it
+        if waited > 2 and not told:
+            print(f"study {cfg.study.name!r} has no setup recorded yet; waiting up to "
+                  f"{SETUP_WAIT_S:.0f} s for the worker that created it", flush=True)
+            told = True
         time.sleep(0.1)
-    return open_study(cfg, storage, meta)
+    return open_study(cfg, storage, meta, joining=True)
 
 
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:

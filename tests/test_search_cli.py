@@ -191,3 +191,36 @@ def test_a_resumed_seed_never_replays_another_seeds_fresh_search():
     assert proposals(1, 0) == proposals(1, 0)  # reproducible
     seed2 = set(proposals(2, 0))
     assert not seed2 & set(proposals(1, 1)) and not seed2 & set(proposals(1, 2))
+
+
+def test_a_worker_waits_for_the_setup_of_a_study_another_worker_just_created(monkeypatch):
+    # Worker B lists the studies between worker A's create_study and A's recording of the
+    # setup: B must wait for it and join, not call the study foreign.
+    import threading
+
+    import search.study as st
+    from search.config import Config
+    from search.errors import UserError
+
+    cfg = Config()
+    storage = optuna.storages.InMemoryStorage()
+    meta = {"space_hash": "s", "objectives": ["accuracy", "latency_ms"], "device": "d"}
+    created = optuna.create_study(study_name=cfg.study.name, storage=storage,
+                                  directions=["maximize", "minimize"])
+
+    def record_setup():  # worker A, a moment late
+        for key, value in meta.items():
+            created.set_user_attr(key, value)
+
+    timer = threading.Timer(0.3, record_setup)
+    timer.start()
+    joined = st.open_study(cfg, storage, meta)
+    timer.join()
+    assert joined.user_attrs == meta
+
+    # A study of someone else's, empty and never given a setup, is refused after the wait.
+    monkeypatch.setattr(st, "SETUP_WAIT_S", 0.2)
+    cfg.study.name = "someone-elses"
+    optuna.create_study(study_name=cfg.study.name, storage=storage)
+    with pytest.raises(UserError, match="not created by this tool"):
+        st.open_study(cfg, storage, meta)
