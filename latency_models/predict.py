@@ -41,13 +41,9 @@ def load_device(name: str):
     except (yaml.YAMLError, KeyError, TypeError) as exc:
         raise PredictError(f"device file {path} is not valid (needs a 'model' entry): "
                            f"{exc}") from None
-    model_path = Path(model_name).expanduser()
-    if not model_path.is_absolute():
-        local = path.parent.parent.parent / model_name
-        from search.config import MODEL_DIR
+    from search.config import device_model_file
 
-        model_path = local if local.is_file() else MODEL_DIR / model_name
-    return DeviceModel.load(model_path)
+    return DeviceModel.load(device_model_file(name, str(model_name)))
 
 
 def targets(path: Path) -> list[Path]:

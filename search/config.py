@@ -30,8 +30,24 @@ class DeviceConfig:
     provenance: str = ""
 
     def model_path(self) -> Path:
-        path = Path(self.model).expanduser()
-        return path if path.is_absolute() or path.exists() else MODEL_DIR / self.model
+        return device_model_file(self.name, self.model)
+
+
+def device_model_file(device: str, model: str) -> Path:
+    """The file a device config's ``model:`` entry names. An absolute path as it is. A relative
+    one: for a device of the user's own (``./conf/device/NAME.yaml``, where
+    ``latency_models.fit`` writes it), relative to the working folder, as fit wrote it; for a
+    shipped device, under ``latency_models/data``, so that a stray file of the same name in
+    the working folder never replaces a shipped model."""
+    path = Path(model).expanduser()
+    if path.is_absolute():
+        return path
+    shipped = MODEL_DIR / path
+    own = Path.cwd() / "conf" / "device" / f"{device}.yaml"
+    if own.is_file() and own.resolve() != (CONF_DIR / "device" / f"{device}.yaml").resolve():
+        local = Path.cwd() / path
+        return local if local.is_file() or not shipped.is_file() else shipped
+    return shipped
 
 
 @dataclass

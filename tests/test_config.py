@@ -1,5 +1,7 @@
 """Config composition with Hydra's compose API (no app launch)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -22,6 +24,23 @@ def test_defaults_compose_into_typed_dataclasses():
     assert cfg.study.name == "rpi4-fashion_mnist-mobilenet"
     assert cfg.storage.url.startswith("sqlite:///studies/")
     assert len(cfg.space.stages) == 4 and cfg.space.stages[1].stride == 2
+
+
+def test_a_stray_file_in_the_working_folder_never_replaces_a_shipped_device_model(
+        tmp_path, monkeypatch):
+    from latency_models.predict import load_device
+    from search.config import MODEL_DIR, device_model_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rpi4.json").write_text("{an old model}")
+    assert device_model_file("rpi4", "rpi4.json") == MODEL_DIR / "rpi4.json"
+    assert load_device("rpi4").device == "rpi4"
+    # A device of the user's own (conf/device/NAME.yaml here): its model path is relative to
+    # this folder, as latency_models.fit wrote it.
+    (tmp_path / "conf" / "device").mkdir(parents=True)
+    (tmp_path / "conf" / "device" / "mine.yaml").write_text("name: mine\nmodel: mine.json\n")
+    assert device_model_file("mine", "mine.json") == tmp_path / "mine.json"
+    assert device_model_file("mine", "/abs/m.json") == Path("/abs/m.json")
 
 
 def test_overrides_reach_the_dataclasses():
