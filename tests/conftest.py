@@ -8,10 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from spaces.arch import Arch, Stage
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The in-process tests train and run tiny models: one thread is as fast for them, and it never
+# oversubscribes the cores that a test's CLI subprocesses or the rest of the machine use (two
+# OpenMP threads on a busy 2-core machine made one training test 15-40 times slower).
+torch.set_num_threads(1)
 
 
 def tiny_arch(bits: int = 32, prune: float = 0.0, se: float = 0.25, resolution: int = 28,
