@@ -7,13 +7,13 @@ import onnx
 
 from spaces.arch import Arch
 from spaces.onnx_io import ort_session
-from tests.conftest import run_cli, search_args
+from tests.conftest import run_cli, run_here, search_args
 
 
 def test_export_writes_runnable_models_and_metrics(tmp_path):
     common = ["proxy.train_images=256", "proxy.val_images=64", "proxy.epochs=1",
               "proxy.teacher.epochs=1", "search.n_trials=2", "proxy=distill"]
-    assert run_cli(*search_args(tmp_path, *common)).returncode == 0
+    assert run_here(*search_args(tmp_path, *common)).returncode == 0
     out = tmp_path / "export"
     args = search_args(tmp_path, *common, "select=best", f"out={out}", "export.epochs=1",
                        "export.calibration_images=32", "export.latency_runs=10")
@@ -46,7 +46,7 @@ def test_export_writes_runnable_models_and_metrics(tmp_path):
 def test_export_without_a_study_says_what_to_run(tmp_path):
     args = search_args(tmp_path, f"out={tmp_path}/export")
     args[1] = "search.export"
-    result = run_cli(*args)
+    result = run_here(*args)
     assert result.returncode != 0
     assert "no study" in result.stderr and "python -m search" in result.stderr
     assert "Traceback" not in result.stderr

@@ -15,7 +15,7 @@ from latency_models.ops import onnx_ops
 from search.config import BASELINES, MODEL_DIR
 from search.report import beaten_words, dominance, front, hypervolume, summary
 from spaces.onnx_io import export_module, ort_session, quantize_qdq
-from tests.conftest import run_cli, search_args
+from tests.conftest import run_cli, run_here, search_args
 
 
 def model(name, kind, acc, host, device=None):
@@ -116,7 +116,7 @@ def test_fake_quantize_rounds_any_models_weights_to_8_bits():
 
 def test_report_end_to_end_and_resume(tmp_path):
     common = ["search.n_trials=3"]
-    assert run_cli(*search_args(tmp_path, *common)).returncode == 0
+    assert run_here(*search_args(tmp_path, *common)).returncode == 0
     out = tmp_path / "report"
     args = ["-m", "search.report"] + search_args(tmp_path, *common)[2:] + [
         f"out={out}", "export.epochs=1", "export.calibration_images=16",
@@ -141,7 +141,7 @@ def test_report_end_to_end_and_resume(tmp_path):
     table = (out / "report.md").read_text()
     assert "| lcnet_035 | baseline |" in table and "## Dominance" in table
 
-    again = run_cli(*args)  # resumes: nothing is trained again, the report is rewritten
+    again = run_here(*args)  # resumes: nothing is trained again, the report is rewritten
     assert again.returncode == 0, again.stderr
     assert "training baseline" not in again.stdout and "exporting trial" not in again.stdout
 
@@ -151,7 +151,7 @@ def test_report_end_to_end_and_resume(tmp_path):
     metrics_file = Path(found["files"]["fp32"]).parent / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
     metrics_file.write_text(json.dumps({**metrics, "arch_id": "0123456789abcdef"}))
-    third = run_cli(*args)
+    third = run_here(*args)
     assert third.returncode == 0, third.stderr
     assert third.stdout.count("exporting trial") == 1 and "training baseline" not in third.stdout
     assert json.loads(metrics_file.read_text())["arch_id"] == metrics["arch_id"]
@@ -161,7 +161,7 @@ def test_report_says_what_to_run_first(tmp_path):
     """Without +device the report is for rpi4 (`python -m search.report out=DIR`)."""
     args = ["-m", "search.report"] + [a for a in search_args(tmp_path)[2:]
                                       if not a.startswith("+device=")]
-    result = run_cli(*args, f"out={tmp_path}/r", "report.baselines=[]")
+    result = run_here(*args, f"out={tmp_path}/r", "report.baselines=[]")
     assert result.returncode == 2
     assert "no exported models" in result.stderr
     assert "python -m search +device=rpi4" in result.stderr

@@ -1,4 +1,7 @@
-"""The main command end to end on synthetic data, and every bad input the spine names."""
+"""The main command end to end on synthetic data, and every bad input the spine names.
+
+The bad inputs run the CLI in this process (``run_here``); the search itself and Hydra's own
+config errors run in a real interpreter (``run_cli``)."""
 
 import gzip
 import hashlib
@@ -7,7 +10,7 @@ import json
 import optuna
 import pytest
 
-from tests.conftest import run_cli, search_args
+from tests.conftest import run_cli, run_here, search_args
 
 
 def complete(db, name="rpi4-synthetic-mobilenet"):
@@ -91,14 +94,14 @@ def test_malformed_or_bad_overrides(tmp_path, override, needle):
 
 
 def test_budget_no_architecture_can_meet(tmp_path):
-    result = run_cli(*search_args(tmp_path, "budget.latency_ms=0.0001"))
+    result = run_here(*search_args(tmp_path, "budget.latency_ms=0.0001"))
     assert_clean_error(result, "budget.latency_ms=0.0001 cannot be met", "smallest latency_ms")
     assert not (tmp_path / "study.db").exists()
 
 
 def test_missing_and_corrupt_dataset(tmp_path):
     args = search_args(tmp_path, "data=fashion_mnist", f"data.root={tmp_path}/none")
-    assert_clean_error(run_cli(*args), "Fashion-MNIST is not in",
+    assert_clean_error(run_here(*args), "Fashion-MNIST is not in",
                        "apt-get install dataset-fashion-mnist")
     root = tmp_path / "fm"
     root.mkdir()
@@ -108,39 +111,41 @@ def test_missing_and_corrupt_dataset(tmp_path):
             f.write(b"\x00\x00\x08\x03" + b"\x00\x00\x00\x05" * 3 + b"short")
     (root / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
     args = search_args(tmp_path, "data=fashion_mnist", f"data.root={root}")
-    assert_clean_error(run_cli(*args), "truncated", "reinstall")
+    assert_clean_error(run_here(*args), "truncated", "reinstall")
 
 
 def test_image_folder_problems(tmp_path):
     empty = tmp_path / "imgs"
     empty.mkdir()
     args = search_args(tmp_path, "data=imagefolder", f"data.root={empty}")
-    assert_clean_error(run_cli(*args), "0 class folder")
+    assert_clean_error(run_here(*args), "0 class folder")
     (empty / "a").mkdir()
     (empty / "b").mkdir()
-    assert_clean_error(run_cli(*args), "no images")
+    assert_clean_error(run_here(*args), "no images")
     (empty / "a" / "x.png").write_bytes(b"not a png")
-    assert_clean_error(run_cli(*args), "cannot read image", "x.png")
+    assert_clean_error(run_here(*args), "cannot read image", "x.png")
 
 
 def test_resuming_with_another_setup_is_refused_and_the_db_untouched(tmp_path):
+    # A real process, so that its connections are closed and its write-ahead log is folded
+    # into study.db before the digest is taken.
     assert run_cli(*search_args(tmp_path)).returncode == 0
     db = tmp_path / "study.db"
     before = digest(db)
     other_space = "space.stem_chs=[8]"
-    result = run_cli(*search_args(tmp_path, other_space, "study.name=rpi4-synthetic-mobilenet"))
+    result = run_here(*search_args(tmp_path, other_space, "study.name=rpi4-synthetic-mobilenet"))
     assert_clean_error(result, "different setup", "space_hash", "study.name=NEW_NAME")
-    other_device = run_cli(*search_args(tmp_path, "study.name=rpi4-synthetic-mobilenet",
+    other_device = run_here(*search_args(tmp_path, "study.name=rpi4-synthetic-mobilenet",
                                         device="host"))
     assert_clean_error(other_device, "device_model_hash")
-    other_data = run_cli(*search_args(tmp_path, "data.synthetic_images=256"))
+    other_data = run_here(*search_args(tmp_path, "data.synthetic_images=256"))
     assert_clean_error(other_data, "data_fingerprint")
     assert digest(db) == before
-    not_forceable = run_cli(*search_args(tmp_path, other_space, "study.force=true",
+    not_forceable = run_here(*search_args(tmp_path, other_space, "study.force=true",
                                          "study.name=rpi4-synthetic-mobilenet"))
     assert_clean_error(not_forceable, "not possible across a different space")
     assert digest(db) == before
-    forced = run_cli(*search_args(tmp_path, "data.synthetic_images=256", "study.force=true",
+    forced = run_here(*search_args(tmp_path, "data.synthetic_images=256", "study.force=true",
                                   "study.name=rpi4-synthetic-mobilenet", "search.n_trials=4"))
     assert forced.returncode == 0 and "study.force=true" in forced.stdout
     study = optuna.load_study(study_name="rpi4-synthetic-mobilenet", storage=f"sqlite:///{db}")
@@ -152,12 +157,12 @@ def test_corrupt_or_foreign_sqlite_file_is_never_overwritten(tmp_path):
     db = tmp_path / "study.db"
     db.write_bytes(b"this is not sqlite" * 10)
     before = digest(db)
-    assert_clean_error(run_cli(*search_args(tmp_path)), "not a SQLite database")
+    assert_clean_error(run_here(*search_args(tmp_path)), "not a SQLite database")
     assert digest(db) == before
 
 
 def test_password_is_never_printed(tmp_path):
-    result = run_cli(*search_args(tmp_path,
+    result = run_here(*search_args(tmp_path,
                                   "storage.url=postgresql://user:s3cret@127.0.0.1:1/db"))
     assert result.returncode != 0
     assert "s3cret" not in result.stdout + result.stderr
