@@ -37,10 +37,11 @@ def test_search_runs_then_resumes_to_the_total(tmp_path):
         first.stdout
     assert len(complete(tmp_path / "study.db")) == 3
     assert (tmp_path / "out" / "summary.json").is_file()
-    again = run_cli(*search_args(tmp_path))
+    # The resumes run in this process (the first run was the real interpreter).
+    again = run_here(*search_args(tmp_path))
     assert again.returncode == 0 and "nothing to run" in again.stdout
     assert len(complete(tmp_path / "study.db")) == 3
-    more = run_cli(*search_args(tmp_path, "search.n_trials=5"))
+    more = run_here(*search_args(tmp_path, "search.n_trials=5"))
     assert more.returncode == 0 and "running 2 more" in more.stdout
     trials = complete(tmp_path / "study.db")
     assert len(trials) == 5
