@@ -54,16 +54,25 @@ def run(cmd: list[str], log: Path) -> float:
     return time.time() - start
 
 
-def study_points(storage: str, name: str, feasible_only: bool = True
-                 ) -> list[tuple[float, float]]:
+def load(storage: str, name: str):
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def study_points(storage: str, name: str) -> list[tuple[float, float]]:
+    """(accuracy, latency) of the study's finished feasible trials."""
     from search.study import complete_trials, feasible
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=name, storage=storage)
-    return [(t.values[0], t.values[1]) for t in complete_trials(study)
-            if feasible(t) or not feasible_only]
+    return [(t.values[0], t.values[1]) for t in complete_trials(load(storage, name))
+            if feasible(t)]
+
+
+def finished_trials(storage: str, name: str) -> int:
+    from search.study import complete_trials
+
+    return len(complete_trials(load(storage, name)))
 
 
 def main() -> None:
@@ -120,8 +129,7 @@ def main() -> None:
     # A finished report of this very study and recipe is kept: measuring it again would only
     # re-time the host latencies (and change the committed figures by their noise).
     stamp_file = report_dir / "benchmark-stamp.json"
-    stamp = {"study": main_study, "finished_trials": len(study_points(storage, main_study,
-                                                                        feasible_only=False)),
+    stamp = {"study": main_study, "finished_trials": finished_trials(storage, main_study),
              "epochs": args.epochs, "overrides": common}
     if (report_dir / "report.json").is_file() and stamp_file.is_file() \
             and json.loads(stamp_file.read_text()) == stamp:
