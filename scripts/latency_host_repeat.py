@@ -1,0 +1,117 @@
+"""How much of the host model's error is measurement noise, and how far the host model carries.
+
+    python scripts/latency_host_repeat.py           # 200 architectures, two sessions, ~2 min
+    python scripts/latency_host_repeat.py --n 50
+
+Measures benchmark 1's held-out architectures (``scripts/latency_host_benchmark.py``: seed 0,
+fp32 and mixed int8, 1 thread pinned to one core, 7 interleaved rounds of 20 runs, median)
+twice on this machine, one session after the other, and compares:
+
+- session 1 against session 2: the repeatability of a measurement, the ceiling of any
+  model's "within +-10%" on one machine;
+- session 1 against the committed measurements (``scripts/results/latency/host_test_200.csv``,
+  taken on the machine the shipped ``host`` model was profiled on): how far one machine's
+  numbers carry to another that reports the same CPU;
+- the shipped ``host`` model against this machine's session 1 and against the committed
+  measurements.
+
+Prints and writes ``scripts/results/latency/host_repeat.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from latency_models.model import DeviceModel  # noqa: E402
+from latency_models.profile import profile  # noqa: E402
+from search.config import MODEL_DIR  # noqa: E402
+from spaces.arch import Arch  # noqa: E402
+
+OUT = ROOT / "scripts" / "results" / "latency"
+COMMITTED = OUT / "host_test_200.csv"
+PRECISIONS = ("fp32", "mixed-int8")
+
+
+def read(path: Path) -> dict[tuple[str, str], dict]:
+    with open(path, newline="") as f:
+        return {(r["arch_id"], r["precision"]): r for r in csv.DictReader(f)}
+
+
+def compare(x: dict, y: dict, precision: str) -> dict:
+    """``x`` against ``y`` (ms by key) on the keys both have, for one precision."""
+    from scipy.stats import spearmanr
+
+    keys = sorted(k for k in x if k[1] == precision and k in y)
+    u, v = np.array([x[k] for k in keys]), np.array([y[k] for k in keys])
+    err = np.abs(u / v - 1)
+    return {"n": len(keys), "within_10pct": float(np.mean(err <= 0.10)),
+            "mape": float(np.mean(err)), "spearman": float(spearmanr(u, v)[0]),
+            "median_ratio": float(np.median(u / v))}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=200)
+    args = parser.parse_args(argv)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    sessions, seconds = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in (1, 2):
+            path = Path(tmp) / f"session{i}.csv"
+            start = time.time()
+            profile(n=args.n, seed=0, out=str(path), threads=1, rounds=7, runs=20)
+            seconds.append(time.time() - start)
+            sessions.append(read(path))
+    ms = [{k: float(r["median_ms"]) for k, r in s.items()} for s in sessions]
+    committed = {k: float(r["median_ms"]) for k, r in read(COMMITTED).items()}
+    model = DeviceModel.load(MODEL_DIR / "host.json")
+    predicted = {k: model.predict_arch(Arch.from_json(r["arch_json"])).latency_ms
+                 for k, r in sessions[0].items()}
+    pairs = [("session 1 against session 2 (this machine)", ms[0], ms[1]),
+             ("session 1 here against the committed measurements", ms[0], committed),
+             ("shipped host model against session 1 here", predicted, ms[0]),
+             ("shipped host model against the committed measurements", predicted, committed)]
+    lines = ["# Host latency: measurement repeatability and machine to machine", "",
+             f"`python scripts/latency_host_repeat.py --n {args.n}` on {cpu_name()} "
+             f"({os.cpu_count()} cores), sessions of {seconds[0]:.0f} s and {seconds[1]:.0f} s "
+             "(export and measurement of every architecture in fp32 and mixed int8). "
+             "`median ratio` is the first column's latency over the second's.", "",
+             "| comparison | precision | n | within +-10% | MAPE | Spearman | median ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for name, x, y in pairs:
+        for precision in PRECISIONS:
+            c = compare(x, y, precision)
+            lines.append(f"| {name} | {precision} | {c['n']} | {c['within_10pct']:.1%} | "
+                         f"{c['mape']:.1%} | {c['spearman']:.3f} | {c['median_ratio']:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "host_repeat.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
