@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from latency_models.model import DeviceModel, DeviceModelError, nnls
-from latency_models.ops import Op
+from latency_models.ops import Op, signature
 from latency_models.sources import (
     MeasurementError,
     read_apq_lut,
@@ -44,6 +44,7 @@ from latency_models.sources import (
     read_fbnet,
     read_ofa_luts,
     read_profile,
+    read_profile_units,
 )
 from spaces.files import write_text
 
@@ -238,9 +239,14 @@ def main(argv: list[str]) -> int:
         cv = cross_validate(make, samples, ys, energy=energy, groups=groups, evaluate=evaluate)
         model = make().fit(samples, ys, energy_mj=energy)
     else:
-        cv = cross_validate(lambda: TransferFit(make(), base), samples, ys, groups=groups,
-                            evaluate=evaluate)
-        model = make().transfer(base, samples, ys)
+        # A profiled base (layer model) keeps its layer model when the measurements are whole
+        # networks of the search space: only the composition is refitted.
+        units = None
+        if base.layer_model_ and "measurements" in args and "bundle" not in args:
+            units = read_profile_units(args["measurements"], tuple(base.native_bits))
+        cv = cross_validate(lambda: TransferFit(make(), base, samples, units), samples, ys,
+                            groups=groups, evaluate=evaluate)
+        model = make().transfer(base, samples, ys, units=units)
     if "measurements" in args and "bundle" not in args:
         model.add_measurements(samples, ys, energy)
     model.meta = dict(model.meta, source=source, held_out=cv, n_samples=len(ys))
@@ -266,13 +272,24 @@ def main(argv: list[str]) -> int:
 
 
 class TransferFit:
-    """Cross-validation adapter: ``fit`` transfers ``base`` with the training fold."""
+    """Cross-validation adapter: ``fit`` transfers ``base`` with the training fold. With
+    ``units`` (each sample's layers), the held-out networks are priced as the search prices
+    an architecture: by the kept layer model and the refitted composition."""
 
-    def __init__(self, model: DeviceModel, base: DeviceModel) -> None:
+    def __init__(self, model: DeviceModel, base: DeviceModel, samples=None, units=None) -> None:
         self.model, self.base = model, base
+        self.units = None if units is None else {
+            signature(ops): u for ops, u in zip(samples, units)}
 
-    def fit(self, samples, ys, energy_mj=None) -> DeviceModel:
-        return self.model.transfer(self.base, samples, ys)
+    def fit(self, samples, ys, energy_mj=None):
+        units = None if self.units is None else [self.units[signature(s)] for s in samples]
+        self.model.transfer(self.base, samples, ys, units=units)
+        return self
+
+    def predict(self, ops: list[Op]):
+        if self.units is None:
+            return self.model.predict(ops)
+        return self.model.predict_units(self.units[signature(ops)])
 
 
 if __name__ == "__main__":

@@ -258,12 +258,18 @@ class DeviceModel:
         return self
 
     def transfer(self, source: DeviceModel, samples: list[list[Op]], latency_ms,
-                 prior: float = 0.05) -> DeviceModel:
+                 prior: float = 0.05, units: list[list[list[Op]]] | None = None
+                 ) -> DeviceModel:
         """Calibrate ``source``'s model to this device with a few measured units.
 
         One scale per op kind and precision and a new overhead are fitted (non-negative,
         relative error); each scale is pulled towards 1 with weight ``prior`` so kinds the
-        few samples barely exercise keep the source's cost. Returns self.
+        few samples barely exercise keep the source's cost. Where ``source`` has a layer
+        model (a profiled device) and ``units`` gives each sample's layers (the samples are
+        then whole networks), the layer model is kept and only its composition into networks
+        is refitted on the samples: the architecture path keeps the source's relative layer
+        costs. The source's measured layers are not carried over (they are the source's
+        times). Returns self.
         """
         y = _check_targets("latency", latency_ms, len(samples))
         precisions = sorted(int(b) for b in source.coef_)
@@ -293,6 +299,19 @@ class DeviceModel:
             "device": source.device, "hash": source.hash, "samples": len(y),
             "scales": {f"{KINDS[j]}/{b}": round(float(sol[i]), 4)
                        for i, (b, j) in enumerate(names)}})
+        if units is not None and source.layer_model_ and source.compose_:
+            if len(units) != len(y):
+                raise DeviceModelError(f"transfer: {len(units)} unit lists for {len(y)} "
+                                       "samples")
+            self.layer_model_, self._booster = source.layer_model_, None
+            self.compose_, self._cache = [], {}
+            sums = np.array([self._layer_sums(u) for u in units])
+            a = np.hstack([sums, np.array([[len(u), 1.0] for u in units])])
+            compose = np.linalg.lstsq(a / y[:, None], np.ones(len(y)), rcond=None)[0]
+            self.compose_ = [float(v) for v in compose]
+            self.meta["transferred_from"]["layer_model"] = (
+                "kept; composition refitted on the samples")
+        self._cache, self._hash = {}, None
         return self
 
     def add_measurements(self, samples: list[list[Op]], latency_ms, energy_mj=None) -> None:

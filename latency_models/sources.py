@@ -88,6 +88,16 @@ def read_profile(path: str | os.PathLike) -> tuple[list[list[Op]], list[float]]:
     return samples, ys
 
 
+def read_profile_units(path: str | os.PathLike, native_bits: tuple[int, ...] = ()
+                       ) -> list[list[list[Op]]]:
+    """Each network of a ``latency_models.profile`` CSV as its layers (the units a layer
+    model prices), in the order of :func:`read_profile`."""
+    from latency_models.ops import arch_units
+
+    return [arch_units(Arch.from_json(row["arch_json"]), native_bits)
+            for row in read_rows(path, ("arch_json", "median_ms"))]
+
+
 def _positive(path, i: int, column: str, value: str) -> float:
     try:
         v = float(value)

@@ -11,7 +11,7 @@ import pytest
 
 from latency_models import device_script, fit
 from latency_models.model import DeviceModel
-from latency_models.ops import Op, layer_ops, onnx_ops, signature
+from latency_models.ops import Op, arch_ops, layer_ops, onnx_ops, signature
 from latency_models.power import energy_from_log, write_power_log
 from latency_models.profile import all_bits, write_bundle
 from latency_models.sources import MeasurementError, read_bundle
@@ -155,6 +155,33 @@ def test_transfer_calibrates_a_rich_model_with_few_measurements():
     assert target.meta["transferred_from"]["device"] == "a"
     # without the transfer, the source's model is off by the conv cost ratio
     assert np.median(np.array([source.predict(u).latency_ms for u in test]) / true) < 0.6
+
+
+def test_transfer_of_a_profiled_device_keeps_its_layer_model():
+    """A machine twice as fast as the host, calibrated with 12 networks: the architecture
+    path keeps host's layer model and only rescales its composition."""
+    from latency_models.ops import arch_units
+    from search.config import MODEL_DIR
+
+    host = DeviceModel.load(MODEL_DIR / "host.json")
+    archs = [sample(s, bits=(32, 8)) for s in range(40)]
+    truth = [0.5 * host.predict_arch(a).latency_ms for a in archs]
+    few = archs[:12]
+    target = DeviceModel("fast", 15.0).transfer(
+        host, [arch_ops(a) for a in few], truth[:12],
+        units=[arch_units(a, tuple(host.native_bits)) for a in few])
+    assert target.layer_model_ == host.layer_model_ and not target.lookup_
+    assert "kept" in target.meta["transferred_from"]["layer_model"]
+    err = np.abs([target.predict_arch(a).latency_ms / t - 1 for a, t in
+                  zip(archs[12:], truth[12:])])
+    # (host's own prices use its measured layers, which are not carried over)
+    assert np.median(err) < 0.03 and np.max(err) < 0.2, err
+    assert target.predict_arch(archs[20]).provenance["latency"] == "transferred"
+    # the linear transfer alone (no units) follows host's layer model less closely
+    linear = DeviceModel("fast", 15.0).transfer(host, [arch_ops(a) for a in few], truth[:12])
+    lin = np.abs([linear.predict_arch(a).latency_ms / t - 1 for a, t in
+                  zip(archs[12:], truth[12:])])
+    assert np.median(lin) > 2 * np.median(err), (np.median(lin), np.median(err))
 
 
 def test_measured_energy_is_fitted_and_labelled():
