@@ -303,15 +303,12 @@ class DeviceModel:
             if len(units) != len(y):
                 raise DeviceModelError(f"transfer: {len(units)} unit lists for {len(y)} "
                                        "samples")
-            self.layer_model_, self._booster = source.layer_model_, None
-            self.compose_, self._cache = [], {}
-            sums = np.array([self._layer_sums(u) for u in units])
-            a = np.hstack([sums, np.array([[len(u), 1.0] for u in units])])
-            compose = np.linalg.lstsq(a / y[:, None], np.ones(len(y)), rcond=None)[0]
-            self.compose_ = [float(v) for v in compose]
-            self.meta["transferred_from"]["layer_model"] = (
-                "kept; composition refitted on the samples")
-        self._cache, self._hash = {}, None
+            self.layer_model_ = source.layer_model_
+            self._booster = getattr(source, "_booster", None)  # the same trees, parsed once
+            self._fit_compose(units, y)
+            self.meta = dict(self.meta, transferred_from=dict(
+                self.meta["transferred_from"],
+                layer_model="kept; composition refitted on the samples"))
         return self
 
     def add_measurements(self, samples: list[list[Op]], latency_ms, energy_mj=None) -> None:
@@ -334,15 +331,20 @@ class DeviceModel:
         x = np.stack([unit_features(ops, self.align) for ops in layers])
         booster = lightgbm.train(LAYER_MODEL_PARAMS, lightgbm.Dataset(x, np.log(y)),
                                  num_boost_round=LAYER_MODEL_ROUNDS)
-        self.compose_ = []
         self.layer_model_ = booster.model_to_string()
         self._booster = booster
         self.add_measurements(layers, y)
+        self._fit_compose(networks, yn)
+        return self
+
+    def _fit_compose(self, networks: list[list[list[Op]]], network_ms: np.ndarray) -> None:
+        """Fit how priced layers add up to measured networks (relative least squares on the
+        float and low-precision sums, the number of units and a constant)."""
+        self.compose_ = []  # layer prices alone while the composition is fitted
         sums = np.array([self._layer_sums(units) for units in networks])  # (n, 2)
         a = np.hstack([sums, np.array([[len(u), 1.0] for u in networks])])
-        self.compose_ = [float(v) for v in np.linalg.lstsq(a / yn[:, None], np.ones(len(yn)),
-                                                            rcond=None)[0]]
-        return self
+        self.compose_ = [float(v) for v in np.linalg.lstsq(
+            a / network_ms[:, None], np.ones(len(network_ms)), rcond=None)[0]]
 
     def _layer_sums(self, units: list[list[Op]]) -> tuple[float, float]:
         """Priced units of a network, summed apart for float units and 8-bit-or-below ones

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,8 +36,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from latency_models.fit import accuracy  # noqa: E402
 from latency_models.model import DeviceModel  # noqa: E402
-from latency_models.profile import profile  # noqa: E402
+from latency_models.profile import cpu_name, profile  # noqa: E402
 from latency_models.sources import read_profile, read_profile_units  # noqa: E402
 from search.config import MODEL_DIR  # noqa: E402
 from spaces.arch import Arch  # noqa: E402
@@ -55,24 +55,9 @@ def read(path: Path) -> dict[tuple[str, str], dict]:
 
 def compare(x: dict, y: dict, precision: str) -> dict:
     """``x`` against ``y`` (ms by key) on the keys both have, for one precision."""
-    from scipy.stats import spearmanr
-
     keys = sorted(k for k in x if k[1] == precision and k in y)
     u, v = np.array([x[k] for k in keys]), np.array([y[k] for k in keys])
-    err = np.abs(u / v - 1)
-    return {"n": len(keys), "within_10pct": float(np.mean(err <= 0.10)),
-            "mape": float(np.mean(err)), "spearman": float(spearmanr(u, v)[0]),
-            "median_ratio": float(np.median(u / v))}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return dict(accuracy(u, v), median_ratio=float(np.median(u / v)))
 
 
 def main(argv: list[str]) -> int:
