@@ -11,11 +11,12 @@ Where a device was profiled with a bundle (``latency_models.profile bundle=``), 
 were also measured one by one. Layer-alone times add up to a network's time almost exactly
 (on this machine a linear fit of the sum explains 100% of fp32 networks within +-10%), but
 they are not linear in the ops' features: kernels change with channel counts and int8 adds
-quantize/dequantize work. For such devices a gradient-boosted tree model (LightGBM, stored
-in its text format inside the JSON) prices each layer from its op descriptors, measured
-layers are looked up, and a fitted composition (a scale for float layers, one for 8-bit
-layers, a cost per layer and a constant) turns layer prices into the network's latency
-(:meth:`DeviceModel.fit_layers`).
+quantize/dequantize work. For such devices a linear op model fitted on the layers prices
+each layer and a gradient-boosted tree model (LightGBM, stored in its text format inside the
+JSON) corrects that price from the layer's op descriptors; measured layers are looked up,
+and a fitted composition (a scale for float layers, one for 8-bit layers, a cost per layer,
+a constant and a cost per change between float and 8-bit layers) turns layer prices into
+the network's latency (:meth:`DeviceModel.fit_layers`).
 
 Where a device has few measurements, :meth:`DeviceModel.transfer` keeps the structure of a
 richer device's model and fits one scale per op kind (and a new overhead) to the target's
@@ -109,6 +110,17 @@ def _low_precision(ops: list[Op]) -> bool:
     return any(op.bits <= 8 for op in ops)
 
 
+def _transitions(units: list[list[Op]]) -> int:
+    """Precision changes between consecutive units of a network (float to 8 bits or back).
+
+    A layer measured alone in int8 quantizes its input and dequantizes its output. Inside a
+    network, a run of int8 layers does that once, at its ends, so a network's int8 layers cost
+    less than their sum by the boundaries they share.
+    """
+    low = [_low_precision(u) for u in units if u]
+    return sum(x != y for x, y in zip(low, low[1:]))
+
+
 LAYER_MODEL_PARAMS = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 15,
                       "min_data_in_leaf": 5, "feature_fraction": 0.8, "bagging_fraction": 0.8,
                       "bagging_freq": 1, "num_threads": 1, "deterministic": True, "seed": 0,
@@ -186,9 +198,15 @@ class DeviceModel:
         overhead_ms_, overhead_mj_: the fitted per-network overhead.
         ranges_: per op kind and precision, the measured range of MACs and elements.
         lookup_: unit signature -> [latency ms, energy mJ or None] of measured units.
-        layer_model_: LightGBM text model of log(ms) of a layer measured alone ("" if none).
-        compose_: [a, a8, b, c] turning layer prices into a network's: a * (sum of float
-            layers) + a8 * (sum of 8-bit layers) + b * layers + c.
+        layer_model_: LightGBM text model of a layer measured alone ("" if none): of
+            log(ms / linear price) where ``layer_linear_`` is set, else of log(ms).
+        layer_linear_: {"coef": per precision coefficients, "overhead_ms": ms}, the linear
+            op model fitted on the layers alone; the trees correct its price (a linear base
+            extrapolates to layers larger or smaller than those measured, which trees
+            cannot). Empty in files written before it (trees of log(ms) alone).
+        compose_: [a, a8, b, c, t] turning layer prices into a network's: a * (sum of float
+            layers) + a8 * (sum of 8-bit layers) + b * layers + c + t * (precision changes
+            between consecutive layers). Files written before ``t`` have 4 terms (t = 0).
     """
 
     device: str
@@ -207,6 +225,7 @@ class DeviceModel:
     ranges_: dict = field(default_factory=dict)
     lookup_: dict = field(default_factory=dict)
     layer_model_: str = ""
+    layer_linear_: dict = field(default_factory=dict)
     compose_: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -304,6 +323,7 @@ class DeviceModel:
                 raise DeviceModelError(f"transfer: {len(units)} unit lists for {len(y)} "
                                        "samples")
             self.layer_model_ = source.layer_model_
+            self.layer_linear_ = source.layer_linear_
             self._booster = getattr(source, "_booster", None)  # the same trees, parsed once
             self._fit_compose(units, y)
             self.meta = dict(self.meta, transferred_from=dict(
@@ -329,7 +349,10 @@ class DeviceModel:
         y = _check_targets("layer latency", layer_ms, len(layers))
         yn = _check_targets("network latency", network_ms, len(networks))
         x = np.stack([unit_features(ops, self.align) for ops in layers])
-        booster = lightgbm.train(LAYER_MODEL_PARAMS, lightgbm.Dataset(x, np.log(y)),
+        linear = DeviceModel(self.device, self.power_w, align=self.align).fit(layers, y)
+        self.layer_linear_ = {"coef": linear.coef_, "overhead_ms": linear.overhead_ms_}
+        base = np.array([self._layer_base(ops) for ops in layers])
+        booster = lightgbm.train(LAYER_MODEL_PARAMS, lightgbm.Dataset(x, np.log(y / base)),
                                  num_boost_round=LAYER_MODEL_ROUNDS)
         self.layer_model_ = booster.model_to_string()
         self._booster = booster
@@ -339,10 +362,11 @@ class DeviceModel:
 
     def _fit_compose(self, networks: list[list[list[Op]]], network_ms: np.ndarray) -> None:
         """Fit how priced layers add up to measured networks (relative least squares on the
-        float and low-precision sums, the number of units and a constant)."""
+        float and low-precision sums, the number of units, a constant and the number of
+        precision changes between consecutive units)."""
         self.compose_ = []  # layer prices alone while the composition is fitted
         sums = np.array([self._layer_sums(units) for units in networks])  # (n, 2)
-        a = np.hstack([sums, np.array([[len(u), 1.0] for u in networks])])
+        a = np.hstack([sums, np.array([[len(u), 1.0, _transitions(u)] for u in networks])])
         self.compose_ = [float(v) for v in np.linalg.lstsq(
             a / network_ms[:, None], np.ones(len(network_ms)), rcond=None)[0]]
 
@@ -353,6 +377,18 @@ class DeviceModel:
         low = sum(ms for ms, is_low in prices if is_low)
         return sum(ms for ms, _ in prices) - low, low
 
+    def _layer_base(self, ops: list[Op]) -> float:
+        """The linear price of a layer that the layer model's trees correct (1 in files
+        written before ``layer_linear_``: the trees priced the layer alone)."""
+        if not self.layer_linear_:
+            return 1.0
+        coef = self.layer_linear_["coef"]
+        ms = float(self.layer_linear_["overhead_ms"])
+        for bits in {op.bits for op in ops}:
+            key = str(bits) if str(bits) in coef else str(self.fallback.get(str(bits), 32))
+            ms += float(featurize(ops, bits, self.align) @ np.asarray(coef[key]))
+        return max(ms, 1e-6)
+
     def _layer_price(self, ops: list[Op]) -> float:
         booster = getattr(self, "_booster", None)
         if booster is None:
@@ -360,7 +396,8 @@ class DeviceModel:
 
             booster = lightgbm.Booster(model_str=self.layer_model_)
             self._booster = booster
-        return float(np.exp(booster.predict(unit_features(ops, self.align)[None, :])[0]))
+        log_ratio = booster.predict(unit_features(ops, self.align)[None, :])[0]
+        return float(np.exp(log_ratio)) * self._layer_base(ops)
 
     # ---- prediction ---------------------------------------------------------------------
     def _precision(self, bits: int) -> tuple[str, bool]:
@@ -435,8 +472,9 @@ class DeviceModel:
             standins |= u_standins
             extrapolated |= u_ext
         if self.compose_:
-            a, a8, b, c = self.compose_
-            ms = a * (ms - low_ms) + a8 * low_ms + b * len(units) + c - self.overhead_ms_
+            a, a8, b, c, t = (list(self.compose_) + [0.0])[:5]  # files before t: 4 terms
+            ms = (a * (ms - low_ms) + a8 * low_ms + b * len(units) + c
+                  + t * _transitions(units) - self.overhead_ms_)
         return self._finish(ms, mj, n_hit, len(units), standins, extrapolated)
 
     def predict(self, ops: list[Op]) -> Prediction:
@@ -503,6 +541,8 @@ class DeviceModel:
             "overhead_ms": self.overhead_ms_, "overhead_mj": self.overhead_mj_,
             "ranges": self.ranges_, "lookup": self.lookup_, "meta": self.meta,
             "layer_model": self.layer_model_, "compose": self.compose_,
+            # only where set, so that models without it keep their hashes
+            **({"layer_linear": self.layer_linear_} if self.layer_linear_ else {}),
         }
 
     def __setattr__(self, name: str, value) -> None:
@@ -556,6 +596,7 @@ class DeviceModel:
                         overhead_mj_=float(data.get("overhead_mj", 0.0)),
                         ranges_=data["ranges"], lookup_=data.get("lookup", {}),
                         layer_model_=data.get("layer_model", ""),
+                        layer_linear_=data.get("layer_linear", {}),
                         compose_=data.get("compose", []))
         except (KeyError, TypeError, ValueError) as exc:
             raise DeviceModelError(f"device model file {path} is missing or has a bad field: "

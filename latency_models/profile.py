@@ -108,7 +108,7 @@ def profile(n: int, seed: int, out: str, threads: int = 1, rounds: int = 7,
     import onnxruntime
     import torch
 
-    from spaces.build import build_model
+    from spaces.build import as_trained, build_model
     from spaces.onnx_io import export_fp32, export_int8
     from spaces.space import RandomChoices, SpaceConfig, sample_arch
 
@@ -122,7 +122,7 @@ def profile(n: int, seed: int, out: str, threads: int = 1, rounds: int = 7,
                                input_size=28, num_classes=10, bits=[32, 8])
             fp32 = all_bits(arch, 32)
             p32, p8 = Path(tmp) / f"{i}.onnx", Path(tmp) / f"{i}.int8.onnx"
-            export_fp32(build_model(fp32).eval(), fp32, p32)
+            export_fp32(as_trained(build_model(fp32), seed * 100003 + i).eval(), fp32, p32)
             rows.append({"arch_id": fp32.arch_id, "precision": "fp32",
                          "arch_json": fp32.to_json(indent=None)})
             paths.append(p32)
@@ -149,7 +149,7 @@ def profile(n: int, seed: int, out: str, threads: int = 1, rounds: int = 7,
 
 
 BUNDLE_FORMAT = "edgenas-profile-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: networks as_trained (1: shared zero biases kept int8 convs in float)
 
 
 def ops_json(ops: list) -> list[list[int]]:
@@ -167,7 +167,7 @@ def write_bundle(out: str | os.PathLike, networks: int = 60, seed: int = 0,
     import torch
 
     from latency_models.ops import arch_ops, layer_ops, onnx_ops, signature
-    from spaces.build import build_model
+    from spaces.build import as_trained, build_model
     from spaces.files import write_bytes, write_text
     from spaces.onnx_io import export_fp32, export_int8, extract_layers
     from spaces.space import RandomChoices, SpaceConfig, sample_arch
@@ -192,7 +192,7 @@ def write_bundle(out: str | os.PathLike, networks: int = 60, seed: int = 0,
         fp32 = all_bits(arch, 32)
         with tempfile.TemporaryDirectory() as tmp:
             p32, p8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            export_fp32(build_model(fp32).eval(), fp32, p32)
+            export_fp32(as_trained(build_model(fp32), seed * 100003 + i).eval(), fp32, p32)
             variants = [("fp32", fp32, onnx.load(str(p32)))]
             if 8 in arch.bits:
                 export_int8(p32, arch, p8, calib)

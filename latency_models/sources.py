@@ -157,9 +157,15 @@ def read_bundle(folder: str | os.PathLike) -> dict:
         raise MeasurementError(f"{folder}/manifest.json is not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != "edgenas-profile-bundle":
         raise MeasurementError(f"{folder}/manifest.json is not an edgenas profiling bundle")
-    if manifest.get("version") != 1:
+    if manifest.get("version") == 1:
+        raise MeasurementError(
+            f"{folder} is a version 1 bundle: its untrained networks shared zero biases, so "
+            "many of their 8-bit convolutions did not run as int8 and its int8 times do not "
+            "match deployed models; write a new bundle (`python -m latency_models.profile "
+            "bundle=DIR`) and measure it on the device")
+    if manifest.get("version") != 2:
         raise MeasurementError(f"{folder} is bundle version {manifest.get('version')}; this "
-                               "code reads version 1: write a new bundle and measure it")
+                               "code reads version 2: write a new bundle and measure it")
     results = folder / "results.csv"
     if not results.is_file():
         raise MeasurementError(f"{folder} has no results.csv: run `python3 run_on_device.py` "

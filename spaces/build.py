@@ -117,6 +117,35 @@ def build_model(arch: Arch, pruned: bool = True) -> EdgeNet:
     return EdgeNet(arch, pruned)
 
 
+def as_trained(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give a freshly built model the distinct, non-zero biases and statistics of a trained
+    one (in place; returns it), for exports that are timed but never trained.
+
+    A fresh model's folded batch-norm biases and timm's zero-initialised convolution biases are
+    all zeros. The ONNX exporter merges equal initializers into one shared tensor, and
+    onnxruntime's quantizer then leaves every convolution reading a shared bias in float
+    (weights dequantized at run time, no QLinearConv fusion): such a layer ran up to 5 times
+    slower than the int8 layer a trained model deploys. Random values (seeded) make every
+    bias distinct, as training does.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(t.shape, generator=gen)
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=gen))
+                module.running_var.copy_(uniform(module.running_var, 0.5, 2.0))
+                if module.affine:
+                    module.weight.copy_(uniform(module.weight, 0.5, 1.5))
+                    module.bias.copy_(0.1 * torch.randn(module.num_features, generator=gen))
+            elif isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+                module.bias.copy_(0.01 * torch.randn(module.bias.shape, generator=gen))
+    return model
+
+
 def layer_modules(model: EdgeNet, arch: Arch) -> dict[str, nn.Module]:
     """Map each layer name of ``arch.layers()`` to the module that implements it."""
     net = model.net

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from spaces.arch import ArchError
-    from spaces.build import build_model
+    from spaces.build import as_trained, build_model
     from spaces.onnx_io import export_fp32, export_int8
     from spaces.space import RandomChoices, SpaceConfig, SpaceError, sample_arch
 
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
             folder = out / str(i)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "arch.json").write_text(arch.to_json())
-            model = build_model(arch).eval()
+            model = as_trained(build_model(arch), seed * 1_000_003 + i).eval()
             with tempfile.TemporaryDirectory() as tmp:
                 fp32 = Path(tmp) / "fp32.onnx"
                 export_fp32(model, arch, fp32)

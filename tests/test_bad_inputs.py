@@ -113,14 +113,15 @@ def measurement_csv(tmp: Path, median: str) -> None:
             writer.writerow([f"a{i}", "fp32", median if i == 3 else 0.2 + i / 100, arch])
 
 
-def bundle(tmp: Path, rows: int = 2, results: bool = True, windows: str = "1:2") -> None:
+def bundle(tmp: Path, rows: int = 2, results: bool = True, windows: str = "1:2",
+           version: int = 2) -> None:
     """A two-file profiling bundle with ``rows`` rows of results."""
     op = ["conv", 1000, 100, 32, 1, 1, 3, 1, 8]
     models = [{"file": f"models/{i}.onnx", "unit": "network", "network": i,
                "precision": "fp32", "ops": [op]} for i in range(2)]
     (tmp / "b").mkdir()
     (tmp / "b" / "manifest.json").write_text(json.dumps(
-        {"format": "edgenas-profile-bundle", "version": 1, "models": models}))
+        {"format": "edgenas-profile-bundle", "version": version, "models": models}))
     if results:
         lines = ["file,median_ms,p10_ms,p90_ms,runs,windows"] + [
             f"models/{i}.onnx,0.5,0.4,0.6,20,{windows}" for i in range(rows)]
@@ -252,6 +253,9 @@ CASES = [
     Case("file-bundle-not-measured", lambda t: fit(t, f"bundle={t}/b"),
          ("has no results.csv", "run_on_device.py"),
          setup=lambda t: bundle(t, results=False)),
+    Case("file-bundle-version-1", lambda t: fit(t, f"bundle={t}/b"),
+         ("version 1 bundle", "did not run as int8", "write a new bundle"),
+         setup=lambda t: bundle(t, version=1)),
     Case("file-bundle-measurement-unfinished", lambda t: fit(t, f"bundle={t}/b"),
          ("1 rows for 2 files", "did not finish", "resumes"), setup=lambda t: bundle(t, 1)),
     Case("file-power-log-in-milliwatts",

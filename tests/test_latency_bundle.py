@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from latency_models import device_script, fit
-from latency_models.model import DeviceModel
+from latency_models.model import DeviceModel, _transitions
 from latency_models.ops import Op, arch_ops, layer_ops, onnx_ops, signature
 from latency_models.power import energy_from_log, write_power_log
 from latency_models.profile import all_bits, write_bundle
@@ -239,7 +239,7 @@ def test_layer_model_learns_what_the_linear_model_cannot_and_composes_networks()
                                         [net_ms(n) for n in networks])
     model.fit_layers(layers, [layer_ms(u) for u in layers], networks,
                      [net_ms(n) for n in networks])
-    assert len(model.compose_) == 4
+    assert len(model.compose_) == 5 and model.layer_linear_
     fresh = [[layer(rng) for _ in range(6)] for _ in range(30)]
     pred = np.array([model.predict_units(n).latency_ms for n in fresh])
     true = np.array([net_ms(n) for n in fresh])
@@ -250,6 +250,37 @@ def test_layer_model_learns_what_the_linear_model_cannot_and_composes_networks()
     # layers measured alone are looked up
     seen = model.predict_units(layers[:5])
     assert seen.provenance["measured_share"] == 1.0 and seen.provenance["latency"] == "measured"
+
+
+def test_composition_prices_precision_changes_between_layers():
+    # Inside a network every change between float and int8 layers costs a quantize or
+    # dequantize step that no layer measured alone shows; the composition learns its price.
+    rng = np.random.default_rng(2)
+
+    def at(bits, unit):
+        return [Op(o.kind, o.macs, o.elems, bits, o.cin, o.cout, o.kernel, o.stride, o.size)
+                for o in unit]
+
+    def mixed():
+        return at(int(rng.choice([32, 8])), layer(rng))
+
+    layers = [mixed() for _ in range(400)]
+    networks = [[mixed() for _ in range(int(rng.integers(3, 9)))] for _ in range(80)]
+
+    def net_ms(units):
+        return sum(layer_ms(u) for u in units) + 0.006 * _transitions(units)
+
+    flat = [[op for u in n for op in u] for n in networks]
+    model = DeviceModel("dev", 1.0, fallback={"8": 32}).fit(flat, [net_ms(n) for n in networks])
+    model.fit_layers(layers, [layer_ms(u) for u in layers], networks,
+                     [net_ms(n) for n in networks])
+    assert model.compose_[4] == pytest.approx(0.006, rel=0.2)
+    fresh = [[mixed() for _ in range(6)] for _ in range(30)]
+    true = np.array([net_ms(n) for n in fresh])
+    pred = np.array([model.predict_units(n).latency_ms for n in fresh])
+    model.compose_ = model.compose_[:4]  # as a file written before the term: t = 0
+    without = np.array([model.predict_units(n).latency_ms for n in fresh])
+    assert np.median(np.abs(pred / true - 1)) < 0.02 < np.median(np.abs(without / true - 1))
 
 
 def test_layer_model_round_trips_through_json(tmp_path):

@@ -86,3 +86,40 @@ def test_exported_architectures_get_the_same_prediction_from_either_path(tmp_pat
         assert from_onnx.latency_ms == pytest.approx(model.predict_arch(a).latency_ms, rel=1e-9)
         assert from_onnx.energy_mj == pytest.approx(model.predict(arch_ops(a)).energy_mj,
                                                     rel=1e-9)
+
+
+def _fused_int8_convs(path, tmp_path) -> int:
+    """QLinearConv nodes onnxruntime runs after its graph optimizations."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sum(n.op_type == "QLinearConv" for n in onnx.load(opts.optimized_model_filepath)
+               .graph.node)
+
+
+def test_profiled_int8_exports_run_every_8bit_conv_as_int8(tmp_path):
+    # Profiling times untrained networks. Their zero biases merge into shared tensors that the
+    # quantizer leaves in float, so those convolutions would not run as int8 the way a
+    # trained model's do; as_trained gives them distinct biases (seed-deterministic).
+    from spaces.build import as_trained
+
+    calib = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    arch = tiny_arch(bits=8)
+    fp32_arch = all_bits(arch, 32)
+    int8_convs = sum(op.bits == 8 and op.kind in ("conv", "dwconv", "pwconv")
+                     for op in arch_ops(arch))
+    got = {}
+    for name, model in (("fresh", build_model(fp32_arch)),
+                        ("as_trained", as_trained(build_model(fp32_arch), seed=3))):
+        export_fp32(model.eval(), fp32_arch, tmp_path / f"{name}.onnx")
+        export_int8(tmp_path / f"{name}.onnx", arch, tmp_path / f"{name}.int8.onnx", calib)
+        got[name] = _fused_int8_convs(tmp_path / f"{name}.int8.onnx", tmp_path)
+    assert got["as_trained"] == int8_convs
+    assert got["fresh"] < int8_convs  # the failure as_trained exists for
+    a, b = (as_trained(build_model(fp32_arch), seed=3).state_dict() for _ in range(2))
+    set_here = [k for k in a if k.endswith(("running_mean", "running_var", "bias"))]
+    assert set_here and all(torch.equal(a[k], b[k]) for k in set_here)
