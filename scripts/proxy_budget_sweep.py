@@ -30,9 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "scripts" / "results" / "proxy"
 SWEEP = RESULTS / "budget_sweep.csv"
-# name: (training images, epochs, checkpoint fraction, distillation weight alpha)
-BUDGETS = {"6k_x2": (6000, 2, 0.5, 0.7), "12k_x4": (12000, 4, 0.75, 0.7),
-           "12k_x4_no_teacher": (12000, 4, 0.75, 0.0)}
+# name: (training images, epochs, checkpoint fraction, distillation weight alpha, prune at,
+# training seed: weights' initialization and batch order; the data split stays seed 0's)
+BUDGETS = {"6k_x2": (6000, 2, 0.5, 0.7, 0.5, 0), "12k_x4": (12000, 4, 0.75, 0.7, 0.5, 0),
+           "12k_x4_no_teacher": (12000, 4, 0.75, 0.0, 0.5, 0),
+           # the pruned widths trained from the start: no dense phase to recover from
+           "12k_x4_prune0": (12000, 4, 0.75, 0.7, 0.0, 0),
+           # the default proxy again with another training seed: the proxy's own noise
+           "12k_x4_seed1": (12000, 4, 0.75, 0.7, 0.5, 1)}
 VAL_IMAGES = 5000
 FIELDS = ["arch_id", "budget", "at", "accuracy", "ce", "kl", "agreement", "cost_s"]
 
@@ -72,7 +77,7 @@ def sweep(shard: tuple[int, int], threads: int, budgets: list[str]) -> None:
     part = SWEEP.with_suffix(f".part{shard[0]}.csv")
     done = {(r["arch_id"], r["budget"]) for path in (SWEEP, part) if path.exists()
             for r in read_csv(path) if r["at"] == "1.0"}
-    for name, (images, epochs, at, alpha) in BUDGETS.items():
+    for name, (images, epochs, at, alpha, prune_at, seed) in BUDGETS.items():
         if budgets and name not in budgets:
             continue
         c = dataclasses.replace(cfg, proxy=dataclasses.replace(
@@ -92,7 +97,8 @@ def sweep(shard: tuple[int, int], threads: int, budgets: list[str]) -> None:
                 return False
 
             model = train_candidate(arch, data.train_x, data.train_y, data.train_teacher,
-                                    recipe, seed=cfg.seed, checkpoint=(at, at_half))
+                                    recipe, seed=seed, checkpoint=(at, at_half),
+                                    prune_at=prune_at)
             rows.append({"at": 1.0, **measures(model, data),
                          "cost_s": time.perf_counter() - start})
             new = not part.exists()

@@ -63,8 +63,10 @@ def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
                     teacher: Optional[torch.Tensor], recipe: Recipe, seed: int = 0,
                     on_step: Optional[Callable[[int], None]] = None,
                     checkpoint: Optional[tuple[float, Callable[[nn.Module], bool]]] = None,
-                    ) -> nn.Module:
-    """Train ``arch`` as deployed: dense, prune half-way, fine-tune with fake quantization.
+                    prune_at: float = 0.5) -> nn.Module:
+    """Train ``arch`` as deployed: dense, prune at ``prune_at`` of the steps (half-way by
+    default), fine-tune with fake quantization. ``prune_at=0`` trains the pruned widths from
+    the start (no dense phase, no weights carried over by the pruning).
 
     Returns the pruned model with fake quantization still attached (detach it for export).
     ``on_step`` is called after every optimizer step (for progress bars). ``checkpoint``:
@@ -74,13 +76,17 @@ def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
     """
     torch.manual_seed(seed)
     quantized = any(b < 32 for b in arch.bits)
-    model = build_model(arch, pruned=False)  # dense widths; equal to pruned when unpruned
-    if not arch.is_pruned and quantized:
+    if not 0.0 <= prune_at < 1.0:
+        raise ValueError(f"prune_at must be in [0, 1), got {prune_at}")
+    dense_phase = arch.is_pruned and prune_at > 0
+    # dense widths, or the deployed ones when there is no dense phase (equal when unpruned)
+    model = build_model(arch, pruned=not dense_phase)
+    if not dense_phase and quantized:
         attach_fake_quant(model, arch)
     model.to(x.device)  # trains where the data is (a GPU if the caller put it there)
     trainer = Trainer(model, x, y, teacher, recipe, seed=seed)
     total = trainer.total_steps
-    half = total // 2 if arch.is_pruned else None
+    half = max(1, round(total * prune_at)) if dense_phase else None
     check_at = None if checkpoint is None else min(total, max(1, round(checkpoint[0] * total)))
     for stop in sorted({s for s in (half, check_at) if s is not None and s < total}):
         trainer.run(steps=stop - trainer.step, on_step=on_step)

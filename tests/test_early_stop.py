@@ -3,6 +3,7 @@
 import dataclasses
 
 import optuna
+import pytest
 import torch
 from optuna.distributions import FloatDistribution
 
@@ -56,6 +57,21 @@ def test_checkpoint_sees_the_dense_model_at_half_way_and_can_stop_training():
     train_candidate(arch, x, y, None, recipe, on_step=steps.append,
                     checkpoint=(0.25, lambda model: True))
     assert steps[-1] == 4  # stopped a quarter of the way
+
+
+def test_prune_at_sets_when_the_dense_phase_ends():
+    x, y = data()
+    arch = tiny_arch(prune=0.5)
+    recipe = Recipe(epochs=2, batch=32)
+    deployed = sum(p.numel() for p in train_candidate(arch, x, y, None, recipe).parameters())
+    for prune_at, dense_at_checkpoint in ((0.0, False), (0.75, True)):
+        seen = []
+        model = train_candidate(arch, x, y, None, recipe, prune_at=prune_at, checkpoint=(
+            0.5, lambda m: seen.append(sum(p.numel() for p in m.parameters())) or False))
+        assert sum(p.numel() for p in model.parameters()) == deployed
+        assert (seen[0] > deployed) == dense_at_checkpoint
+    with pytest.raises(ValueError, match="prune_at"):
+        train_candidate(arch, x, y, None, recipe, prune_at=1.0)
 
 
 def test_distilled_proxy_records_the_checkpoint_and_why_it_stopped():
