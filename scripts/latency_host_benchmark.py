@@ -6,12 +6,14 @@
     python scripts/latency_host_benchmark.py --n 50 # a smaller test set
 
 The host device model is fitted exactly as a user fits a new device: a profiling bundle
-(``python -m latency_models.profile bundle=...``, 120 networks sampled with seed 1, their
+(``python -m latency_models.profile bundle=...``, 360 networks sampled with seed 1, their
 layers cut out, fp32 / int8 / fp16) measured by the bundle's own ``run_on_device.py`` (1
-thread, 7 interleaved rounds of 20 runs, medians), then ``latency_models.fit``'s fit. The
-test set is ``--n`` other architectures (seed 0), each exported in fp32 and in mixed int8 and
-measured side by side with onnxruntime (1 thread, warm-up, 7 interleaved rounds of 20 runs,
-median of the round medians). Both measurements run pinned to one core.
+thread, ``--rounds`` interleaved rounds of 20 runs, medians), then ``latency_models.fit``'s
+fit. The test set is ``--n`` other architectures (seed 0), each exported in fp32 and in mixed
+int8 and measured side by side with onnxruntime (1 thread, warm-up, ``--rounds`` interleaved
+rounds of 20 runs, median of the round medians). Both measurements run pinned to one core.
+21 rounds, not the device script's default of 7: on the shared VM that profiled ``host``, 21
+rounds raised the bundle's cross-validation from 86% to 91% of networks within +-10%.
 
 Predictors: what the search uses (``DeviceModel.predict_arch``: layers measured in the
 bundle looked up, the others priced by the layer model, composed into the network); the
@@ -48,17 +50,20 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=BUNDLE)
     parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--networks", type=int, default=120, help="networks in the bundle")
+    parser.add_argument("--networks", type=int, default=360, help="networks in the bundle")
+    parser.add_argument("--rounds", type=int, default=21,
+                        help="interleaved rounds of 20 runs per file, when measuring")
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
     if not (args.bundle / "manifest.json").is_file():
         write_bundle(args.bundle, networks=args.networks, seed=1, fp16=12)
     if not (args.bundle / "results.csv").is_file():
-        device_script.main(["--bundle", str(args.bundle), "--threads", "1"])
+        device_script.main(["--bundle", str(args.bundle), "--threads", "1",
+                            "--rounds", str(args.rounds)])
     test_csv = OUT / f"host_test_{args.n}.csv"
     if not test_csv.is_file() or args.bundle != BUNDLE:
-        profile(n=args.n, seed=0, out=str(test_csv), threads=1, rounds=7, runs=20)
+        profile(n=args.n, seed=0, out=str(test_csv), threads=1, rounds=args.rounds, runs=20)
 
     bundle = read_bundle(args.bundle)
     samples, ys, units = bundle["samples"], np.asarray(bundle["latency_ms"]), bundle["units"]

@@ -1,10 +1,11 @@
 """How much of the host model's error is measurement noise, and how far the host model carries.
 
-    python scripts/latency_host_repeat.py           # 200 architectures, two sessions, ~2 min
+    python scripts/latency_host_repeat.py           # 200 architectures, two sessions, ~4 min
     python scripts/latency_host_repeat.py --n 50
 
 Measures benchmark 1's held-out architectures (``scripts/latency_host_benchmark.py``: seed 0,
-fp32 and mixed int8, 1 thread pinned to one core, 7 interleaved rounds of 20 runs, median)
+fp32 and mixed int8, 1 thread pinned to one core, ``--rounds`` interleaved rounds of 20 runs,
+median; 21 as the committed measurements)
 twice on this machine, one session after the other, and compares:
 
 - session 1 against session 2: the repeatability of a measurement, the ceiling of any
@@ -63,6 +64,7 @@ def compare(x: dict, y: dict, precision: str) -> dict:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--calibrate", type=int, default=20,
                         help="networks measured to calibrate host to this machine")
     args = parser.parse_args(argv)
@@ -74,11 +76,11 @@ def main(argv: list[str]) -> int:
         for i in (1, 2):
             path = Path(tmp) / f"session{i}.csv"
             start = time.time()
-            profile(n=args.n, seed=0, out=str(path), threads=1, rounds=7, runs=20)
+            profile(n=args.n, seed=0, out=str(path), threads=1, rounds=args.rounds, runs=20)
             seconds.append(time.time() - start)
             sessions.append(read(path))
         cal_csv = Path(tmp) / "calibration.csv"
-        profile(n=args.calibrate, seed=7, out=str(cal_csv), threads=1, rounds=7, runs=20)
+        profile(n=args.calibrate, seed=7, out=str(cal_csv), threads=1, rounds=args.rounds, runs=20)
         samples, ys = read_profile(cal_csv)
         calibrated = DeviceModel("host-calibrated", model.power_w).transfer(
             model, samples, ys, units=read_profile_units(cal_csv, tuple(model.native_bits)))
