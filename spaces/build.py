@@ -124,9 +124,9 @@ def as_trained(model: nn.Module, seed: int = 0) -> nn.Module:
     A fresh model's folded batch-norm biases and timm's zero-initialised convolution biases are
     all zeros. The ONNX exporter merges equal initializers into one shared tensor, and
     onnxruntime's quantizer then leaves every convolution reading a shared bias in float
-    (weights dequantized at run time, no QLinearConv fusion): such a layer ran up to 5 times
-    slower than the int8 layer a trained model deploys. Random values (seeded) make every
-    bias distinct, as training does.
+    (weights dequantized at run time, no QLinearConv fusion): such networks ran a median 1.8
+    times (up to 6.6 times) slower than the same networks exported as trained ones are.
+    Random values (seeded) make every bias distinct, as training does.
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -135,7 +135,8 @@ def as_trained(model: nn.Module, seed: int = 0) -> nn.Module:
 
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
+                    module.running_mean is not None:
                 module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=gen))
                 module.running_var.copy_(uniform(module.running_var, 0.5, 2.0))
                 if module.affine:
