@@ -86,7 +86,7 @@ def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
     model.to(x.device)  # trains where the data is (a GPU if the caller put it there)
     trainer = Trainer(model, x, y, teacher, recipe, seed=seed)
     total = trainer.total_steps
-    half = max(1, round(total * prune_at)) if dense_phase else None
+    half = max(1, int(total * prune_at)) if dense_phase else None  # 0.5: total // 2
     check_at = None if checkpoint is None else min(total, max(1, round(checkpoint[0] * total)))
     for stop in sorted({s for s in (half, check_at) if s is not None and s < total}):
         trainer.run(steps=stop - trainer.step, on_step=on_step)
