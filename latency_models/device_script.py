@@ -10,7 +10,8 @@ It writes ``results.csv`` (one row per ONNX file: median, 10th and 90th percenti
 number of timed runs, the wall-clock windows (Unix seconds) of its timed runs, for aligning a
 power-meter log (use ``--window 3`` when you log power), and, on x86 Linux machines whose RAPL
 counter is readable, the energy per inference measured by it) and ``device.json``
-(onnxruntime version, CPU model, frequency governor, threads), both beside this script.
+(onnxruntime version, CPU model and instruction-set flags, frequency governor, threads), both
+beside this script.
 Copy them back and fit the device model:
 
     python -m latency_models.fit device=NAME bundle=BUNDLE_DIR power_w=WATTS
@@ -46,6 +47,26 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# Instruction-set extensions that decide which kernels onnxruntime can use (int8 dot products
+# above all): two machines with the same CPU name can differ here.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
+             "asimd", "asimddp", "i8mm", "sve", "neon")
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The ``ISA_FLAGS`` this CPU reports (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    found = set()
+    try:
+        with open(path) as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip().lower()
+                if key in ("flags", "features") and ":" in line:
+                    found.update(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return [flag for flag in ISA_FLAGS if flag in found]
 
 
 RAPL = "/sys/class/powercap/intel-rapl:0/energy_uj"  # package energy counter (x86 Linux)
@@ -193,7 +214,8 @@ def main(argv=None):
         writer.writeheader()
         writer.writerows(rows)
     os.replace(out + ".tmp", out)
-    info = {"onnxruntime": ort.__version__, "cpu": cpu_model(), "governor": governor(),
+    info = {"onnxruntime": ort.__version__, "cpu": cpu_model(), "cpu_flags": cpu_flags(),
+            "governor": governor(),
             "energy_counter": args.rapl if read_energy_uj(args.rapl) is not None else None,
             "threads": args.threads, "rounds": args.rounds, "runs": args.runs,
             "machine": platform.machine(), "system": platform.platform(),

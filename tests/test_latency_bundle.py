@@ -54,6 +54,7 @@ def test_bundle_covers_networks_layers_and_precisions(measured_bundle):
     assert all((folder / u["file"]).is_file() for u in units)
     info = json.loads((folder / "device.json").read_text())
     assert info["threads"] == 1 and info["onnxruntime"] and info["cpu"]
+    assert isinstance(info["cpu_flags"], list)
     with open(folder / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(units) and all(float(r["median_ms"]) > 0 for r in rows)
