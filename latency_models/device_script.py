@@ -19,9 +19,13 @@ Copy them back and fit the device model:
 Timing: files are measured in chunks of ``--chunk`` (100); in a chunk each file gets its own
 session (sequential execution, fixed threads) and warm-up runs, then every file is timed once
 per round, round after round, so that a slow minute (thermal throttling, a background job)
-touches all files alike; a file's figure is the median of its per-round medians. For steady
-figures set the governor to ``performance`` (the script warns when it is not) and close other
-programs. An interrupted run resumes: finished chunks are kept in ``results.partial.json``.
+touches all files alike; a file's figure is the median of its per-round medians. A slow spell
+that lasts a whole chunk would still shift it, so the bundle's first file is timed with every
+chunk as a reference, and chunks where it ran more than ``--steady`` (10%) away from its
+median over all chunks are measured again (``device.json`` records the reference's times).
+For steady figures set the governor to ``performance`` (the script warns when it is not) and
+close other programs. An interrupted run resumes: finished chunks are kept in
+``results.partial.json``.
 """
 
 import argparse
@@ -111,6 +115,40 @@ def feed(sess):
     return out
 
 
+def measure_chunk(bundle, chunk, anchor, args):
+    """Time the files of one chunk in interleaved rounds, with the bundle's reference file
+    ``anchor`` timed in every round too. Returns {file: [[times ms], start, end, mJ] per round}
+    for the chunk's files and the anchor's median (ms) in this chunk."""
+    import numpy as np
+
+    names = list(chunk) if anchor in chunk else [anchor] + list(chunk)
+    sessions = []
+    for name in names:
+        sess = session(os.path.join(bundle, name), args.threads)
+        x = feed(sess)
+        for _ in range(args.warmup):
+            sess.run(None, x)
+        sessions.append((sess, x))
+    per_file = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name, (sess, x) in zip(names, sessions):
+            times = []
+            e_start = read_energy_uj(args.rapl)
+            t_start = time.time()
+            while len(times) < args.runs or time.time() - t_start < args.window:
+                t0 = time.perf_counter()
+                sess.run(None, x)
+                times.append((time.perf_counter() - t0) * 1e3)
+            e_end = read_energy_uj(args.rapl)
+            # energy per inference (mJ) over this window; None without a counter or when
+            # it wrapped around
+            mj = (e_end - e_start) / 1e3 / len(times) if e_start is not None and \
+                e_end is not None and e_end > e_start else None
+            per_file[name].append([times, t_start, time.time(), mj])
+    anchor_ms = float(np.median([np.median(r[0]) for r in per_file[anchor]]))
+    return {name: per_file[name] for name in chunk}, anchor_ms
+
+
 def main(argv=None):
     import numpy as np
 
@@ -127,11 +165,19 @@ def main(argv=None):
     parser.add_argument("--window", type=float, default=0.0,
                         help="time each file for at least this many seconds per round; with a "
                              "power meter logging once a second use 3 or more")
+    parser.add_argument("--steady", type=float, default=0.1,
+                        help="re-measure a chunk in which the reference file (the bundle's "
+                             "first, timed with every chunk) ran more than this fraction away "
+                             "from its median over all chunks: a slow spell (throttling, a busy "
+                             "neighbour) that interleaved rounds cannot even out; 0: never")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="re-measurements per unsteady chunk, at most")
     parser.add_argument("--bundle", default=os.path.dirname(os.path.abspath(__file__)))
     args = parser.parse_args(argv)
-    if min(args.threads, args.rounds, args.runs, args.chunk) < 1 or args.warmup < 0:
-        parser.error("--threads, --rounds, --runs and --chunk must be at least 1, --warmup "
-                     "at least 0")
+    if min(args.threads, args.rounds, args.runs, args.chunk) < 1 or min(
+            args.warmup, args.steady, args.retries) < 0:
+        parser.error("--threads, --rounds, --runs and --chunk must be at least 1, --warmup, "
+                     "--steady and --retries at least 0")
     try:
         with open(os.path.join(args.bundle, "manifest.json")) as f:
             manifest = json.load(f)
@@ -151,8 +197,8 @@ def main(argv=None):
               "'performance' (sudo cpupower frequency-set -g performance)", file=sys.stderr)
     files = [m["file"] for m in manifest["models"]]
     partial_path = os.path.join(args.bundle, "results.partial.json")
-    state = {"settings": [2, args.threads, args.runs, args.window, args.rounds, args.chunk],
-             "done": {}}
+    state = {"settings": [3, args.threads, args.runs, args.window, args.rounds, args.chunk],
+             "done": {}, "anchor_ms": {}, "remeasured": 0}
     if os.path.exists(partial_path):
         with open(partial_path) as f:
             old = json.load(f)
@@ -163,39 +209,47 @@ def main(argv=None):
     # board's memory, and even on a large machine they slow each other down (cache pressure:
     # 7% on the project's benchmark machine with 3,300 sessions loaded).
     chunks = [files[i:i + args.chunk] for i in range(0, len(files), args.chunk)]
-    for c, chunk in enumerate(chunks):
-        if all(name in state["done"] for name in chunk):
-            continue
-        sessions = []
-        for name in chunk:
-            sess = session(os.path.join(args.bundle, name), args.threads)
-            x = feed(sess)
-            for _ in range(args.warmup):
-                sess.run(None, x)
-            sessions.append((sess, x))
-        per_file = {name: [] for name in chunk}
-        for _ in range(args.rounds):
-            for name, (sess, x) in zip(chunk, sessions):
-                times = []
-                e_start = read_energy_uj(args.rapl)
-                t_start = time.time()
-                while len(times) < args.runs or time.time() - t_start < args.window:
-                    t0 = time.perf_counter()
-                    sess.run(None, x)
-                    times.append((time.perf_counter() - t0) * 1e3)
-                e_end = read_energy_uj(args.rapl)
-                # energy per inference (mJ) over this window; None without a counter or when
-                # it wrapped around
-                mj = (e_end - e_start) / 1e3 / len(times) if e_start is not None and \
-                    e_end is not None and e_end > e_start else None
-                per_file[name].append([times, t_start, time.time(), mj])
-        state["done"].update(per_file)
-        del sessions
+    anchor = files[0]
+
+    def save():
         with open(partial_path + ".tmp", "w") as f:
             json.dump(state, f)
         os.replace(partial_path + ".tmp", partial_path)
+
+    for c, chunk in enumerate(chunks):
+        if all(name in state["done"] for name in chunk):
+            continue
+        per_file, state["anchor_ms"][str(c)] = measure_chunk(args.bundle, chunk, anchor, args)
+        state["done"].update(per_file)
+        save()
         print(f"chunk {c + 1}/{len(chunks)} measured ({len(state['done'])} of {len(files)} "
               "files)", flush=True)
+
+    def off(c):  # how far the reference file ran from its usual speed in chunk c
+        return abs(state["anchor_ms"][str(c)] / reference - 1)
+
+    # A slow spell longer than a round shifts a whole chunk; the reference file timed with
+    # every chunk shows it, and such chunks are measured again.
+    reference = float(np.median(list(state["anchor_ms"].values())))
+    unsteady = [c for c in range(len(chunks)) if args.steady and off(c) > args.steady]
+    for c in unsteady:
+        for _ in range(args.retries):
+            if off(c) <= args.steady:
+                break
+            before = off(c)
+            per_file, ms = measure_chunk(args.bundle, chunks[c], anchor, args)
+            state["remeasured"] += 1
+            if abs(ms / reference - 1) < before:
+                state["anchor_ms"][str(c)] = ms
+                state["done"].update(per_file)
+            save()
+            print(f"chunk {c + 1}/{len(chunks)} measured again: the reference file ran "
+                  f"{before:.0%} off its usual speed, now {off(c):.0%}", flush=True)
+    still = [c + 1 for c in range(len(chunks)) if args.steady and off(c) > args.steady]
+    if still:
+        print(f"warning: chunks {still} stayed more than {args.steady:.0%} off the reference "
+              "speed after re-measuring; the machine's speed wandered (measure again on a "
+              "quieter machine, or with more --rounds)", file=sys.stderr)
     rows = []
     for name in files:
         per_round = state["done"][name]
@@ -218,6 +272,9 @@ def main(argv=None):
             "governor": governor(),
             "energy_counter": args.rapl if read_energy_uj(args.rapl) is not None else None,
             "threads": args.threads, "rounds": args.rounds, "runs": args.runs,
+            "reference": {"file": anchor, "median_ms_by_chunk": [
+                round(state["anchor_ms"][str(c)], 6) for c in range(len(chunks))],
+                "chunks_measured_again": state["remeasured"], "unsteady_chunks": still},
             "machine": platform.machine(), "system": platform.platform(),
             "python": platform.python_version(), "bundle": manifest.get("id", "")}
     with open(os.path.join(args.bundle, "device.json"), "w") as f:

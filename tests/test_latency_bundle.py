@@ -299,6 +299,37 @@ def test_layer_model_round_trips_through_json(tmp_path):
     assert "pickle" not in (tmp_path / "m.json").read_text()
 
 
+def test_a_chunk_measured_in_a_slow_spell_is_measured_again(tmp_path, monkeypatch):
+    folder = tmp_path / "b"
+    write_bundle(folder, networks=2, seed=2, fp16=0)
+    real, calls, second = device_script.measure_chunk, [], {}
+
+    def spell(bundle, chunk, anchor, args):  # chunk 2 first runs 1.6 times slower, all of it
+        per_file, _ = real(bundle, chunk, anchor, args)
+        ms = 0.1  # the reference file, steady but for the spell (real noise kept out)
+        calls.append(chunk[0])
+        if chunk[0] == slow and calls.count(slow) == 1:
+            return {n: [[[t * 1.6 for t in r[0]], *r[1:]] for r in rounds]
+                    for n, rounds in per_file.items()}, ms * 1.6
+        if chunk[0] == slow:
+            second.update({n: np.median([np.median(r[0]) for r in rounds])
+                           for n, rounds in per_file.items()})
+        return per_file, ms
+
+    files = [m["file"] for m in json.loads((folder / "manifest.json").read_text())["models"]]
+    slow = files[4]
+    monkeypatch.setattr(device_script, "measure_chunk", spell)
+    assert device_script.main(["--bundle", str(folder), "--rounds", "3", "--runs", "10",
+                               "--warmup", "2", "--chunk", "4"]) == 0
+    assert calls.count(slow) == 2 and all(calls.count(c) == 1 for c in calls if c != slow)
+    with open(folder / "results.csv") as f:
+        got = {r["file"]: float(r["median_ms"]) for r in csv.DictReader(f)}
+    assert second and all(got[n] == pytest.approx(ms) for n, ms in second.items())
+    info = json.loads((folder / "device.json").read_text())["reference"]
+    assert info["file"] == files[0] and info["chunks_measured_again"] == 1
+    assert len(info["median_ms_by_chunk"]) == -(-len(files) // 4)
+
+
 def test_energy_counter_on_the_device_makes_energy_measured(tmp_path, monkeypatch):
     folder = tmp_path / "b"
     write_bundle(folder, networks=3, seed=2, fp16=0)
@@ -320,3 +351,19 @@ def test_energy_counter_on_the_device_makes_energy_measured(tmp_path, monkeypatc
     arch = Arch.from_json(next(u["arch_json"] for u in manifest["models"]
                                if u["unit"] == "network"))
     assert model.predict_arch(arch).provenance["energy"] == "measured"
+
+
+def test_profile_measures_a_chunk_caught_in_a_slow_spell_again(monkeypatch):
+    from latency_models import profile as prof
+
+    calls = []
+
+    def fake(paths, **kwargs):  # the reference (paths[0]) takes 1 ms; chunk "c" first 1.7 ms
+        calls.append(paths[1])
+        slow = 1.7 if paths[1] == "c" and calls.count("c") == 1 else 1.0
+        return [{"median_ms": slow * (1.0 if i == 0 else 2.0)} for i, _ in enumerate(paths)]
+
+    monkeypatch.setattr(prof, "measure_many", fake)
+    got = prof.measure_chunked(list("abcdef"), chunk=2)
+    assert calls == ["a", "c", "e", "c"]
+    assert [m["median_ms"] for m in got] == [2.0] * 6
