@@ -117,7 +117,11 @@ def _transitions(units: list[list[Op]]) -> int:
     network, a run of int8 layers does that once, at its ends, so a network's int8 layers cost
     less than their sum by the boundaries they share.
     """
-    low = [_low_precision(u) for u in units if u]
+    return _changes([_low_precision(u) for u in units if u])
+
+
+def _changes(low: list[bool]) -> int:
+    """How often consecutive flags differ (see :func:`_transitions`)."""
     return sum(x != y for x, y in zip(low, low[1:]))
 
 
@@ -385,7 +389,7 @@ class DeviceModel:
         coef = self.layer_linear_["coef"]
         ms = float(self.layer_linear_["overhead_ms"])
         for bits in {op.bits for op in ops}:
-            key = str(bits) if str(bits) in coef else str(self.fallback.get(str(bits), 32))
+            key, _ = self._precision(bits, coef)
             ms += float(featurize(ops, bits, self.align) @ np.asarray(coef[key]))
         return max(ms, 1e-6)
 
@@ -400,16 +404,18 @@ class DeviceModel:
         return float(np.exp(log_ratio)) * self._layer_base(ops)
 
     # ---- prediction ---------------------------------------------------------------------
-    def _precision(self, bits: int) -> tuple[str, bool]:
-        """The coefficient set that prices ``bits`` and whether it stands in for it."""
+    def _precision(self, bits: int, coef: dict | None = None) -> tuple[str, bool]:
+        """The coefficient set of ``coef`` (default: ``coef_``) that prices ``bits`` and
+        whether it stands in for it."""
+        coef = self.coef_ if coef is None else coef
         key = str(bits)
-        if key in self.coef_:
+        if key in coef:
             return key, False
-        if key in self.fallback and str(self.fallback[key]) in self.coef_:
+        if key in self.fallback and str(self.fallback[key]) in coef:
             return str(self.fallback[key]), True
         raise DeviceModelError(
             f"device {self.device!r} has no latency model for {bits}-bit ops and no "
-            f"fallback; its model covers {sorted(self.coef_)} bits")
+            f"fallback; its model covers {sorted(coef)} bits")
 
     def _regress(self, ops: list[Op]) -> tuple[float, float | None, set, bool]:
         """Latency, measured-or-simulated energy (None when modelled), the stand-in
@@ -453,7 +459,7 @@ class DeviceModel:
         which the search uses: most layers recur across trials.
         """
         ms, mj, n_hit, standins, extrapolated = 0.0, 0.0, 0, set(), False
-        low_ms = 0.0
+        low_ms, lows = 0.0, []  # lows: whether each (non-empty) unit runs at 8 bits or fewer
         for i, ops in enumerate(units):
             key = None if cache_keys is None else cache_keys[i]
             got = self._cache.get(key) if key is not None else None
@@ -464,8 +470,9 @@ class DeviceModel:
                         self._cache.clear()
                     self._cache[key] = got
             u_ms, u_mj, hit, u_standins, u_ext = got
-            if self.compose_ and _low_precision(ops):
-                low_ms += u_ms
+            if self.compose_ and ops:
+                lows.append(_low_precision(ops))
+                low_ms += u_ms if lows[-1] else 0.0
             ms += u_ms
             mj = None if (mj is None or u_mj is None) else mj + u_mj
             n_hit += hit
@@ -474,7 +481,7 @@ class DeviceModel:
         if self.compose_:
             a, a8, b, c, t = (list(self.compose_) + [0.0])[:5]  # files before t: 4 terms
             ms = (a * (ms - low_ms) + a8 * low_ms + b * len(units) + c
-                  + t * _transitions(units) - self.overhead_ms_)
+                  + t * _changes(lows) - self.overhead_ms_)
         return self._finish(ms, mj, n_hit, len(units), standins, extrapolated)
 
     def predict(self, ops: list[Op]) -> Prediction:
