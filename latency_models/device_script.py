@@ -149,6 +149,39 @@ def measure_chunk(bundle, chunk, anchor, args):
     return {name: per_file[name] for name in chunk}, anchor_ms
 
 
+def settle(anchor_ms, measure, steady, retries):
+    """Measure again the chunks caught in a slow spell.
+
+    ``anchor_ms[c]`` is the reference file's median in chunk c (updated in place). A chunk
+    where it ran more than ``steady`` away from its median over all chunks is measured again
+    with ``measure(c) -> (result, reference ms)``, up to ``retries`` times; an attempt is kept
+    only when its reference is closer. Yields ``(c, off before, off after, result or None)``
+    per attempt, ``result`` being None when the attempt was not kept. Returns nothing; what
+    stays unsteady is ``unsteady(anchor_ms, steady)``.
+    """
+    import numpy as np
+
+    reference = float(np.median(anchor_ms))
+    for c in range(len(anchor_ms)):
+        for _ in range(retries if steady else 0):
+            before = abs(anchor_ms[c] / reference - 1)
+            if before <= steady:
+                break
+            result, ms = measure(c)
+            kept = abs(ms / reference - 1) < before
+            if kept:
+                anchor_ms[c] = ms
+            yield c, before, abs(anchor_ms[c] / reference - 1), result if kept else None
+
+
+def unsteady(anchor_ms, steady):
+    """Chunks whose reference ran more than ``steady`` away from its median over all chunks."""
+    import numpy as np
+
+    reference = float(np.median(anchor_ms))
+    return [c for c, ms in enumerate(anchor_ms) if steady and abs(ms / reference - 1) > steady]
+
+
 def main(argv=None):
     import numpy as np
 
@@ -225,27 +258,20 @@ def main(argv=None):
         print(f"chunk {c + 1}/{len(chunks)} measured ({len(state['done'])} of {len(files)} "
               "files)", flush=True)
 
-    def off(c):  # how far the reference file ran from its usual speed in chunk c
-        return abs(state["anchor_ms"][str(c)] / reference - 1)
-
     # A slow spell longer than a round shifts a whole chunk; the reference file timed with
     # every chunk shows it, and such chunks are measured again.
-    reference = float(np.median(list(state["anchor_ms"].values())))
-    unsteady = [c for c in range(len(chunks)) if args.steady and off(c) > args.steady]
-    for c in unsteady:
-        for _ in range(args.retries):
-            if off(c) <= args.steady:
-                break
-            before = off(c)
-            per_file, ms = measure_chunk(args.bundle, chunks[c], anchor, args)
-            state["remeasured"] += 1
-            if abs(ms / reference - 1) < before:
-                state["anchor_ms"][str(c)] = ms
-                state["done"].update(per_file)
-            save()
-            print(f"chunk {c + 1}/{len(chunks)} measured again: the reference file ran "
-                  f"{before:.0%} off its usual speed, now {off(c):.0%}", flush=True)
-    still = [c + 1 for c in range(len(chunks)) if args.steady and off(c) > args.steady]
+    anchor_ms = [state["anchor_ms"][str(c)] for c in range(len(chunks))]
+    for c, before, after, per_file in settle(
+            anchor_ms, lambda c: measure_chunk(args.bundle, chunks[c], anchor, args),
+            args.steady, args.retries):
+        state["remeasured"] += 1
+        if per_file is not None:
+            state["anchor_ms"][str(c)] = anchor_ms[c]
+            state["done"].update(per_file)
+        save()
+        print(f"chunk {c + 1}/{len(chunks)} measured again: the reference file ran "
+              f"{before:.0%} off its usual speed, now {after:.0%}", flush=True)
+    still = [c + 1 for c in unsteady(anchor_ms, args.steady)]
     if still:
         print(f"warning: chunks {still} stayed more than {args.steady:.0%} off the reference "
               "speed after re-measuring; the machine's speed wandered (measure again on a "
@@ -273,7 +299,7 @@ def main(argv=None):
             "energy_counter": args.rapl if read_energy_uj(args.rapl) is not None else None,
             "threads": args.threads, "rounds": args.rounds, "runs": args.runs,
             "reference": {"file": anchor, "median_ms_by_chunk": [
-                round(state["anchor_ms"][str(c)], 6) for c in range(len(chunks))],
+                round(ms, 6) for ms in anchor_ms],
                 "chunks_measured_again": state["remeasured"], "unsteady_chunks": still},
             "machine": platform.machine(), "system": platform.platform(),
             "python": platform.python_version(), "bundle": manifest.get("id", "")}

@@ -85,22 +85,20 @@ def measure_chunked(paths: list, chunk: int = 100, steady: float = 0.1, retries:
     """:func:`measure_many` over chunks of ``chunk`` files, with ``paths[0]`` timed in every
     chunk as a reference: a chunk where it ran more than ``steady`` away from its median over
     all chunks (a slow spell that lasted the whole chunk) is measured again, up to
-    ``retries`` times, keeping the steadiest attempt (as ``run_on_device.py`` does)."""
-    def run(part: list) -> tuple[list[dict], float]:
-        got = measure_many([paths[0]] + part, **kwargs)
+    ``retries`` times, keeping the steadiest attempt (``run_on_device.py``'s rule:
+    :func:`latency_models.device_script.settle`)."""
+    from latency_models.device_script import settle
+
+    def run(c: int) -> tuple[list[dict], float]:
+        got = measure_many([paths[0]] + parts[c], **kwargs)
         return got[1:], got[0]["median_ms"]
 
     parts = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-    results = [run(part) for part in parts]
-    reference = float(np.median([ms for _, ms in results]))
-    for i, part in enumerate(parts):
-        for _ in range(retries):
-            if abs(results[i][1] / reference - 1) <= steady:
-                break
-            again = run(part)
-            if abs(again[1] / reference - 1) < abs(results[i][1] / reference - 1):
-                results[i] = again
-    return [m for got, _ in results for m in got]
+    results, anchor_ms = map(list, zip(*[run(c) for c in range(len(parts))]))
+    for c, _, _, again in settle(anchor_ms, run, steady, retries):
+        if again is not None:
+            results[c] = again
+    return [m for got in results for m in got]
 
 
 def measure_onnx(path: str | os.PathLike, threads: int = 1, runs: int = 100,
