@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latency_models.sources import BUNDLE_FORMAT, BUNDLE_VERSION
 from spaces.arch import Arch
 from spaces.files import atomic_path
 
@@ -168,8 +169,6 @@ def profile(n: int, seed: int, out: str, threads: int = 1, rounds: int = 7,
     print(f"wrote {len(rows)} measurements to {out}")
 
 
-BUNDLE_FORMAT = "edgenas-profile-bundle"
-BUNDLE_VERSION = 2  # 2: networks as_trained (1: shared zero biases kept int8 convs in float)
 
 
 def ops_json(ops: list) -> list[list[int]]:

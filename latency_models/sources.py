@@ -18,6 +18,11 @@ import os
 from latency_models.ops import Op, arch_ops, conv_op, gpool_op
 from spaces.arch import Arch, ArchError, conv_out_size
 
+# What ``latency_models.profile`` writes and :func:`read_bundle` reads. Version 2: networks
+# exported as_trained (in version 1 shared zero biases kept many int8 convolutions in float).
+BUNDLE_FORMAT = "edgenas-profile-bundle"
+BUNDLE_VERSION = 2
+
 COLUMNS = ("op", "H", "cin", "cout", "exp", "kernel", "stride", "group")
 
 
@@ -155,7 +160,7 @@ def read_bundle(folder: str | os.PathLike) -> dict:
                                "`python -m latency_models.profile bundle=DIR`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MeasurementError(f"{folder}/manifest.json is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != "edgenas-profile-bundle":
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise MeasurementError(f"{folder}/manifest.json is not an edgenas profiling bundle")
     if manifest.get("version") == 1:
         raise MeasurementError(
@@ -163,9 +168,10 @@ def read_bundle(folder: str | os.PathLike) -> dict:
             "many of their 8-bit convolutions did not run as int8 and its int8 times do not "
             "match deployed models; write a new bundle (`python -m latency_models.profile "
             "bundle=DIR`) and measure it on the device")
-    if manifest.get("version") != 2:
+    if manifest.get("version") != BUNDLE_VERSION:
         raise MeasurementError(f"{folder} is bundle version {manifest.get('version')}; this "
-                               "code reads version 2: write a new bundle and measure it")
+                               f"code reads version {BUNDLE_VERSION}: write a new bundle and "
+                               "measure it")
     results = folder / "results.csv"
     if not results.is_file():
         raise MeasurementError(f"{folder} has no results.csv: run `python3 run_on_device.py` "
