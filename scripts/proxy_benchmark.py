@@ -13,12 +13,15 @@ Kendall tau and Spearman rho, and the seed-noise ceiling (how well one seed's fu
 ranks the architectures that have several seeds against another seed's).
 
 Proxies: ``distill`` (the search's default: the candidate pruned and fake-quantized as
-deployed, trained briefly against the teacher's soft labels), ``no_teacher`` (the same short
-training on hard labels), ``synflow``, ``naswot`` (data at initialization), ``params``,
-``macs``; and ``distill_6k_x2`` / ``no_teacher_6k_x2``, the first default budget (6,000
-images x 2 epochs, 2,000 validation images), kept for comparison. Trainings that
-``proxy_budget_sweep.py`` already ran with exactly the default proxy's settings are reused
-(same function, data and seed: the same numbers), not run again.
+deployed, trained briefly against the teacher's soft labels, scored by ``proxy.score``),
+``no_teacher`` (the same short training on hard labels, scored by accuracy), ``synflow``,
+``naswot`` (data at initialization), ``params``, ``macs``; and, kept for comparison, earlier
+defaults: ``distill_6k_x2`` / ``no_teacher_6k_x2`` (6,000 images x 2 epochs, 2,000 validation
+images) and ``distill_12k_x4`` / ``no_teacher_12k_x4`` (12,000 x 4 at batch 128, accuracy).
+Trainings that ``proxy_budget_sweep.py`` already ran with exactly the default proxy's
+settings are reused (same function, data and seed: the same numbers), not run again; a
+column scored with other settings than today's defaults (``scores.settings.json``) is scored
+again.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "scripts" / "results" / "proxy"
 PROXIES = ["distill", "no_teacher", "synflow", "naswot", "params", "macs"]
-# Scores of the first default budget (6,000 images x 2 epochs, 2,000 validation images),
-# kept for comparison.
-OLD = ["distill_6k_x2", "no_teacher_6k_x2"]
+# Scores of earlier defaults, kept for comparison: the first budget (6,000 images x 2 epochs,
+# 2,000 validation images) and the second (12,000 x 4 at batch 128, scored by accuracy).
+OLD = ["distill_6k_x2", "no_teacher_6k_x2", "distill_12k_x4", "no_teacher_12k_x4"]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -81,24 +84,47 @@ def sweep_budget(proxy) -> str | None:
 
     if proxy.val_images != VAL_IMAGES:
         return None
-    for name, (images, epochs, _at, alpha) in BUDGETS.items():
-        if (images, epochs, alpha) == (proxy.train_images, proxy.epochs, proxy.alpha):
+    for name, b in BUDGETS.items():
+        if (b.images, b.epochs, b.alpha, b.batch, b.lr, b.prune_at, b.seed) == (
+                proxy.train_images, proxy.epochs, proxy.alpha, proxy.batch, proxy.lr, 0.5, 0):
             return name
     return None
 
 
+def column_settings(proxy) -> dict:
+    """What a trained proxy's scores depend on: a stored column made with other settings is
+    scored again (``scores.settings.json`` records them)."""
+    settings = dataclasses.asdict(proxy)
+    for key in ("kind", "early_stop", "prefilter"):  # the benchmark never stops early
+        settings.pop(key)
+    return settings
+
+
 def score_all(limit: int | None) -> None:
     import torch
-    from proxy_budget_sweep import SWEEP
+    from proxy_budget_sweep import SWEEP, score_value
 
     from search.proxy import distilled_proxy, naswot, prepare_proxy_data, synflow
     from spaces.arch import Arch
 
     cfg = load_cfg()
     torch.set_num_threads(cfg.search.threads)
-    plain = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, alpha=0.0))
+    # the same training without a teacher, scored by its accuracy (there is no teacher to
+    # be faithful to)
+    plain = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, alpha=0.0,
+                                                               score="accuracy"))
     path = RESULTS / "scores.csv"
     done = {r["arch_id"]: r for r in read_csv(path)} if path.exists() else {}
+    settings_path = RESULTS / "scores.settings.json"
+    recorded = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+    settings = {name: column_settings(c.proxy) for name, c in (("distill", cfg),
+                                                               ("no_teacher", plain))}
+    for name in settings:
+        if recorded.get(name) != settings[name]:  # made with other settings: score again
+            for row in done.values():
+                row.pop(name, None)
+                row.pop(f"{name}_cost_s", None)
+    settings_path.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
     archs = load_archs()[:limit]
     # Trainings the budget sweep already ran with exactly the proxy's settings are reused.
     swept = {}
@@ -106,8 +132,8 @@ def score_all(limit: int | None) -> None:
     for name, c in (("distill", cfg), ("no_teacher", plain)):
         budget = sweep_budget(c.proxy)
         if budget:
-            swept[name] = {r["arch_id"]: r for r in sweep_rows
-                           if r["budget"] == budget and r["at"] == "1.0"}
+            swept[name] = {r["arch_id"]: (score_value(r, c.proxy.score), r["cost_s"])
+                           for r in sweep_rows if r["budget"] == budget and r["at"] == "1.0"}
     todo = [(a, p) for a in archs for p in PROXIES
             if not done.get(a["arch_id"], {}).get(p)
             and a["arch_id"] not in swept.get(p, {})]
@@ -116,8 +142,8 @@ def score_all(limit: int | None) -> None:
     if any(p in ("distill", "no_teacher", "naswot") for _, p in todo):
         data = prepare_proxy_data(cfg, *load_dataset_and_teacher(cfg))
         batch = data.train_x[:64]
-    scorers = {"distill": lambda a: distilled_proxy(a, data, cfg)["accuracy"],
-               "no_teacher": lambda a: distilled_proxy(a, data, plain)["accuracy"],
+    scorers = {"distill": lambda a: distilled_proxy(a, data, cfg)["score"],
+               "no_teacher": lambda a: distilled_proxy(a, data, plain)["score"],
                "synflow": synflow, "naswot": lambda a: naswot(a, batch, cfg.seed),
                "params": lambda a: a.params(), "macs": lambda a: a.macs()}
     for entry in archs:
@@ -125,8 +151,8 @@ def score_all(limit: int | None) -> None:
         arch = Arch.from_json(json.dumps(entry["arch"]))
         for name, rows in swept.items():
             if arch.arch_id in rows:
-                row[name] = rows[arch.arch_id]["accuracy"]
-                row[f"{name}_cost_s"] = rows[arch.arch_id]["cost_s"]
+                value, cost = rows[arch.arch_id]
+                row[name], row[f"{name}_cost_s"] = round(value, 6), cost
         for name in [p for a, p in todo if a is entry]:
             start = time.perf_counter()
             row[name] = round(float(scorers[name](arch)), 6)
@@ -207,7 +233,7 @@ def measure_cost(n: int) -> str:
         out = distilled_proxy(arch, data, cfg)  # no rivals: never stops early
         rows.append({"arch_id": arch.arch_id, "rpi4_latency_ms": entry["rpi4_latency_ms"],
                      "macs": arch.macs(), "seconds": round(time.perf_counter() - start, 2),
-                     "accuracy": round(out["accuracy"], 4)})
+                     "accuracy": round(out["accuracy"], 4), "score": round(out["score"], 4)})
         print(rows[-1], flush=True)
     with open(RESULTS / "cost.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

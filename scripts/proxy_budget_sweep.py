@@ -22,22 +22,47 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "scripts" / "results" / "proxy"
 SWEEP = RESULTS / "budget_sweep.csv"
-# name: (training images, epochs, checkpoint fraction, distillation weight alpha, prune at,
-# training seed: weights' initialization and batch order; the data split stays seed 0's)
-BUDGETS = {"6k_x2": (6000, 2, 0.5, 0.7, 0.5, 0), "12k_x4": (12000, 4, 0.75, 0.7, 0.5, 0),
-           "12k_x4_no_teacher": (12000, 4, 0.75, 0.0, 0.5, 0),
+
+
+class Budget(NamedTuple):
+    """One way of training the proxy. ``seed`` sets the weights' initialization and the batch
+    order (the data split stays seed 0's); ``prune_at`` is the fraction of the steps trained
+    dense before the prune (0: the pruned widths from the start)."""
+    images: int          # training images
+    epochs: int
+    at: float            # checkpoint scored on the way (what early stopping sees)
+    alpha: float = 0.7   # weight of the distillation loss (0: no teacher)
+    prune_at: float = 0.5
+    seed: int = 0
+    batch: int = 128
+    lr: float = 0.05
+
+
+BUDGETS = {"6k_x2": Budget(6000, 2, 0.5), "12k_x4": Budget(12000, 4, 0.75),
+           "12k_x4_no_teacher": Budget(12000, 4, 0.75, alpha=0.0),
            # the pruned widths trained from the start: no dense phase to recover from
-           "12k_x4_prune0": (12000, 4, 0.75, 0.7, 0.0, 0),
+           "12k_x4_prune0": Budget(12000, 4, 0.75, prune_at=0.0),
            # the default proxy again with another training seed: the proxy's own noise
-           "12k_x4_seed1": (12000, 4, 0.75, 0.7, 0.5, 1)}
+           "12k_x4_seed1": Budget(12000, 4, 0.75, seed=1),
+           # more optimizer steps for the same images: half the batch
+           "12k_x4_b64": Budget(12000, 4, 0.75, batch=64),
+           "12k_x4_b64_seed1": Budget(12000, 4, 0.75, batch=64, seed=1),
+           "12k_x4_b32": Budget(12000, 4, 0.75, batch=32),
+           "12k_x4_b64_no_teacher": Budget(12000, 4, 0.75, alpha=0.0, batch=64),
+           # a larger step size: deep networks may move further in the short budget
+           "12k_x4_lr0.1": Budget(12000, 4, 0.75, lr=0.1),
+           # the same number of steps over twice as many distinct images
+           "24k_x2": Budget(24000, 2, 0.75)}
 VAL_IMAGES = 5000
 FIELDS = ["arch_id", "budget", "at", "accuracy", "ce", "kl", "agreement", "cost_s"]
 
@@ -77,11 +102,13 @@ def sweep(shard: tuple[int, int], threads: int, budgets: list[str]) -> None:
     part = SWEEP.with_suffix(f".part{shard[0]}.csv")
     done = {(r["arch_id"], r["budget"]) for path in (SWEEP, part) if path.exists()
             for r in read_csv(path) if r["at"] == "1.0"}
-    for name, (images, epochs, at, alpha, prune_at, seed) in BUDGETS.items():
+    for name, b in BUDGETS.items():
         if budgets and name not in budgets:
             continue
+        at = b.at
         c = dataclasses.replace(cfg, proxy=dataclasses.replace(
-            cfg.proxy, train_images=images, val_images=VAL_IMAGES, epochs=epochs, alpha=alpha))
+            cfg.proxy, train_images=b.images, val_images=VAL_IMAGES, epochs=b.epochs,
+            alpha=b.alpha, batch=b.batch, lr=b.lr))
         data = prepare_proxy_data(c, dataset, teacher)
         recipe = proxy_recipe(c.proxy)
         for entry in archs:
@@ -97,8 +124,8 @@ def sweep(shard: tuple[int, int], threads: int, budgets: list[str]) -> None:
                 return False
 
             model = train_candidate(arch, data.train_x, data.train_y, data.train_teacher,
-                                    recipe, seed=seed, checkpoint=(at, at_half),
-                                    prune_at=prune_at)
+                                    recipe, seed=b.seed, checkpoint=(at, at_half),
+                                    prune_at=b.prune_at)
             rows.append({"at": 1.0, **measures(model, data),
                          "cost_s": time.perf_counter() - start})
             new = not part.exists()
@@ -134,7 +161,7 @@ def report() -> str:
     lines = ["| budget | at | measure | Kendall tau | Spearman rho | median cost s | n |",
              "|---|---|---|---|---|---|---|"]
     for name in BUDGETS:
-        for at in (str(BUDGETS[name][2]), "1.0"):
+        for at in (str(BUDGETS[name].at), "1.0"):
             sel = {r["arch_id"]: r for r in rows if r["budget"] == name and r["at"] == at}
             ids = [a for a in truth if a in sel]
             if len(ids) < 3:
@@ -155,12 +182,18 @@ def front(points: dict[str, tuple[float, float]]) -> set[str]:
                        for acc2, lat2 in points.values())}
 
 
-def replay_inputs(budget: str) -> tuple[dict, dict, dict]:
-    """For the replays: each architecture's final proxy accuracy under ``budget``, its
+def score_value(row: dict, score: str) -> float:
+    """A sweep row's value of a proxy score (``proxy.score``): ``fidelity`` to the teacher,
+    exp(-KL), or validation ``accuracy``."""
+    return math.exp(-float(row["kl"])) if score == "fidelity" else float(row["accuracy"])
+
+
+def replay_inputs(budget: str, score: str) -> tuple[dict, dict, dict]:
+    """For the replays: each architecture's final proxy ``score`` under ``budget``, its
     predicted rpi4 latency, and its ground-truth (seed 0) test accuracy."""
     from proxy_benchmark import load_archs
 
-    final = {r["arch_id"]: float(r["accuracy"]) for r in read_csv(SWEEP)
+    final = {r["arch_id"]: score_value(r, score) for r in read_csv(SWEEP)
              if r["budget"] == budget and r["at"] == "1.0"}
     lat = {a["arch_id"]: a["rpi4_latency_ms"] for a in load_archs()}
     truth = {r["arch_id"]: float(r["test_accuracy"])
@@ -168,27 +201,51 @@ def replay_inputs(budget: str) -> tuple[dict, dict, dict]:
     return final, lat, truth
 
 
-def early_stop_simulation(budget: str, margins=(0.0, 0.005, 0.01, 0.02), orders: int = 50
-                          ) -> str:
+def front_recovery() -> str:
+    """What a search would keep: for each budget and score, the front of (score, predicted rpi4
+    latency) over the 48 architectures against the ground truth's front: how many members
+    they share, and the test accuracy lost at each ground-truth front member's latency by
+    taking the best of the proxy's front there instead (mean over the ground-truth front)."""
+    lines = ["Fronts (score against predicted rpi4 latency) against the ground truth's:", "",
+             "| budget | score | proxy front | shared with ground-truth front | "
+             "accuracy lost at its latencies, mean (points) |", "|---|---|---|---|---|"]
+    for name in BUDGETS:
+        for score in ("accuracy", "fidelity"):
+            final, lat, truth = replay_inputs(name, score)
+            ids = [a for a in final if a in truth]
+            if len(ids) < len(truth):
+                continue
+            mine = front({a: (final[a], lat[a]) for a in ids})
+            true = front({a: (truth[a], lat[a]) for a in ids})
+            lost = [truth[a] - max((truth[b] for b in mine if lat[b] <= lat[a]), default=0.0)
+                    for a in true]
+            lines.append(f"| {name} | {score} | {len(mine)} | {len(mine & true)} of "
+                         f"{len(true)} | {100 * sum(lost) / len(lost):.2f} |")
+    return "\n".join(lines)
+
+
+def early_stop_simulation(budget: str, score: str = "accuracy",
+                          margins=(0.0, 0.005, 0.01, 0.02), orders: int = 50) -> str:
     """Replay the search's early-stop rule over the sweep's measurements: architectures arrive
     in random orders; one stops at the checkpoint when an earlier, fully trained one at most as
-    slow (predicted rpi4 latency) beat its checkpoint accuracy by ``margin`` at both its own
+    slow (predicted rpi4 latency) beat its checkpoint ``score`` by ``margin`` at both its own
     checkpoint and its end. Reports the share stopped, the training time saved, and how many
     stopped architectures belonged on the front (of the full proxy's results, and of the
     ground truth)."""
     import random
 
-    at = BUDGETS[budget][2]
-    ckpt = {r["arch_id"]: float(r["accuracy"]) for r in read_csv(SWEEP)
+    at = BUDGETS[budget].at
+    ckpt = {r["arch_id"]: score_value(r, score) for r in read_csv(SWEEP)
             if r["budget"] == budget and r["at"] == str(at)}
-    final, lat, truth = replay_inputs(budget)
+    final, lat, truth = replay_inputs(budget, score)
     ids = [a for a in final if a in ckpt and a in truth]
     if len(ids) < 3:
         return ""
     proxy_front = front({a: (final[a], lat[a]) for a in ids})
     true_front = front({a: (truth[a], lat[a]) for a in ids})
-    lines = [f"Early stop replayed on {budget} ({len(ids)} architectures, checkpoint at {at}, "
-             f"{orders} random arrival orders; fronts over accuracy and rpi4 latency: "
+    lines = [f"Early stop replayed on {budget}, scored by {score} ({len(ids)} architectures, "
+             f"checkpoint at {at}, {orders} random arrival orders; fronts over {score} and "
+             "rpi4 latency: "
              f"proxy front {len(proxy_front)}, ground-truth front {len(true_front)}):", "",
              "| margin | stopped | training saved | stopped on proxy front | "
              "stopped on ground-truth front |", "|---|---|---|---|---|"]
@@ -213,7 +270,7 @@ def early_stop_simulation(budget: str, margins=(0.0, 0.005, 0.01, 0.02), orders:
     return "\n".join(lines)
 
 
-def prefilter_simulation(budget: str, ns=(1, 2, 3, 5), orders: int = 50) -> str:
+def prefilter_simulation(budget: str, score: str, ns=(1, 2, 3, 5), orders: int = 50) -> str:
     """Replay the zero-cost pre-filter (``proxy.prefilter.dominated_by=N``, NASWOT): an
     architecture is not trained when N earlier ones at most as slow have a higher NASWOT
     score. Reports the share skipped and the front members lost (of the proxy's front over
@@ -221,7 +278,7 @@ def prefilter_simulation(budget: str, ns=(1, 2, 3, 5), orders: int = 50) -> str:
     import random
 
     scores = {r["arch_id"]: float(r["naswot"]) for r in read_csv(RESULTS / "scores.csv")}
-    final, lat, truth = replay_inputs(budget)
+    final, lat, truth = replay_inputs(budget, score)
     ids = [a for a in final if a in scores and a in truth]
     if len(ids) < 3:
         return ""
@@ -257,12 +314,17 @@ def main() -> None:
     if not args.report:
         k, n = (int(v) for v in args.shard.split("/"))
         sweep((k, n), args.threads, [b for b in args.budgets.split(",") if b])
-    text = report()
-    for name in BUDGETS:
-        sim = early_stop_simulation(name)
+    text = report() + "\n\n" + front_recovery()
+    from proxy_benchmark import load_cfg, sweep_budget  # same folder
+
+    proxy = load_cfg().proxy
+    default = sweep_budget(proxy)
+    # the earlier defaults, scored by accuracy, and today's default with its score
+    for name, score in (("6k_x2", "accuracy"), ("12k_x4", "accuracy"), (default, proxy.score)):
+        sim = name and early_stop_simulation(name, score)
         if sim:
             text += "\n\n" + sim
-    sim = prefilter_simulation("12k_x4")
+    sim = default and prefilter_simulation(default, proxy.score)
     if sim:
         text += "\n\n" + sim
     print(text)

@@ -78,10 +78,14 @@ class EarlyStopConfig:
     both at the same checkpoint and at its end, by at least ``margin``."""
 
     at: Optional[float] = 0.75  # fraction of the proxy's steps; null: never stop early
-    margin: float = 0.01  # accuracy (fraction, 0.01 = 1 point) the partial result must lose by
+    margin: float = 0.01  # score (accuracy or fidelity, 0.01 = 1 point) it must lose by
 
 
 ZERO_COST_SCORES = ("naswot", "synflow", "params")
+# What the distilled proxy reports as the study's accuracy objective: validation accuracy, or
+# fidelity to the teacher, exp(-KL(teacher || candidate)) on the validation images (in (0, 1],
+# 1 = the teacher's predictions exactly), which ranks architectures more like full training.
+PROXY_SCORES = ("fidelity", "accuracy")
 
 
 @dataclass
@@ -99,10 +103,11 @@ class ProxyConfig:
     train_images: int = 12000
     val_images: int = 5000
     epochs: int = 4
-    batch: int = 128
+    batch: int = 64
     lr: float = 0.05
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the distillation term; 1 - alpha on the hard labels
+    score: str = "fidelity"  # fidelity | accuracy: the value of the accuracy objective
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     prefilter: PrefilterConfig = field(default_factory=PrefilterConfig)
@@ -297,6 +302,8 @@ def validate(c: Config) -> None:
                         "training between 0 and 1 (or null: never stop early)")
     if stop.margin < 0:
         problems.append(f"proxy.early_stop.margin={stop.margin} must be 0 or more")
+    if c.proxy.score not in PROXY_SCORES:
+        problems.append(f"proxy.score={c.proxy.score!r} is not one of {list(PROXY_SCORES)}")
     if c.proxy.prefilter.score not in ZERO_COST_SCORES:
         problems.append(f"proxy.prefilter.score={c.proxy.prefilter.score!r} is not one of "
                         f"{list(ZERO_COST_SCORES)}")

@@ -205,7 +205,10 @@ def measure_and_predict(cfg: Config, trial: optuna.trial.FrozenTrial, arch: Arch
     return {
         "trial": trial.number, "arch_id": arch.arch_id, "params": arch.params(),
         "macs": arch.macs(), "size_kib": arch.size_kib(), "bits": list(arch.bits),
-        "proxy_accuracy": trial.values[0], "proxy": trial.user_attrs.get("proxy"),
+        "proxy_accuracy": trial.user_attrs.get("proxy_accuracy", trial.values[0]),
+        "proxy": trial.user_attrs.get("proxy"), "proxy_score": trial.values[0],
+        # what the search optimized (proxy.score); studies before it had accuracy only
+        "proxy_score_name": trial.user_attrs.get("proxy_score_name", "accuracy"),
         "test_accuracy": {"model.onnx": onnx_accuracy(fp32_path, dataset.test_x,
                                                        dataset.test_y),
                           "model.int8.onnx": onnx_accuracy(int8_path, dataset.test_x,
@@ -230,6 +233,10 @@ def model_card(cfg: Config, arch: Arch, m: dict) -> str:
         f"| {i} | {s.block} | {s.kernel} | {s.expansion} | {s.se_ratio} | {s.act} | {s.depth} "
         f"| {s.stride} | {s.out_chs} -> {s.kept_out_chs} | {s.prune_ratio} | "
         f"{', '.join(map(str, s.bits))} |" for i, s in enumerate(arch.stages))
+    score = ("" if m.get("proxy_score_name", "accuracy") in ("accuracy", "naswot") else
+             f" The search ranked it by its {m['proxy_score_name']}: {m['proxy_score']:.4f}"
+             " (fidelity: exp(-KL divergence from the teacher's predictions), 1 = the "
+             "teacher's exactly).")
     return f"""# Model card: trial {m['trial']} ({arch.arch_id})
 
 Found by edgenas for device `{cfg.device.name}` on `{cfg.data.name}`.
@@ -255,7 +262,7 @@ bit-widths. Pruned channels are physically removed. Layers at 8 bits are int8 (Q
 | model.onnx (fp32) | {100 * acc['model.onnx']:.2f}% |
 | model.int8.onnx | {100 * acc['model.int8.onnx']:.2f}% |
 
-Proxy accuracy during the search ({m['proxy']}, validation split): {100 * m['proxy_accuracy']:.2f}%.
+Proxy accuracy during the search ({m['proxy']}, validation split): {100 * m['proxy_accuracy']:.2f}%.{score}
 
 ## Latency and energy
 Predicted for `{cfg.device.name}` by its device model

@@ -52,20 +52,25 @@ def early_stopper(finished: list[FrozenTrial], c: dict, cost_objectives: list[st
                   margin: float, acc_index: int = 0) -> Callable[[float], Optional[str]]:
     """``stop_check`` for :func:`search.proxy.distilled_proxy`: a reason to stop when a
     finished, fully trained trial at least as cheap on every cost objective beat this
-    candidate's checkpoint accuracy by ``margin``, both at the same checkpoint and at its end
-    (so the stopped trial, recorded with its checkpoint accuracy, is dominated)."""
+    candidate's checkpoint score (``proxy.score``) by ``margin``, both at the same checkpoint
+    and at its end (so the stopped trial, recorded with its checkpoint score, is dominated)."""
+    def checkpoint_score(t: FrozenTrial) -> Optional[float]:
+        # trials recorded before the proxy had a score kept their accuracy only
+        return t.user_attrs.get("proxy_checkpoint_score",
+                                t.user_attrs.get("proxy_checkpoint_accuracy"))
+
     rivals = [t for t in finished
-              if "proxy_checkpoint_accuracy" in t.user_attrs
+              if checkpoint_score(t) is not None
               and "proxy_stopped_at" not in t.user_attrs and "skipped" not in t.user_attrs
               and _cheaper_or_equal(t, c, cost_objectives)]
 
     def check(partial: float) -> Optional[str]:
         for t in rivals:
-            final = t.values[acc_index]
-            if min(t.user_attrs["proxy_checkpoint_accuracy"], final) >= partial + margin:
-                return (f"dominated by trial {t.number} (checkpoint accuracy "
-                        f"{t.user_attrs['proxy_checkpoint_accuracy']:.4f}, final "
-                        f"{final:.4f} >= {partial:.4f} + margin {margin})")
+            final, at_checkpoint = t.values[acc_index], checkpoint_score(t)
+            if min(at_checkpoint, final) >= partial + margin:
+                return (f"dominated by trial {t.number} (checkpoint score "
+                        f"{at_checkpoint:.4f}, final {final:.4f} >= {partial:.4f} + margin "
+                        f"{margin})")
         return None
 
     return check
@@ -130,12 +135,12 @@ class Objective:
             hopeless = prefilter_reason(finished, c, scores, self.cost_objectives,
                                         p.prefilter.score, p.prefilter.dominated_by)
         if any(v > 0 for v in over.values()):
-            result = {"accuracy": 0.0, "cost_s": 0.0}
+            result = {"score": 0.0, "accuracy": 0.0, "cost_s": 0.0}
             trial.set_user_attr("skipped", "over budget: " + ", ".join(
                 f"{k} {c[k]:.3g} > {getattr(self.cfg.budget, k):.3g}" for k, v in over.items()
                 if v > 0))
         elif hopeless:
-            result = {"accuracy": 0.0, "cost_s": 0.0}
+            result = {"score": 0.0, "accuracy": 0.0, "cost_s": 0.0}
             trial.set_user_attr("skipped", hopeless)
         elif p.kind == "zero_cost":
             result = zero_cost_proxy(scores)
@@ -146,9 +151,12 @@ class Objective:
             result = distilled_proxy(arch, self.proxy_data, self.cfg, stop_check=stop)
         with batched_writes(trial):
             trial.set_user_attr("proxy", self.cfg.proxy.kind)
+            # what the accuracy objective holds (proxy.score; NASWOT for proxy=zero_cost)
+            trial.set_user_attr("proxy_score_name", self.cfg.proxy.score
+                                if p.kind == "distill" else "naswot")
             for key, value in result.items():
                 trial.set_user_attr(f"proxy_{key}", value)
-        values = {"accuracy": result["accuracy"], **c}
+        values = {"accuracy": result["score"], **c}
         return tuple(float(values[o]) for o in self.cfg.search.objectives)
 
 

@@ -107,15 +107,35 @@ def proxy_recipe(p: ProxyConfig) -> Recipe:
                   alpha=p.alpha)
 
 
+def teacher_kl(logits: torch.Tensor, teacher: torch.Tensor) -> float:
+    """KL(teacher || candidate) in nats, averaged over the images (temperature 1)."""
+    return float(F.kl_div(F.log_softmax(logits.float(), 1), F.log_softmax(teacher.float(), 1),
+                          reduction="batchmean", log_target=True))
+
+
+def proxy_score(logits: torch.Tensor, data: ProxyData, score: str) -> float:
+    """The proxy's score of a trained candidate (``proxy.score``): validation ``accuracy``,
+    or ``fidelity`` to the teacher, exp(-KL(teacher || candidate)), in (0, 1]."""
+    if score == "accuracy":
+        return accuracy(logits, data.val_y)
+    if data.val_teacher is None:
+        raise ValueError("proxy.score=fidelity needs the teacher's logits on the validation "
+                         "images")
+    return math.exp(-teacher_kl(logits, data.val_teacher))
+
+
 def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config,
                     stop_check: Optional[Callable[[float], Optional[str]]] = None) -> dict:
-    """Proxy accuracy on the validation images, agreement with the teacher's top-1 and KL
-    divergence from its predictions (``teacher_kl``, nats), and cost in seconds.
+    """Train ``arch`` briefly and score it on the validation images: ``score`` (what
+    ``proxy.score`` asks for: the study's accuracy objective), ``accuracy``, agreement with
+    the teacher's top-1 and KL divergence from its predictions (``teacher_kl``, nats), and
+    the cost in seconds.
 
     With ``proxy.early_stop.at`` set, the partial model is scored at that checkpoint
-    (``checkpoint_accuracy``) and ``stop_check(checkpoint_accuracy)`` may end the training
-    there by returning a reason; then ``accuracy`` is the checkpoint's, ``stopped_at`` the
-    fraction of the budget spent and ``stopped_by`` the reason.
+    (``checkpoint_score``, ``checkpoint_accuracy``) and ``stop_check(checkpoint_score)`` may
+    end the training there by returning a reason; then ``score`` and ``accuracy`` are the
+    checkpoint's, ``stopped_at`` the fraction of the budget spent and ``stopped_by`` the
+    reason.
     """
     start = time.time()
     p = cfg.proxy
@@ -123,8 +143,10 @@ def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config,
     out: dict = {}
 
     def at_checkpoint(model: nn.Module) -> bool:
-        out["checkpoint_accuracy"] = accuracy(predict_logits(model, data.val_x), data.val_y)
-        reason = None if stop_check is None else stop_check(out["checkpoint_accuracy"])
+        logits = predict_logits(model, data.val_x)
+        out["checkpoint_accuracy"] = accuracy(logits, data.val_y)
+        out["checkpoint_score"] = proxy_score(logits, data, p.score)
+        reason = None if stop_check is None else stop_check(out["checkpoint_score"])
         if reason:
             out["stopped_at"], out["stopped_by"] = p.early_stop.at, reason
         return bool(reason)
@@ -134,14 +156,14 @@ def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config,
                             seed=cfg.seed, checkpoint=checkpoint)
     logits = predict_logits(model, data.val_x)
     out["accuracy"] = accuracy(logits, data.val_y)
-    if checkpoint is not None and "checkpoint_accuracy" not in out:
-        out["checkpoint_accuracy"] = out["accuracy"]  # a budget too short to stop within
+    out["score"] = proxy_score(logits, data, p.score)
+    if checkpoint is not None and "checkpoint_score" not in out:
+        # a budget too short to stop within
+        out["checkpoint_accuracy"], out["checkpoint_score"] = out["accuracy"], out["score"]
     if data.val_teacher is not None:
         teacher = data.val_teacher.float()
         out["teacher_agreement"] = float((logits.argmax(1) == teacher.argmax(1)).float().mean())
-        out["teacher_kl"] = float(F.kl_div(F.log_softmax(logits.float(), 1),
-                                           F.log_softmax(teacher, 1), reduction="batchmean",
-                                           log_target=True))
+        out["teacher_kl"] = teacher_kl(logits, teacher)
     out["cost_s"] = time.time() - start
     return out
 
@@ -197,4 +219,4 @@ def zero_cost_scores(arch: Arch, images: torch.Tensor, seed: int = 0) -> dict:
 def zero_cost_proxy(scores: dict) -> dict:
     """``proxy=zero_cost``: NASWOT stands in for accuracy (it ranks the benchmark's
     architectures best of the zero-cost scores; ``scripts/proxy_benchmark.py``)."""
-    return {"accuracy": scores["naswot"], "cost_s": scores["cost_s"]}
+    return {"score": scores["naswot"], "accuracy": scores["naswot"], "cost_s": scores["cost_s"]}

@@ -20,6 +20,7 @@ def test_defaults_compose_into_typed_dataclasses():
     assert isinstance(cfg, Config)
     assert cfg.device.name == "rpi4" and cfg.device.model_path().is_file()
     assert cfg.data.kind == "fashion_mnist" and cfg.proxy.kind == "distill"
+    assert cfg.proxy.score == "fidelity"
     assert cfg.search.sampler == "nsga2" and cfg.search.objectives == ["accuracy", "latency_ms"]
     assert cfg.study.name == "rpi4-fashion_mnist-mobilenet"
     assert cfg.storage.url.startswith("sqlite:///studies/")
@@ -61,6 +62,7 @@ def test_known_devices_are_listed():
     ("space.kernel=[3,9]", "space.kernel has 9"),
     ("data.kind=mnist", "data.kind='mnist'"),
     ("proxy.alpha=2", "proxy.alpha"),
+    ("proxy.score=loss", "proxy.score='loss' is not one of ['fidelity', 'accuracy']"),
 ])
 def test_invalid_values_are_named(override, needle):
     with pytest.raises(UserError, match=None) as err:

@@ -1,10 +1,12 @@
 """Early stopping of the distilled proxy and the zero-cost pre-filter."""
 
 import dataclasses
+import math
 
 import optuna
 import pytest
 import torch
+import torch.nn.functional as F
 from optuna.distributions import FloatDistribution
 
 from search.config import Config
@@ -22,9 +24,9 @@ def data(n=256, seed=0):
     return x, y
 
 
-def proxy_cfg(**early_stop):
+def proxy_cfg(score="fidelity", **early_stop):
     cfg = Config()
-    proxy = dataclasses.replace(cfg.proxy, epochs=2, batch=32,
+    proxy = dataclasses.replace(cfg.proxy, epochs=2, batch=32, score=score,
                                 early_stop=dataclasses.replace(cfg.proxy.early_stop,
                                                                **early_stop))
     return dataclasses.replace(cfg, proxy=proxy)
@@ -34,7 +36,7 @@ def finished(number, final, checkpoint, latency, **attrs):
     t = optuna.trial.create_trial(
         values=[final, latency], params={"x": 0.5},
         distributions={"x": FloatDistribution(0, 1)},
-        user_attrs={"proxy_checkpoint_accuracy": checkpoint, "latency_ms": latency, **attrs})
+        user_attrs={"proxy_checkpoint_score": checkpoint, "latency_ms": latency, **attrs})
     t.number = number
     return t
 
@@ -77,15 +79,28 @@ def test_prune_at_sets_when_the_dense_phase_ends():
 def test_distilled_proxy_records_the_checkpoint_and_why_it_stopped():
     x, y = data()
     vx, vy = data(64, seed=1)
-    pd = ProxyData(x, y, None, vx, vy, None)
+    pd = ProxyData(x, y, 3 * F.one_hot(y, 4).float(), vx, vy, 3 * F.one_hot(vy, 4).float())
     arch = tiny_arch(bits=8)
-    full = distilled_proxy(arch, pd, proxy_cfg(at=0.5), stop_check=lambda acc: None)
+    seen = []
+    full = distilled_proxy(arch, pd, proxy_cfg(at=0.5), stop_check=seen.append)
     assert 0 <= full["checkpoint_accuracy"] <= 1 and "stopped_at" not in full
-    stopped = distilled_proxy(arch, pd, proxy_cfg(at=0.5), stop_check=lambda acc: "beaten")
+    # the default score is fidelity to the teacher, exp(-KL); the check sees it at the
+    # checkpoint
+    assert full["score"] == pytest.approx(math.exp(-full["teacher_kl"]))
+    assert 0 < full["score"] <= 1 and seen == [full["checkpoint_score"]]
+    stopped = distilled_proxy(arch, pd, proxy_cfg(at=0.5), stop_check=lambda s: "beaten")
     assert stopped["stopped_at"] == 0.5 and stopped["stopped_by"] == "beaten"
     assert stopped["accuracy"] == stopped["checkpoint_accuracy"] == full["checkpoint_accuracy"]
-    never = distilled_proxy(arch, pd, proxy_cfg(at=None), stop_check=lambda acc: "beaten")
+    assert stopped["score"] == stopped["checkpoint_score"] == full["checkpoint_score"]
+    never = distilled_proxy(arch, pd, proxy_cfg(at=None), stop_check=lambda s: "beaten")
     assert "checkpoint_accuracy" not in never and never["accuracy"] == full["accuracy"]
+    # proxy.score=accuracy: the score is the validation accuracy (same training)
+    by_acc = distilled_proxy(arch, pd, proxy_cfg("accuracy", at=None))
+    assert by_acc["score"] == by_acc["accuracy"] == full["accuracy"]
+    assert by_acc["teacher_kl"] == full["teacher_kl"]
+    # fidelity cannot be scored without the teacher's logits
+    with pytest.raises(ValueError, match="fidelity"):
+        distilled_proxy(arch, ProxyData(x, y, None, vx, vy, None), proxy_cfg(at=None))
 
 
 def test_a_partial_result_is_dominated_only_by_a_cheaper_better_finished_trial():
@@ -103,6 +118,11 @@ def test_a_partial_result_is_dominated_only_by_a_cheaper_better_finished_trial()
     # a slower rival does not dominate; stopped or skipped trials are never rivals
     assert early_stopper(trials[1:], {"latency_ms": 2.0}, ["latency_ms"], 0.0)(0.5) is None
     assert "trial 1" in early_stopper(trials, {"latency_ms": 3.0}, ["latency_ms"], 0.0)(0.85)
+    # trials recorded before the proxy had a score: their checkpoint accuracy counts
+    legacy = finished(0, final=0.80, checkpoint=0.70, latency=1.0)
+    legacy.user_attrs["proxy_checkpoint_accuracy"] = legacy.user_attrs.pop(
+        "proxy_checkpoint_score")
+    assert "trial 0" in early_stopper([legacy], {"latency_ms": 2.0}, ["latency_ms"], 0.01)(0.6)
 
 
 def test_prefilter_needs_enough_cheaper_trials_with_a_higher_score():

@@ -6,6 +6,7 @@ config errors run in a real interpreter (``run_cli``)."""
 import gzip
 import hashlib
 import json
+import math
 
 import optuna
 import pytest
@@ -64,6 +65,10 @@ def test_distilled_proxy_trains_against_a_cached_teacher(tmp_path):
     assert all(0 <= t.values[0] <= 1 and t.user_attrs["proxy_cost_s"] > 0 for t in trials)
     assert all("proxy_teacher_agreement" in t.user_attrs for t in trials)
     assert all(0 <= t.user_attrs["proxy_checkpoint_accuracy"] <= 1 for t in trials)
+    # the accuracy objective holds fidelity to the teacher (proxy.score's default)
+    assert all(t.values[0] == t.user_attrs["proxy_score"]
+               == pytest.approx(math.exp(-t.user_attrs["proxy_teacher_kl"]))
+               and t.user_attrs["proxy_score_name"] == "fidelity" for t in trials)
     proxy = json.loads((tmp_path / "out" / "summary.json").read_text())["proxy"]
     assert proxy["kind"] == "distill" and proxy["seconds"] > 0
     assert proxy["stopped_early"] == sum("proxy_stopped_at" in t.user_attrs for t in trials)

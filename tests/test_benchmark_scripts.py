@@ -1,0 +1,36 @@
+"""The benchmark scripts' own rules (they are not run by the suite: they train for hours)."""
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_config import make
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+
+def test_the_proxy_benchmark_reuses_only_sweep_trainings_made_with_the_default_settings():
+    from proxy_benchmark import sweep_budget
+    from proxy_budget_sweep import BUDGETS
+
+    proxy = make("+device=rpi4").proxy
+    name = sweep_budget(proxy)
+    assert name is not None and BUDGETS[name].prune_at == 0.5 and BUDGETS[name].seed == 0
+    assert (BUDGETS[name].images, BUDGETS[name].epochs, BUDGETS[name].batch,
+            BUDGETS[name].lr) == (proxy.train_images, proxy.epochs, proxy.batch, proxy.lr)
+    # any other training (batch, step size, teacher weight, images) is not the default's
+    for change in ({"batch": proxy.batch // 2}, {"lr": proxy.lr * 2}, {"alpha": 0.0},
+                   {"train_images": proxy.train_images * 2}, {"val_images": 2000}):
+        other = sweep_budget(dataclasses.replace(proxy, **change))
+        assert other != name, change
+
+
+def test_sweep_rows_score_the_way_the_search_does():
+    from proxy_budget_sweep import score_value
+
+    row = {"accuracy": "0.8", "kl": "0.1"}
+    assert score_value(row, "accuracy") == 0.8
+    assert score_value(row, "fidelity") == pytest.approx(math.exp(-0.1))
