@@ -29,6 +29,15 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def proxy_hash(cfg: Config) -> str:
+    """The proxy's settings as a hash. ``proxy.score=accuracy`` hashes as before the score
+    existed (2026-11-27), so older studies resume with their settings spelled out."""
+    settings = asdict(cfg.proxy)
+    if settings["score"] == "accuracy":
+        del settings["score"]
+    return _hash(settings)
+
+
 def study_meta(cfg: Config, data_fingerprint: str, device_model_hash: str) -> dict:
     """What a study is tied to; stored as study user attributes and checked on resume."""
     return {
@@ -38,7 +47,7 @@ def study_meta(cfg: Config, data_fingerprint: str, device_model_hash: str) -> di
         "device": cfg.device.name, "device_bits": list(cfg.device.bits),
         "device_model_hash": device_model_hash,
         "objectives": list(cfg.search.objectives),
-        "proxy": cfg.proxy.kind, "proxy_hash": _hash(asdict(cfg.proxy)),
+        "proxy": cfg.proxy.kind, "proxy_hash": proxy_hash(cfg),
         "seed": cfg.seed,
     }
 

@@ -81,3 +81,14 @@ def test_cuda_without_a_gpu_is_refused_with_the_way_out():
 def test_missing_device_is_a_user_error():
     with pytest.raises(UserError, match=r"\+device=NAME"):
         make()
+
+
+def test_studies_made_before_the_proxy_score_existed_resume_with_accuracy_spelled_out():
+    from dataclasses import asdict
+
+    from search.study import _hash, proxy_hash
+
+    old = make("+device=rpi4", "proxy.batch=128", "proxy.score=accuracy")
+    before = {k: v for k, v in asdict(old.proxy).items() if k != "score"}  # no such field then
+    assert proxy_hash(old) == _hash(before)
+    assert proxy_hash(make("+device=rpi4", "proxy.batch=128")) != _hash(before)  # fidelity
