@@ -22,7 +22,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -75,17 +74,13 @@ def read_csv(path: Path) -> list[dict]:
 def measures(model, data) -> dict:
     import torch.nn.functional as F
 
+    from search.proxy import validation_measures
     from search.train import predict_logits
 
     logits = predict_logits(model, data.val_x).float()
-    teacher = data.val_teacher.float()
-    return {
-        "accuracy": float((logits.argmax(1) == data.val_y).float().mean()),
-        "ce": float(F.cross_entropy(logits, data.val_y)),
-        "kl": float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher, 1),
-                             reduction="batchmean", log_target=True)),
-        "agreement": float((logits.argmax(1) == teacher.argmax(1)).float().mean()),
-    }
+    m = validation_measures(logits, data)
+    return {"accuracy": m["accuracy"], "ce": float(F.cross_entropy(logits, data.val_y)),
+            "kl": m["teacher_kl"], "agreement": m["teacher_agreement"]}
 
 
 def sweep(shard: tuple[int, int], threads: int, budgets: list[str]) -> None:
@@ -183,9 +178,11 @@ def front(points: dict[str, tuple[float, float]]) -> set[str]:
 
 
 def score_value(row: dict, score: str) -> float:
-    """A sweep row's value of a proxy score (``proxy.score``): ``fidelity`` to the teacher,
-    exp(-KL), or validation ``accuracy``."""
-    return math.exp(-float(row["kl"])) if score == "fidelity" else float(row["accuracy"])
+    """A sweep row's value of a proxy score (``proxy.score``), by the search's own rule."""
+    from search.proxy import proxy_score
+
+    return proxy_score({"accuracy": float(row["accuracy"]), "teacher_kl": float(row["kl"])},
+                       score)
 
 
 def replay_inputs(budget: str, score: str) -> tuple[dict, dict, dict]:

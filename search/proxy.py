@@ -113,15 +113,26 @@ def teacher_kl(logits: torch.Tensor, teacher: torch.Tensor) -> float:
                           reduction="batchmean", log_target=True))
 
 
-def proxy_score(logits: torch.Tensor, data: ProxyData, score: str) -> float:
-    """The proxy's score of a trained candidate (``proxy.score``): validation ``accuracy``,
-    or ``fidelity`` to the teacher, exp(-KL(teacher || candidate)), in (0, 1]."""
+def validation_measures(logits: torch.Tensor, data: ProxyData) -> dict:
+    """A trained candidate's validation ``accuracy`` and, with the teacher's logits, its
+    agreement with the teacher's top-1 (``teacher_agreement``) and ``teacher_kl``."""
+    out = {"accuracy": accuracy(logits, data.val_y)}
+    if data.val_teacher is not None:
+        teacher = data.val_teacher.float()
+        out["teacher_agreement"] = float((logits.argmax(1) == teacher.argmax(1)).float().mean())
+        out["teacher_kl"] = teacher_kl(logits, teacher)
+    return out
+
+
+def proxy_score(measures: dict, score: str) -> float:
+    """The proxy's score (``proxy.score``) from :func:`validation_measures`: validation
+    ``accuracy``, or ``fidelity`` to the teacher, exp(-KL(teacher || candidate)), in (0, 1]."""
     if score == "accuracy":
-        return accuracy(logits, data.val_y)
-    if data.val_teacher is None:
+        return measures["accuracy"]
+    if "teacher_kl" not in measures:
         raise ValueError("proxy.score=fidelity needs the teacher's logits on the validation "
                          "images")
-    return math.exp(-teacher_kl(logits, data.val_teacher))
+    return math.exp(-measures["teacher_kl"])
 
 
 def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config,
@@ -143,9 +154,9 @@ def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config,
     out: dict = {}
 
     def at_checkpoint(model: nn.Module) -> bool:
-        logits = predict_logits(model, data.val_x)
-        out["checkpoint_accuracy"] = accuracy(logits, data.val_y)
-        out["checkpoint_score"] = proxy_score(logits, data, p.score)
+        measures = validation_measures(predict_logits(model, data.val_x), data)
+        out["checkpoint_accuracy"] = measures["accuracy"]
+        out["checkpoint_score"] = proxy_score(measures, p.score)
         reason = None if stop_check is None else stop_check(out["checkpoint_score"])
         if reason:
             out["stopped_at"], out["stopped_by"] = p.early_stop.at, reason
@@ -154,16 +165,11 @@ def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config,
     checkpoint = None if p.early_stop.at is None else (p.early_stop.at, at_checkpoint)
     model = train_candidate(arch, data.train_x, data.train_y, data.train_teacher, recipe,
                             seed=cfg.seed, checkpoint=checkpoint)
-    logits = predict_logits(model, data.val_x)
-    out["accuracy"] = accuracy(logits, data.val_y)
-    out["score"] = proxy_score(logits, data, p.score)
+    out.update(validation_measures(predict_logits(model, data.val_x), data))
+    out["score"] = proxy_score(out, p.score)
     if checkpoint is not None and "checkpoint_score" not in out:
         # a budget too short to stop within
         out["checkpoint_accuracy"], out["checkpoint_score"] = out["accuracy"], out["score"]
-    if data.val_teacher is not None:
-        teacher = data.val_teacher.float()
-        out["teacher_agreement"] = float((logits.argmax(1) == teacher.argmax(1)).float().mean())
-        out["teacher_kl"] = teacher_kl(logits, teacher)
     out["cost_s"] = time.time() - start
     return out
 

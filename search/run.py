@@ -99,7 +99,7 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
         table.add_column(col, justify="right" if col not in ("bit-widths", "latency from")
                          else "left")
     for r in rows:
-        acc = [f"{r['proxy_score']:.4f}" for _ in scored]
+        acc = [f"{r['proxy_score']:.4f}"] if scored else []
         acc.append(f"{r['proxy_accuracy']:.2f}" if zero_cost
                    else f"{100 * r['proxy_accuracy']:.2f}%")
         table.add_row(str(r["trial"]), *acc, f"{r['latency_ms']:.3f}", f"{r['energy_mj']:.3f}",
