@@ -115,6 +115,25 @@ def feed(sess):
     return out
 
 
+def damaged_files(bundle, models):
+    """The manifest's model files that are missing, or whose bytes differ from the checksum
+    the manifest records (bundles written before checksums: presence only), as messages."""
+    import hashlib
+
+    bad = []
+    for entry in models:
+        path = os.path.join(bundle, entry["file"])
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            bad.append(f"{entry['file']} missing")
+            continue
+        if "sha256" in entry and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            bad.append(f"{entry['file']} differs from its checksum")
+    return bad
+
+
 def measure_chunk(bundle, chunk, anchor, args):
     """Time the files of one chunk in interleaved rounds, with the bundle's reference file
     ``anchor`` timed in every round too. Returns {file: [[times ms], start, end, mJ] per round}
@@ -229,6 +248,12 @@ def main(argv=None):
         print(f"warning: CPU frequency governor is {governor()!r}; figures are steadier with "
               "'performance' (sudo cpupower frequency-set -g performance)", file=sys.stderr)
     files = [m["file"] for m in manifest["models"]]
+    bad = damaged_files(args.bundle, manifest["models"])
+    if bad:
+        sys.exit(f"error: {len(bad)} of the bundle's {len(files)} model files are missing or "
+                 f"damaged ({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''}): copy the "
+                 "whole bundle folder to the device again (e.g. `scp -r` or `rsync -a`) and "
+                 "run this script from it")
     partial_path = os.path.join(args.bundle, "results.partial.json")
     state = {"settings": [3, args.threads, args.runs, args.window, args.rounds, args.chunk],
              "done": {}, "anchor_ms": {}, "remeasured": 0}

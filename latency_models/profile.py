@@ -23,6 +23,7 @@ re-measuring.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import platform
 import sys
@@ -202,8 +203,12 @@ def write_bundle(out: str | os.PathLike, networks: int = 60, seed: int = 0,
     entries, seen_layers = [], set()
 
     def add(model: onnx.ModelProto, name: str, **entry) -> None:
-        write_bytes(out / "models" / name, model.SerializeToString())
-        entries.append({"file": f"models/{name}", **entry})
+        data = model.SerializeToString()
+        write_bytes(out / "models" / name, data)
+        # the file's checksum: the device script refuses a file damaged or cut short in the
+        # copy, and the bundle's id below covers the ONNX bytes, not only their description
+        entries.append({"file": f"models/{name}", "sha256": hashlib.sha256(data).hexdigest(),
+                        **entry})
 
     for i in range(networks):
         arch = sample_arch(RandomChoices(seed * 100003 + i), space, in_chans=1, input_size=28,
@@ -237,8 +242,6 @@ def write_bundle(out: str | os.PathLike, networks: int = 60, seed: int = 0,
         print(f"\rbundle: {i + 1}/{networks} networks, {len(entries)} files", end="",
               flush=True)
     print()
-    import hashlib
-
     manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "seed": seed,
                 "networks": networks, "input": [1, 1, 28, 28], "models": entries}
     manifest["id"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()

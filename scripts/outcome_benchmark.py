@@ -8,14 +8,17 @@
    recipe (``export.epochs=--epochs``, same teacher), all exported to fp32 and int8 ONNX and
    scored the same way (accuracy with onnxruntime, host latency measured side by side, rpi4
    latency and energy predicted from the graphs); dominance figures against each baseline.
-3. Hypervolume: the same search with sampler seeds 0..``--seeds``-1, and random search with
-   the same seeds and trial budget (same data split, teacher and proxy); the hypervolume of
-   each study's (proxy accuracy, predicted latency) points against one reference point
-   (accuracy 0, the largest latency any of these studies saw), and the NSGA-II runs against
-   the median of the random ones.
+3. Hypervolume: the same search with sampler seeds 0..``--seeds``-1 for each sampler of
+   ``--samplers`` (default: the search's default sampler), and random search with the same
+   seeds and trial budget (same data split, teacher and proxy); the hypervolume of each
+   study's (proxy score, predicted latency) points against one reference point (score 0, the
+   largest latency any of these studies saw), and each sampler's runs against the median of
+   the random ones.
 4. Copies the report (JSON, Markdown, PNG, HTML), every scored ONNX file and ``command.txt``
    (the exact command, step times) to ``--results`` as soon as the report is done, and
-   ``hypervolume.json`` once the searches of step 3 are.
+   ``hypervolume.json`` (with its searches' times) once the searches of step 3 are.
+   ``--skip-report`` runs steps 1 and 3 only (the samplers' comparison) and leaves the
+   results' report files as they are.
 
 Everything resumes: studies continue where they stopped, exported and trained models whose
 recipe is unchanged are kept, and a finished report of the same study and recipe is not
@@ -75,8 +78,32 @@ def finished_trials(storage: str, name: str) -> int:
     return len(complete_trials(load(storage, name)))
 
 
+def compare_samplers(volumes: dict[tuple[str, int], float], samplers: list[str],
+                     seeds: int) -> dict:
+    """Each sampler's hypervolumes (by seed) against random search's median and, seed by
+    seed, against random search with the same seed. ``volumes`` maps (sampler, seed)."""
+    random_median = statistics.median(volumes[("random", seed)] for seed in range(seeds))
+    out = {}
+    for s in samplers:
+        vs = [volumes[(s, seed)] for seed in range(seeds)]
+        out[s] = {"median": round(statistics.median(vs), 5),
+                  "above_random_median": sum(v > random_median for v in vs), "of": seeds,
+                  "pairs_above_random_same_seed": sum(
+                      volumes[(s, seed)] > volumes[("random", seed)] for seed in range(seeds))}
+    return {"random_median": round(random_median, 5), "samplers": out}
+
+
+def proxy_scores(storage: str, names: list[str]) -> list[str]:
+    """The proxy scores the studies' trials recorded (``accuracy`` for trials made before
+    the score was recorded)."""
+    from search.study import complete_trials
+
+    return sorted({t.user_attrs.get("proxy_score_name", "accuracy")
+                   for name in names for t in complete_trials(load(storage, name))})
+
+
 def main() -> None:
-    from search.report import hypervolume
+    from search.config import SAMPLERS, SearchConfig
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="rpi4")
@@ -85,10 +112,22 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="sampler seeds for the hypervolume")
     ap.add_argument("--work", default=".cache/edgenas/outcome", help="studies, models, logs")
     ap.add_argument("--results", default="scripts/results/outcome")
+    ap.add_argument("--samplers", default=SearchConfig.sampler,
+                    help="comma-separated samplers compared with random search for the "
+                    f"hypervolume, the first also runs the reported search (of {SAMPLERS})")
     ap.add_argument("--skip-hypervolume", action="store_true")
+    ap.add_argument("--skip-report", action="store_true",
+                    help="only the searches and the hypervolume comparison")
     ap.add_argument("overrides", nargs="*", help="more Hydra overrides for every step, e.g. "
                     "search.threads=4 (a smoke run: data=synthetic proxy=zero_cost)")
     args = ap.parse_args()
+    samplers = [s for s in args.samplers.split(",") if s]
+    if not samplers or any(s not in SAMPLERS or s == "random" for s in samplers):
+        ap.error(f"--samplers {args.samplers!r}: give one or more of "
+                 f"{[s for s in SAMPLERS if s != 'random']}, comma-separated (random search is "
+                 "what they are compared with)")
+    if args.skip_report and args.skip_hypervolume:
+        ap.error("--skip-report and --skip-hypervolume together leave nothing to do")
 
     work, results = (ROOT / args.work).resolve(), ROOT / args.results
     work.mkdir(parents=True, exist_ok=True)
@@ -124,7 +163,10 @@ def main() -> None:
     # The report right after its study: it is the result a user reads, and on 2 cores the
     # whole benchmark spans more than one sitting, so it comes first; the hypervolume's
     # searches (step 3) follow.
-    main_study = search("nsga2", 0)
+    main_study = search(samplers[0], 0)
+    if args.skip_report:
+        run_hypervolume(args, samplers, storage, main_study, search, times, results)
+        return
     report_dir = work / "report"
     # A finished report of this very study and recipe is kept: measuring it again would only
     # re-time the host latencies (and change the committed figures by their noise).
@@ -160,34 +202,48 @@ def main() -> None:
     write_command()
 
     if not args.skip_hypervolume:
-        # Seed by seed (NSGA-II's first generation is random search with the same seed, so
-        # each pair differs only by what the evolution proposed after it).
-        studies = {(s, seed): main_study if (s, seed) == ("nsga2", 0) else search(s, seed)
-                   for seed in range(args.seeds) for s in ("nsga2", "random")}
-        points = {k: study_points(storage, name) for k, name in studies.items()}
-        ref = max(lat for pts in points.values() for _, lat in pts)
-        volumes = {k: hypervolume(p, ref) for k, p in points.items()}
-        random_median = statistics.median(v for (s, _), v in volumes.items() if s == "random")
-        nsga = [v for (s, _), v in sorted(volumes.items()) if s == "nsga2"]
-        hv = {"reference": {"accuracy": 0.0, "latency_ms": ref},
-              "objectives": "proxy accuracy (validation split) and predicted "
-                            f"{args.device} latency, ms", "trials": args.trials,
-              "studies": {f"{s}-s{seed}": {"hypervolume": round(v, 5),
-                                            "trials": len(points[(s, seed)])}
-                          for (s, seed), v in sorted(volumes.items())},
-              "random_median": round(random_median, 5),
-              "nsga2_median": round(statistics.median(nsga), 5),
-              "nsga2_above_random_median": sum(v > random_median for v in nsga),
-              "of": len(nsga),
-              "pairs_nsga2_above_random_same_seed": sum(
-                  volumes[("nsga2", seed)] > volumes[("random", seed)]
-                  for seed in range(args.seeds))}
-        print(f"hypervolume: NSGA-II {', '.join(f'{v:.4f}' for v in nsga)} | random median "
-              f"{random_median:.4f} -> {hv['nsga2_above_random_median']} of {len(nsga)} above")
-        (results / "hypervolume.json").write_text(json.dumps(hv, indent=1))
+        run_hypervolume(args, samplers, storage, main_study, search, times, results)
         write_command()
     print(f"results in {results}: {sum(times.values()) / 60:.1f} min of steps in all, "
           f"{(time.time() - started) / 60:.1f} min this invocation")
+
+
+def run_hypervolume(args, samplers: list[str], storage: str, main_study: str, search,
+                    times: dict, results: Path) -> None:
+    """Step 3: the remaining searches, their hypervolumes, ``hypervolume.json``."""
+    from search.report import hypervolume
+
+    # Seed by seed (NSGA-II's first generation is random search with the same seed, so
+    # each pair differs only by what the evolution proposed after it).
+    studies = {(s, seed): main_study if (s, seed) == (samplers[0], 0) else search(s, seed)
+               for seed in range(args.seeds) for s in [*samplers, "random"]}
+    points = {k: study_points(storage, name) for k, name in studies.items()}
+    ref = max(lat for pts in points.values() for _, lat in pts)
+    volumes = {k: hypervolume(p, ref) for k, p in points.items()}
+    compared = compare_samplers(volumes, samplers, args.seeds)
+    scores = proxy_scores(storage, list(studies.values()))
+    hv = {"reference": {"score": 0.0, "accuracy": 0.0, "latency_ms": ref},
+          "objectives": f"proxy score ({', '.join(scores)}; validation split) and predicted "
+                        f"{args.device} latency, ms", "proxy_score": scores,
+          "trials": args.trials, "seeds": args.seeds,
+          "studies": {f"{s}-s{seed}": {"hypervolume": round(v, 5),
+                                        "trials": len(points[(s, seed)]),
+                                        "seconds": round(times.get(f"search {s} seed {seed}",
+                                                                   0.0))}
+                      for (s, seed), v in sorted(volumes.items())},
+          **compared, "date": time.strftime("%Y-%m-%d"),
+          "command": f"python scripts/outcome_benchmark.py {' '.join(sys.argv[1:])}"}
+    if "nsga2" in compared["samplers"]:  # the keys of files written before --samplers
+        c = compared["samplers"]["nsga2"]
+        hv.update(nsga2_median=c["median"], nsga2_above_random_median=c["above_random_median"],
+                  of=c["of"], pairs_nsga2_above_random_same_seed=c[
+                      "pairs_above_random_same_seed"])
+    for s, c in compared["samplers"].items():
+        print(f"hypervolume: {s} {', '.join(f'{volumes[(s, k)]:.4f}' for k in range(args.seeds))}"
+              f" | random median {compared['random_median']:.4f} -> "
+              f"{c['above_random_median']} of {c['of']} above")
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "hypervolume.json").write_text(json.dumps(hv, indent=1))
 
 
 if __name__ == "__main__":

@@ -34,3 +34,18 @@ def test_sweep_rows_score_the_way_the_search_does():
     row = {"accuracy": "0.8", "kl": "0.1"}
     assert score_value(row, "accuracy") == 0.8
     assert score_value(row, "fidelity") == pytest.approx(math.exp(-0.1))
+
+
+def test_the_outcome_benchmark_compares_each_sampler_with_random_search_seed_by_seed():
+    from outcome_benchmark import compare_samplers
+
+    volumes = {("random", 0): 2.0, ("random", 1): 3.0, ("random", 2): 2.5,
+               ("nsga2", 0): 2.6, ("nsga2", 1): 2.4, ("nsga2", 2): 2.7,
+               ("tpe", 0): 1.0, ("tpe", 1): 3.5, ("tpe", 2): 2.5}
+    got = compare_samplers(volumes, ["nsga2", "tpe"], seeds=3)
+    assert got["random_median"] == 2.5
+    assert got["samplers"]["nsga2"] == {"median": 2.6, "above_random_median": 2, "of": 3,
+                                        "pairs_above_random_same_seed": 2}
+    # a tie with random's median is not above it
+    assert got["samplers"]["tpe"] == {"median": 2.5, "above_random_median": 1, "of": 3,
+                                      "pairs_above_random_same_seed": 1}

@@ -62,7 +62,7 @@ def test_bundle_covers_networks_layers_and_precisions(measured_bundle):
     source = (folder / "run_on_device.py").read_text()
     imports = {line.split()[1].split(".")[0] for line in source.splitlines()
                if line.strip().startswith(("import ", "from "))}
-    assert imports <= {"argparse", "csv", "json", "os", "platform", "sys", "time", "numpy",
+    assert imports <= {"argparse", "csv", "hashlib", "json", "os", "platform", "sys", "time", "numpy",
                        "onnxruntime"}
 
 
@@ -328,6 +328,22 @@ def test_a_chunk_measured_in_a_slow_spell_is_measured_again(tmp_path, monkeypatc
     info = json.loads((folder / "device.json").read_text())["reference"]
     assert info["file"] == files[0] and info["chunks_measured_again"] == 1
     assert len(info["median_ms_by_chunk"]) == -(-len(files) // 4)
+
+
+def test_the_device_script_refuses_a_bundle_copied_incompletely(tmp_path, capsys):
+    folder = tmp_path / "b"
+    manifest = write_bundle(folder, networks=1, seed=2, fp16=0)
+    files = [m["file"] for m in manifest["models"]]
+    assert all(len(m["sha256"]) == 64 for m in manifest["models"])
+    (folder / files[1]).write_bytes((folder / files[1]).read_bytes()[:100])  # cut short
+    (folder / files[2]).unlink()
+    with pytest.raises(SystemExit) as exc:
+        device_script.main(["--bundle", str(folder), "--rounds", "1", "--runs", "1"])
+    message = str(exc.value)
+    assert f"2 of the bundle's {len(files)} model files" in message
+    assert f"{files[1]} differs from its checksum" in message and f"{files[2]} missing" in message
+    assert "copy the whole bundle folder" in message
+    assert not (folder / "results.csv").exists() and not (folder / "results.partial.json").exists()
 
 
 def test_energy_counter_on_the_device_makes_energy_measured(tmp_path, monkeypatch):
