@@ -94,12 +94,13 @@ def compare_samplers(volumes: dict[tuple[str, int], float], samplers: list[str],
 
 
 def proxy_scores(storage: str, names: list[str]) -> list[str]:
-    """The proxy scores the studies' trials recorded (``accuracy`` for trials made before
-    the score was recorded)."""
-    from search.study import complete_trials
+    """The proxy scores the studies' scored trials recorded (``accuracy`` for trials made
+    before the score was recorded)."""
+    from search.study import complete_trials, feasible
 
     return sorted({t.user_attrs.get("proxy_score_name", "accuracy")
-                   for name in names for t in complete_trials(load(storage, name))})
+                   for name in names for t in complete_trials(load(storage, name))
+                   if feasible(t)})
 
 
 def main() -> None:

@@ -49,3 +49,36 @@ def test_the_outcome_benchmark_compares_each_sampler_with_random_search_seed_by_
     # a tie with random's median is not above it
     assert got["samplers"]["tpe"] == {"median": 2.5, "above_random_median": 1, "of": 3,
                                       "pairs_above_random_same_seed": 1}
+
+
+def test_the_outcome_benchmark_writes_the_hypervolume_comparison(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    import optuna
+    from outcome_benchmark import run_hypervolume
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    points = {"nsga2": [(0.9, 1.0), (0.8, 0.5)], "random": [(0.85, 1.0), (0.7, 2.0)]}
+    for seed in range(2):
+        for sampler, pts in points.items():
+            study = optuna.create_study(study_name=f"x-{sampler}-s{seed}", storage=storage,
+                                        directions=["maximize", "minimize"])
+            for acc, lat in pts:
+                study.add_trial(optuna.trial.create_trial(
+                    values=[acc + seed / 100, lat], user_attrs={"proxy_score_name": "fidelity"}))
+            # an over-budget trial does not count
+            study.add_trial(optuna.trial.create_trial(values=[0.99, 0.1],
+                                                      user_attrs={"skipped": "over budget"}))
+    args = SimpleNamespace(seeds=2, trials=2, device="rpi4")
+    run_hypervolume(args, ["nsga2"], storage, "x-nsga2-s0", lambda s, seed: f"x-{s}-s{seed}",
+                    {"search random seed 1": 12.4}, tmp_path)
+    hv = json.loads((tmp_path / "hypervolume.json").read_text())
+    assert hv["reference"]["latency_ms"] == 2.0 and hv["proxy_score"] == ["fidelity"]
+    # nsga2: 0.9 over [1, 2] plus 0.8 over [0.5, 1]; random: 0.85 over [1, 2]
+    assert hv["studies"]["nsga2-s0"]["hypervolume"] == pytest.approx(0.9 + 0.4)
+    assert hv["studies"]["random-s0"]["hypervolume"] == pytest.approx(0.85)
+    assert hv["studies"]["random-s1"] == {"hypervolume": pytest.approx(0.86), "trials": 2,
+                                          "seconds": 12}
+    assert hv["samplers"]["nsga2"]["above_random_median"] == 2
+    assert hv["nsga2_above_random_median"] == 2 and hv["of"] == 2

@@ -62,8 +62,8 @@ def test_bundle_covers_networks_layers_and_precisions(measured_bundle):
     source = (folder / "run_on_device.py").read_text()
     imports = {line.split()[1].split(".")[0] for line in source.splitlines()
                if line.strip().startswith(("import ", "from "))}
-    assert imports <= {"argparse", "csv", "hashlib", "json", "os", "platform", "sys", "time", "numpy",
-                       "onnxruntime"}
+    assert imports <= {"argparse", "csv", "hashlib", "json", "os", "platform", "sys", "time",
+                       "numpy", "onnxruntime"}
 
 
 def test_fit_from_bundle_writes_model_and_device_config(measured_bundle, tmp_path,
