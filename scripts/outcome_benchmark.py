@@ -93,6 +93,20 @@ def compare_samplers(volumes: dict[tuple[str, int], float], samplers: list[str],
     return {"random_median": round(random_median, 5), "samplers": out}
 
 
+def normalized_volumes(points: dict) -> dict:
+    """Each study's hypervolume with both objectives scaled to the range every study's
+    points span together, from their common nadir (the lowest score and the largest latency
+    seen): a check that the comparison does not hinge on the reference point (from score 0,
+    the area is mostly the fastest trial's latency times its score)."""
+    from search.report import hypervolume
+
+    every = [p for pts in points.values() for p in pts]
+    lo, hi = min(a for a, _ in every), max(a for a, _ in every)
+    slowest = max(lat for _, lat in every)
+    return {k: hypervolume([((a - lo) / ((hi - lo) or 1.0), lat / slowest) for a, lat in pts],
+                           1.0) for k, pts in points.items()}
+
+
 def proxy_scores(storage: str, names: list[str]) -> list[str]:
     """The proxy scores the studies' scored trials recorded (``accuracy`` for trials made
     before the score was recorded)."""
@@ -222,27 +236,38 @@ def run_hypervolume(args, samplers: list[str], storage: str, main_study: str, se
     ref = max(lat for pts in points.values() for _, lat in pts)
     volumes = {k: hypervolume(p, ref) for k, p in points.items()}
     compared = compare_samplers(volumes, samplers, args.seeds)
+    normalized = normalized_volumes(points)
+    compared_normalized = compare_samplers(normalized, samplers, args.seeds)
     scores = proxy_scores(storage, list(studies.values()))
     hv = {"reference": {"score": 0.0, "accuracy": 0.0, "latency_ms": ref},
           "objectives": f"proxy score ({', '.join(scores)}; validation split) and predicted "
                         f"{args.device} latency, ms", "proxy_score": scores,
           "trials": args.trials, "seeds": args.seeds,
           "studies": {f"{s}-s{seed}": {"hypervolume": round(v, 5),
+                                        "normalized_hypervolume": round(
+                                            normalized[(s, seed)], 5),
                                         "trials": len(points[(s, seed)]),
                                         "seconds": round(times.get(f"search {s} seed {seed}",
                                                                    0.0))}
                       for (s, seed), v in sorted(volumes.items())},
-          **compared, "date": time.strftime("%Y-%m-%d"),
+          **compared, "normalized": {
+              "reference": "lowest score and largest latency of all studies' points, both "
+                           "objectives scaled to the range they span", **compared_normalized},
+          "date": time.strftime("%Y-%m-%d"),
           "command": f"python scripts/outcome_benchmark.py {' '.join(sys.argv[1:])}"}
     if "nsga2" in compared["samplers"]:  # the keys of files written before --samplers
         c = compared["samplers"]["nsga2"]
         hv.update(nsga2_median=c["median"], nsga2_above_random_median=c["above_random_median"],
                   of=c["of"], pairs_nsga2_above_random_same_seed=c[
                       "pairs_above_random_same_seed"])
-    for s, c in compared["samplers"].items():
-        print(f"hypervolume: {s} {', '.join(f'{volumes[(s, k)]:.4f}' for k in range(args.seeds))}"
-              f" | random median {compared['random_median']:.4f} -> "
-              f"{c['above_random_median']} of {c['of']} above")
+    for label, vols, comp in (("hypervolume", volumes, compared),
+                              ("normalized", normalized, compared_normalized)):
+        for s, c in comp["samplers"].items():
+            mine = ", ".join(f"{vols[(s, k)]:.4f}" for k in range(args.seeds))
+            random = ", ".join(f"{vols[('random', k)]:.4f}" for k in range(args.seeds))
+            print(f"{label}: {s} {mine} | random {random} (median "
+                  f"{comp['random_median']:.4f}) -> {c['above_random_median']} of {c['of']} "
+                  "above")
     results.mkdir(parents=True, exist_ok=True)
     (results / "hypervolume.json").write_text(json.dumps(hv, indent=1))
 

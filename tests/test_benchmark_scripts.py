@@ -78,7 +78,13 @@ def test_the_outcome_benchmark_writes_the_hypervolume_comparison(tmp_path):
     # nsga2: 0.9 over [1, 2] plus 0.8 over [0.5, 1]; random: 0.85 over [1, 2]
     assert hv["studies"]["nsga2-s0"]["hypervolume"] == pytest.approx(0.9 + 0.4)
     assert hv["studies"]["random-s0"]["hypervolume"] == pytest.approx(0.85)
-    assert hv["studies"]["random-s1"] == {"hypervolume": pytest.approx(0.86), "trials": 2,
-                                          "seconds": 12}
+    assert hv["studies"]["random-s1"]["hypervolume"] == pytest.approx(0.86)
+    assert (hv["studies"]["random-s1"]["trials"], hv["studies"]["random-s1"]["seconds"]) == (2, 12)
     assert hv["samplers"]["nsga2"]["above_random_median"] == 2
+    # normalized: scores 0.7..0.91 and latencies over 2.0 ms, so nsga2-s0's points scale to
+    # (score 0.1 / 0.21, latency 0.25) and (0.2 / 0.21, 0.5)
+    step = 0.1 / 0.21
+    assert hv["studies"]["nsga2-s0"]["normalized_hypervolume"] == pytest.approx(
+        step * 0.75 + step * 0.5, abs=1e-5)
+    assert hv["normalized"]["samplers"]["nsga2"]["of"] == 2
     assert hv["nsga2_above_random_median"] == 2 and hv["of"] == 2
