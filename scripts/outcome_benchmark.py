@@ -73,8 +73,16 @@ def study_points(storage: str, name: str) -> list[tuple[float, float]]:
 
 
 def finished_trials(storage: str, name: str) -> int:
+    """Complete trials of the study ``name`` (0 where there is no such study yet)."""
+    import optuna
+
     from search.study import complete_trials
 
+    if not Path(storage[len("sqlite:///"):]).is_file():
+        return 0
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        return 0
     return len(complete_trials(load(storage, name)))
 
 
@@ -162,6 +170,9 @@ def main() -> None:
     def search(sampler: str, seed: int) -> str:
         name = f"outcome-{args.device}-{sampler}-s{seed}"
         key = f"search {sampler} seed {seed}"
+        if finished_trials(storage, name) >= args.trials:  # done: no need to start it again
+            print(f"{name}: {args.trials} trials already done", flush=True)
+            return name
         step(key, [py, "-m", "search", *common, f"study.name={name}",
                    f"search.sampler={sampler}", f"search.sampler_seed={seed}",
                    f"out_dir={work}/{name}"])
