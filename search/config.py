@@ -122,7 +122,7 @@ class BudgetConfig:
 
 @dataclass
 class SearchConfig:
-    sampler: str = "nsga2"
+    sampler: str = "tpe"  # multi-objective TPE (Optuna 5's own default)
     n_trials: int = 32  # the study's total; a resumed study only runs what is missing
     threads: int = 2
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency_ms"])

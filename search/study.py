@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -114,7 +115,12 @@ def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:
             return optuna.samplers.NSGAIISampler(population_size=cfg.search.population,
                                                  seed=seed)
         if cfg.search.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+            # constant liar: workers sharing a study do not propose the same region at once
+            # (one worker proposes exactly what it would without it)
+            with warnings.catch_warnings():  # multivariate and group are "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                                  constant_liar=True)
         return optuna.samplers.RandomSampler(seed=seed)
 
     seed = cfg.seed if cfg.search.sampler_seed is None else cfg.search.sampler_seed

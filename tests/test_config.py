@@ -21,7 +21,7 @@ def test_defaults_compose_into_typed_dataclasses():
     assert cfg.device.name == "rpi4" and cfg.device.model_path().is_file()
     assert cfg.data.kind == "fashion_mnist" and cfg.proxy.kind == "distill"
     assert cfg.proxy.score == "fidelity"
-    assert cfg.search.sampler == "nsga2" and cfg.search.objectives == ["accuracy", "latency_ms"]
+    assert cfg.search.sampler == "tpe" and cfg.search.objectives == ["accuracy", "latency_ms"]
     assert cfg.study.name == "rpi4-fashion_mnist-mobilenet"
     assert cfg.storage.url.startswith("sqlite:///studies/")
     assert len(cfg.space.stages) == 4 and cfg.space.stages[1].stride == 2
