@@ -59,8 +59,9 @@ def check_exact(study: optuna.Study, n: int) -> list[optuna.trial.FrozenTrial]:
 
 
 def two_workers(tmp_path: Path, storage: str, name: str, *extra: str,
-                envs: tuple[dict | None, dict | None] = (None, None)) -> list[subprocess.Popen]:
-    return [start_cli(search_args(tmp_path, f"study.name={name}", "search.sampler=random",
+                envs: tuple[dict | None, dict | None] = (None, None),
+                sampler: str = "random") -> list[subprocess.Popen]:
+    return [start_cli(search_args(tmp_path, f"study.name={name}", f"search.sampler={sampler}",
                                   *extra, storage=storage, out=f"out{i}"),
                       capture=True, env=envs[i]) for i in range(2)]
 
@@ -240,6 +241,19 @@ def test_two_workers_share_one_journal_study_exactly(tmp_path):
     for p, (out, err) in zip(procs, wait_all(procs)):
         assert p.returncode == 0, err[-3000:]
     done = check_exact(load(storage, "journal-two"), n)
+    assert len({t.system_attrs[WORKER_ATTR]["pid"] for t in done}) == 2
+
+
+def test_two_tpe_workers_share_one_study_exactly(tmp_path):
+    # the default sampler, with its constant liar, past its 10 random start-up trials
+    storage = f"journal:{tmp_path}/study.journal"
+    n = 16
+    procs = two_workers(tmp_path, storage, "journal-tpe", "storage=journal",
+                        f"search.n_trials={n}", sampler="tpe")
+    for p, (out, err) in zip(procs, wait_all(procs)):
+        assert p.returncode == 0, err[-3000:]
+        assert "ExperimentalWarning" not in err
+    done = check_exact(load(storage, "journal-tpe"), n)
     assert len({t.system_attrs[WORKER_ATTR]["pid"] for t in done}) == 2
 
 
