@@ -64,12 +64,11 @@ def load(storage: str, name: str):
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def study_points(storage: str, name: str) -> list[tuple[float, float]]:
-    """(accuracy, latency) of the study's finished feasible trials."""
+def scored_trials(storage: str, name: str) -> list:
+    """The study's finished feasible trials (the ones the proxy scored)."""
     from search.study import complete_trials, feasible
 
-    return [(t.values[0], t.values[1]) for t in complete_trials(load(storage, name))
-            if feasible(t)]
+    return [t for t in complete_trials(load(storage, name)) if feasible(t)]
 
 
 def finished_trials(storage: str, name: str) -> int:
@@ -113,16 +112,6 @@ def normalized_volumes(points: dict) -> dict:
     slowest = max(lat for _, lat in every)
     return {k: hypervolume([((a - lo) / ((hi - lo) or 1.0), lat / slowest) for a, lat in pts],
                            1.0) for k, pts in points.items()}
-
-
-def proxy_scores(storage: str, names: list[str]) -> list[str]:
-    """The proxy scores the studies' scored trials recorded (``accuracy`` for trials made
-    before the score was recorded)."""
-    from search.study import complete_trials, feasible
-
-    return sorted({t.user_attrs.get("proxy_score_name", "accuracy")
-                   for name in names for t in complete_trials(load(storage, name))
-                   if feasible(t)})
 
 
 def main() -> None:
@@ -238,18 +227,20 @@ def run_hypervolume(args, samplers: list[str], storage: str, main_study: str, se
                     times: dict, results: Path) -> None:
     """Step 3: the remaining searches, their hypervolumes, ``hypervolume.json``."""
     from search.report import hypervolume
+    from search.study import proxy_score_name
 
-    # Seed by seed (NSGA-II's first generation is random search with the same seed, so
-    # each pair differs only by what the evolution proposed after it).
+    # Seed by seed (NSGA-II's first generation and TPE's start-up trials are random search
+    # with the same seed, so each pair differs only by what the sampler proposed after them).
     studies = {(s, seed): main_study if (s, seed) == (samplers[0], 0) else search(s, seed)
                for seed in range(args.seeds) for s in [*samplers, "random"]}
-    points = {k: study_points(storage, name) for k, name in studies.items()}
+    trials = {k: scored_trials(storage, name) for k, name in studies.items()}
+    points = {k: [(t.values[0], t.values[1]) for t in ts] for k, ts in trials.items()}
     ref = max(lat for pts in points.values() for _, lat in pts)
     volumes = {k: hypervolume(p, ref) for k, p in points.items()}
     compared = compare_samplers(volumes, samplers, args.seeds)
     normalized = normalized_volumes(points)
     compared_normalized = compare_samplers(normalized, samplers, args.seeds)
-    scores = proxy_scores(storage, list(studies.values()))
+    scores = sorted({proxy_score_name(t) for ts in trials.values() for t in ts})
     hv = {"reference": {"score": 0.0, "accuracy": 0.0, "latency_ms": ref},
           "objectives": f"proxy score ({', '.join(scores)}; validation split) and predicted "
                         f"{args.device} latency, ms", "proxy_score": scores,

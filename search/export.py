@@ -28,7 +28,15 @@ from search.config import Config, load
 from search.data import Dataset, load_dataset, to_float
 from search.errors import UserError, guarded, silence_library_warnings
 from search.run import load_device_model
-from search.study import complete_trials, feasible, open_storage, pareto_trials, redact
+from search.study import (
+    complete_trials,
+    feasible,
+    open_storage,
+    pareto_trials,
+    proxy_accuracy,
+    proxy_score_name,
+    redact,
+)
 from search.teacher import TeacherCache
 from search.train import Recipe
 from spaces.arch import Arch
@@ -205,10 +213,9 @@ def measure_and_predict(cfg: Config, trial: optuna.trial.FrozenTrial, arch: Arch
     return {
         "trial": trial.number, "arch_id": arch.arch_id, "params": arch.params(),
         "macs": arch.macs(), "size_kib": arch.size_kib(), "bits": list(arch.bits),
-        "proxy_accuracy": trial.user_attrs.get("proxy_accuracy", trial.values[0]),
+        "proxy_accuracy": proxy_accuracy(trial),
         "proxy": trial.user_attrs.get("proxy"), "proxy_score": trial.values[0],
-        # what the search optimized (proxy.score); studies before it had accuracy only
-        "proxy_score_name": trial.user_attrs.get("proxy_score_name", "accuracy"),
+        "proxy_score_name": proxy_score_name(trial),  # what the search optimized
         "test_accuracy": {"model.onnx": onnx_accuracy(fp32_path, dataset.test_x,
                                                        dataset.test_y),
                           "model.int8.onnx": onnx_accuracy(int8_path, dataset.test_x,

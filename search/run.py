@@ -31,6 +31,7 @@ from search.study import (
     open_storage,
     open_study,
     pareto_trials,
+    proxy_accuracy,
     redact,
     study_meta,
 )
@@ -78,7 +79,7 @@ def pareto_rows(study: optuna.Study) -> list[dict]:
             # the accuracy objective holds the proxy's score (proxy.score); its validation
             # accuracy is recorded beside it
             "trial": t.number, "proxy_score": t.values[0],
-            "proxy_accuracy": a.get("proxy_accuracy", t.values[0]),
+            "proxy_accuracy": proxy_accuracy(t),
             "latency_ms": a["latency_ms"], "energy_mj": a["energy_mj"], "params": a["params"],
             "macs": a["macs"], "size_kib": a["size_kib"], "bits": bits_summary(a["bits"]),
             "latency_source": a["provenance"]["latency"]

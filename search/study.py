@@ -206,6 +206,18 @@ def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+def proxy_accuracy(trial: FrozenTrial) -> float:
+    """The trial's proxy validation accuracy (trials recorded before the proxy had a score
+    of its own held it as their accuracy objective only)."""
+    return trial.user_attrs.get("proxy_accuracy", trial.values[0])
+
+
+def proxy_score_name(trial: FrozenTrial) -> str:
+    """What the trial's accuracy objective holds (``proxy.score``; ``accuracy`` for trials
+    recorded before the score existed)."""
+    return trial.user_attrs.get("proxy_score_name", "accuracy")
+
+
 def feasible(trial: FrozenTrial) -> bool:
     constraints = trial.system_attrs.get("constraints")
     if constraints is None:
