@@ -3,7 +3,8 @@
     python scripts/outcome_benchmark.py                    # the full benchmark
     python scripts/outcome_benchmark.py --trials 16 --epochs 2   # a cheaper run (say so)
 
-1. ``python -m search +device=rpi4`` with ``--trials`` trials (NSGA-II, sampler seed 0).
+1. ``python -m search +device=rpi4`` with ``--trials`` trials (the first of ``--samplers``, sampler
+   seed 0).
 2. ``python -m search.report``: its Pareto front and the ten baselines trained with the same
    recipe (``export.epochs=--epochs``, same teacher), all exported to fp32 and int8 ONNX and
    scored the same way (accuracy with onnxruntime, host latency measured side by side, rpi4
@@ -22,7 +23,10 @@
 
 Everything resumes: studies continue where they stopped, exported and trained models whose
 recipe is unchanged are kept, and a finished report of the same study and recipe is not
-measured again. Training runs on a GPU when torch sees one (``search.device``).
+measured again. Training runs on a GPU when torch sees one (``search.device``). To train on
+a GPU machine and measure here, run ``scripts/report_training.py`` (pack, train there, unpack)
+with the report step's overrides before this command: it then finds the models trained and
+only measures them (``command.txt`` says where they were trained).
 """
 
 from __future__ import annotations
@@ -83,6 +87,29 @@ def finished_trials(storage: str, name: str) -> int:
     if name not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         return 0
     return len(complete_trials(load(storage, name)))
+
+
+def trainings_words(report_json: Path) -> str:
+    """Where the report's models were trained and for how long: the report step's time counts
+    only the trainings made in it (none where ``scripts/report_training.py`` trained them on
+    another machine before)."""
+    if not report_json.is_file():
+        return ""
+    models = json.loads(report_json.read_text())["models"]
+    by_device: dict[str, list[float]] = {}
+    for m in models:
+        by_device.setdefault(m.get("training_device") or "unrecorded", []).append(
+            m.get("training_s") or 0.0)
+    import torch
+
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    elsewhere = [d for d in by_device if not d.startswith(here)]
+    return ("\nfinal trainings of the report's models (seconds each, as recorded):\n" + "".join(
+        f"  {device}: {len(secs)} models, median {statistics.median(secs):.0f} s, "
+        f"{sum(secs):.0f} s summed\n" for device, secs in by_device.items())
+        + (f"  ({', '.join(elsewhere)}: not this machine; trained there with "
+           "scripts/report_training.py pack, train and unpack before this command, with the "
+           "report step's overrides)\n" if elsewhere else ""))
 
 
 def compare_samplers(volumes: dict[tuple[str, int], float], samplers: list[str],
@@ -173,7 +200,8 @@ def main() -> None:
             f"python scripts/outcome_benchmark.py {' '.join(sys.argv[1:])}\n\n"
             "seconds per step (summed over resumed runs):\n"
             + "".join(f"  {k}: {v:.0f}\n" for k, v in times.items())
-            + f"total: {total:.0f} s ({total / 60:.1f} min)\n")
+            + f"total: {total:.0f} s ({total / 60:.1f} min)\n"
+            + trainings_words(results / "report.json"))
 
     # The report right after its study: it is the result a user reads, and on 2 cores the
     # whole benchmark spans more than one sitting, so it comes first; the hypervolume's

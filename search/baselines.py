@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from safetensors.torch import save_file
@@ -39,15 +40,8 @@ from tqdm import tqdm
 from search.config import BASELINES, Config
 from search.data import Dataset, to_float
 from search.errors import UserError
-from search.export import (
-    RECIPE_WORDS,
-    calibration_images,
-    check_fp32,
-    final_recipe,
-    training_record,
-)
 from search.teacher import TeacherCache
-from search.train import Trainer
+from search.train import Recipe, Trainer
 from spaces.files import atomic_dir
 from spaces.onnx_io import export_module, quantize_qdq
 from spaces.quant import clean_dead_channels, detach_fake_quant, fake_quantize
@@ -85,24 +79,50 @@ def build_baseline(name: str, in_chans: int, num_classes: int) -> BaselineNet:
     return BaselineNet(net)
 
 
+def train_baseline(name: str, in_chans: int, num_classes: int, x: torch.Tensor,
+                   y: torch.Tensor, teacher: Optional[torch.Tensor], recipe: Recipe,
+                   seed: int = 0, on_step: Optional[Callable[[int], None]] = None) -> nn.Module:
+    """Baseline ``name`` trained with ``recipe`` where ``x`` is (a GPU if the caller put the
+    tensors there), fake quantization at 8 bits throughout, then removed: returns the float
+    model on the CPU in eval mode, ready to export."""
+    torch.manual_seed(seed)
+    model = fake_quantize(build_baseline(name, in_chans, num_classes), 8)
+    trainer = Trainer(model.to(x.device), x, y, teacher, recipe, seed=seed)
+    trainer.run(on_step=on_step)
+    return detach_fake_quant(trainer.model.cpu()).eval()
+
+
 def export_baseline(cfg: Config, name: str, dataset: Dataset, teacher: TeacherCache,
                     out_root: Path) -> dict:
-    """Train baseline ``name`` with the final recipe and write ``out_root/NAME/`` (model.onnx,
-    model.int8.onnx, weights.safetensors, metrics.json), atomically; returns its metrics."""
+    """Train baseline ``name`` with the final recipe and write ``out_root/NAME/``
+    (:func:`write_baseline`); returns its metrics."""
+    from search.export import final_recipe
+
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
     recipe = final_recipe(cfg)
     device = cfg.search.torch_device()
-    torch.manual_seed(cfg.seed)
-    model = fake_quantize(build_baseline(name, dataset.in_chans, dataset.num_classes), 8)
-    trainer = Trainer(model.to(device), dataset.train_x[train_idx].to(device),
-                      dataset.train_y[train_idx].to(device),
-                      teacher.logits(train_idx).to(device), recipe, seed=cfg.seed)
+    soft = teacher.logits(train_idx).to(device)
     start = time.time()
-    with tqdm(total=trainer.total_steps, desc=f"{name}: final training", unit="step",
-              leave=False) as bar:
-        trainer.run(on_step=lambda _: bar.update())
-    train_s = time.time() - start
-    model = detach_fake_quant(trainer.model.cpu()).eval()
+    with tqdm(total=recipe.total_steps(len(train_idx)), desc=f"{name}: final training",
+              unit="step", leave=False) as bar:
+        model = train_baseline(name, dataset.in_chans, dataset.num_classes,
+                               dataset.train_x[train_idx].to(device),
+                               dataset.train_y[train_idx].to(device), soft, recipe,
+                               seed=cfg.seed, on_step=lambda _: bar.update())
+    return write_baseline(cfg, name, model, dataset, teacher, out_root, time.time() - start,
+                          device)
+
+
+def write_baseline(cfg: Config, name: str, model: nn.Module, dataset: Dataset,
+                   teacher: TeacherCache, out_root: Path, train_s: float, device: str) -> dict:
+    """Write ``out_root/NAME/`` (model.onnx, model.int8.onnx, weights.safetensors,
+    metrics.json) from ``model``, the float model :func:`train_baseline` trained with this
+    config's recipe (``train_s`` seconds on ``device``), atomically; returns its metrics."""
+    # Imported here: the training above runs where only torch, timm and omegaconf are (a GPU
+    # machine, scripts/report_training.py), the export needs the whole tool.
+    from search.export import RECIPE_WORDS, calibration_images, check_fp32, training_record
+
+    train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
     dead = clean_dead_channels(model, to_float(dataset.test_x[:1]))
 
     with atomic_dir(out_root / name) as work:

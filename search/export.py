@@ -43,7 +43,7 @@ from spaces.arch import Arch
 from spaces.build import arch_def
 from spaces.files import atomic_dir
 from spaces.onnx_io import export_fp32, export_int8, ort_session
-from spaces.quant import clean_dead_channels, detach_fake_quant
+from spaces.quant import clean_dead_channels
 
 FP32_TOLERANCE = 1e-4
 
@@ -118,7 +118,9 @@ def check_fp32(model: torch.nn.Module, path: Path, dataset: Dataset, what: str) 
 
 def export_trial(cfg: Config, trial: optuna.trial.FrozenTrial, dataset: Dataset,
                  teacher: TeacherCache, out_root: Path) -> dict:
-    from search.proxy import train_candidate
+    """Train ``trial``'s architecture with the final recipe and write its folder under
+    ``out_root`` (:func:`write_trial`); returns its metrics."""
+    from search.proxy import train_final
 
     arch = Arch.from_json(trial.user_attrs["arch_json"])
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
@@ -129,11 +131,21 @@ def export_trial(cfg: Config, trial: optuna.trial.FrozenTrial, dataset: Dataset,
     start = time.time()
     with tqdm(total=steps, desc=f"trial {trial.number}: final training", unit="step",
               leave=False) as bar:
-        model = train_candidate(arch, dataset.train_x[train_idx].to(device),
-                                dataset.train_y[train_idx].to(device), soft, recipe,
-                                seed=cfg.seed, on_step=lambda _: bar.update())
-    train_s = time.time() - start
-    detach_fake_quant(model.cpu()).eval()
+        model = train_final(arch, dataset.train_x[train_idx].to(device),
+                            dataset.train_y[train_idx].to(device), soft, recipe, seed=cfg.seed,
+                            on_step=lambda _: bar.update())
+    return write_trial(cfg, trial, model, dataset, teacher, out_root, time.time() - start,
+                       device)
+
+
+def write_trial(cfg: Config, trial: optuna.trial.FrozenTrial, model: torch.nn.Module,
+                dataset: Dataset, teacher: TeacherCache, out_root: Path, train_s: float,
+                device: str) -> dict:
+    """Write ``out_root/trial_<n>/`` (ONNX fp32 and int8, weights, architecture, metrics, model
+    card) from ``model``, the float model :func:`search.proxy.train_final` trained with this
+    config's recipe (``train_s`` seconds on ``device``), atomically; returns its metrics."""
+    arch = Arch.from_json(trial.user_attrs["arch_json"])
+    train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
     dead = clean_dead_channels(model, to_float(dataset.test_x[:1]))
 
     with atomic_dir(out_root / f"trial_{trial.number}") as work:

@@ -24,7 +24,7 @@ from search.train import Recipe, Trainer, accuracy, predict_logits
 from spaces.arch import Arch
 from spaces.build import build_model
 from spaces.prune import prune_model
-from spaces.quant import attach_fake_quant
+from spaces.quant import attach_fake_quant, detach_fake_quant
 
 
 @dataclass
@@ -99,6 +99,16 @@ def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
             trainer.set_model(model.to(x.device))
     trainer.run(on_step=on_step)
     return trainer.model.eval()
+
+
+def train_final(arch: Arch, x: torch.Tensor, y: torch.Tensor, teacher: Optional[torch.Tensor],
+                recipe: Recipe, seed: int = 0,
+                on_step: Optional[Callable[[int], None]] = None) -> nn.Module:
+    """The export's final training of ``arch``: :func:`train_candidate` over the whole
+    ``recipe``, then fake quantization removed. Returns the float model (pruned widths, the
+    trained weights) on the CPU in eval mode, ready to export."""
+    model = train_candidate(arch, x, y, teacher, recipe, seed=seed, on_step=on_step)
+    return detach_fake_quant(model.cpu()).eval()
 
 
 def proxy_recipe(p: ProxyConfig) -> Recipe:

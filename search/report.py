@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,8 @@ def found_models(cfg: Config, exports: Path, dataset, teacher) -> list[dict]:
         out.append({"name": f"trial_{m['trial']}", "kind": "found", "folder": folder,
                     "trial": m["trial"], "arch_id": m.get("arch_id"),
                     "proxy_accuracy": m.get("proxy_accuracy"),
-                    "training_s": m.get("training", {}).get("seconds")})
+                    "training_s": m.get("training", {}).get("seconds"),
+                    "training_device": m.get("training", {}).get("device")})
     return out
 
 
@@ -102,7 +104,8 @@ def baseline_models(cfg: Config, out: Path, dataset, teacher) -> list[dict]:
         m = json.loads((folder / "metrics.json").read_text())
         models.append({"name": name, "kind": "baseline", "folder": folder,
                        "description": BASELINES[name][1],
-                       "training_s": m["training"]["seconds"]})
+                       "training_s": m["training"]["seconds"],
+                       "training_device": m["training"].get("device")})
     return models
 
 
@@ -217,9 +220,17 @@ def dominance(models: list[dict], chance: float = 0.0) -> list[dict]:
 # ---- outputs ------------------------------------------------------------------------------
 def entry(m: dict) -> dict:
     keys = ("name", "kind", "files", "accuracy", "host_ms", "host_spread_ms", "device_ms",
-            "device_energy_mj", "provenance", "params", "macs", "training_s", "trial",
-            "arch_id", "proxy_accuracy", "description")
+            "device_energy_mj", "provenance", "params", "macs", "training_s", "training_device",
+            "trial", "arch_id", "proxy_accuracy", "description")
     return {k: (str(m[k]) if isinstance(m[k], Path) else m[k]) for k in keys if k in m}
+
+
+def trained_where(models: list[dict]) -> str:
+    """``; trained on DEVICE`` (each device with its count where the models differ)."""
+    where = Counter(m.get("training_device") or "unrecorded" for m in models)
+    if len(where) == 1:
+        return f"; trained on {next(iter(where))}"
+    return "; trained on " + ", ".join(f"{d} ({n} models)" for d, n in where.most_common())
 
 
 def markdown(report: dict) -> str:
@@ -231,7 +242,8 @@ def markdown(report: dict) -> str:
              f"{ctx['host']['rounds']} interleaved rounds); `{dev}` latency and energy "
              f"predicted from each graph's ops by the device model {ctx['device_model_hash']} "
              f"(latency {ctx['device_latency_source']}, energy {ctx['device_energy_source']}).",
-             f"All models trained with the same recipe: {report['recipe']}.", "",
+             f"All models trained with the same recipe: {report['recipe']}"
+             f"{trained_where(report['models'])}.", "",
              f"| model | kind | params | MACs | acc fp32 % | acc int8 % | host fp32 ms | "
              f"host int8 ms | {dev} fp32 ms | {dev} int8 ms | {dev} int8 mJ |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

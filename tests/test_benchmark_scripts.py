@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.test_config import make
 
@@ -88,3 +89,84 @@ def test_the_outcome_benchmark_writes_the_hypervolume_comparison(tmp_path):
         step * 0.75 + step * 0.5, abs=1e-5)
     assert hv["normalized"]["samplers"]["nsga2"]["of"] == 2
     assert hv["nsga2_above_random_median"] == 2 and hv["of"] == 2
+
+
+# Modules the training machine of scripts/report_training.py need not have (a GPU box with
+# torch, timm, safetensors, numpy and omegaconf): importing one there fails the test.
+NOT_ON_THE_TRAINING_MACHINE = ("optuna", "hydra", "sqlalchemy", "lightgbm", "plotly",
+                               "matplotlib", "onnxruntime", "psycopg", "optuna_dashboard")
+BLOCKER = f"""import sys
+
+for name in {NOT_ON_THE_TRAINING_MACHINE!r}:
+    sys.modules[name] = None  # as if not installed: import fails, find_spec finds nothing
+"""
+
+
+def test_models_trained_on_another_machine_are_exported_as_the_report_would_train_them(
+        tmp_path):
+    """pack here, train there (no Optuna, Hydra or ONNX Runtime: the blocker is in every
+    process, the spawned workers too), unpack here: the report then trains nothing, and the
+    weights are those of the report's own training."""
+    import json
+    import os
+
+    from report_training import pack, seed_spread, unpack
+    from safetensors.torch import load_file
+
+    from search.baselines import export_baseline
+    from search.data import load_dataset
+    from search.errors import UserError
+    from search.teacher import TeacherCache
+    from tests.conftest import ROOT, run_cli, run_here, search_args
+
+    assert run_here(*search_args(tmp_path)).returncode == 0
+    out = tmp_path / "report"
+    overrides = search_args(tmp_path)[2:] + [
+        f"out={out}", "export.epochs=1", "export.calibration_images=16",
+        "report.baselines=[lcnet_035]", "report.latency_rounds=1"]
+    folder = tmp_path / "pack"
+    pack(folder, overrides, every=False)
+    names = [j["name"] for j in json.loads((folder / "jobs.json").read_text())["jobs"]]
+    assert "lcnet_035" in names and any(n.startswith("trial_") for n in names)
+
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(BLOCKER)
+    env = {"PYTHONPATH": f"{block}{os.pathsep}{ROOT}"}
+    probe = run_cli("-c", "import optuna", env=env)
+    assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr
+    trained = run_cli(str(ROOT / "scripts" / "report_training.py"), "train", str(folder),
+                      "--workers", "2", "--device", "cpu", env=env)
+    assert trained.returncode == 0, trained.stderr
+    assert all(f"{n} seed 0: " in trained.stdout for n in names), trained.stdout
+
+    with pytest.raises(UserError, match="another recipe"):  # the fingerprint is checked
+        unpack(folder, [o for o in overrides if not o.startswith("export.epochs")])
+    unpack(folder, overrides)
+    report = run_here("-m", "search.report", *overrides)
+    assert report.returncode == 0, report.stderr
+    assert "training baseline" not in report.stdout and "exporting trial" not in report.stdout
+    models = json.loads((out / "report.json").read_text())["models"]
+    assert sorted(m["name"] for m in models) == sorted(names)
+    assert {m["training_device"] for m in models} == {"cpu"}
+
+    # Other seeds (the training's spread) go beside, and seed 0's accuracy is the report's.
+    again = run_cli(str(ROOT / "scripts" / "report_training.py"), "train", str(folder),
+                    "--device", "cpu", "--seeds", "0,1", "--only", "lcnet_035", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "1 trainings to run" in again.stdout  # seed 0 is trained already
+    spread = seed_spread(folder)["models"]["lcnet_035"]
+    assert sorted(spread["seeds"]) == ["0", "1"]
+    baseline = next(m for m in models if m["name"] == "lcnet_035")
+    assert spread["seeds"]["0"] == pytest.approx(baseline["accuracy"]["fp32"], abs=1e-4)
+
+    # The same weights as the report's own training of that baseline (one thread each).
+    cfg = make(*overrides)
+    dataset = load_dataset(cfg.data, cfg.seed)
+    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
+                           cfg.seed)
+    export_baseline(cfg, "lcnet_035", dataset, teacher, tmp_path / "direct")
+    here = load_file(str(tmp_path / "direct" / "lcnet_035" / "weights.safetensors"))
+    there = load_file(str(out / "baselines" / "lcnet_035" / "weights.safetensors"))
+    assert here.keys() == there.keys()
+    assert all(torch.equal(here[k], there[k]) for k in here)
