@@ -323,6 +323,7 @@ def seed_spread(folder: Path, data_root: str | None = None) -> dict:
 
 # ---- unpack (here) --------------------------------------------------------------------------
 def unpack(folder: Path, overrides: list[str]) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from search.baselines import build_baseline, write_baseline
@@ -350,6 +351,10 @@ def unpack(folder: Path, overrides: list[str]) -> None:
             print(f"{job['name']}: not trained yet, skipped")
             continue
         info = json.loads(info_path.read_text())
+        if info.get("fingerprint") != fingerprint:
+            raise UserError(f"{info_path} was trained from another pack (fingerprint "
+                            f"{info.get('fingerprint')}, this config's {fingerprint}): delete "
+                            f"{folder / 'trained'} and train again")
         if job["kind"] == "trial":
             trial = trials.get(job["trial"])
             if trial is None or trial.user_attrs.get("arch_id") != job["arch_id"]:
@@ -358,7 +363,13 @@ def unpack(folder: Path, overrides: list[str]) -> None:
             model = build_model(Arch.from_json(job["arch_json"]), pruned=True)
         else:
             model = build_baseline(job["name"], dataset.in_chans, dataset.num_classes)
-        model.load_state_dict(load_file(str(weights)))
+        try:
+            model.load_state_dict(load_file(str(weights)))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise UserError(f"{weights} does not hold {job['name']}'s trained weights ("
+                            f"{str(exc).splitlines()[0][:200]}): delete it and "
+                            f"{info_path.name}, and train again (`train` trains only what "
+                            "is missing)") from None
         model.eval()
         if job["kind"] == "trial":
             write_trial(cfg, trial, model, dataset, teacher, exports, info["seconds"],
@@ -398,6 +409,8 @@ def main() -> None:
     u.add_argument("dir", type=Path)
     u.add_argument("overrides", nargs="*")
     args, extra = ap.parse_known_args()  # overrides may follow the options too
+    if args.cmd == "train" and (args.workers < 1 or args.threads < 1):
+        ap.error("--workers and --threads take a whole number of at least 1")
     if extra and args.cmd not in ("pack", "unpack") or any("=" not in e for e in extra):
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:

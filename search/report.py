@@ -294,6 +294,13 @@ def _floor(pts: dict) -> float:
     return max(0.0, min(near) - 2)
 
 
+def _minor_label(value: float, _pos) -> str:
+    """A log axis' minor tick label at 2, 3 and 5 times a power of ten only (all nine crowd
+    each other where a panel spans one decade)."""
+    mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return f"{value:g}" if any(abs(mantissa - m) < 1e-6 for m in (2, 3, 5)) else ""
+
+
 def plot_png(report: dict, path: Path) -> None:
     import io
 
@@ -301,7 +308,7 @@ def plot_png(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter
 
     fig, axes = plt.subplots(2, 2, figsize=(13, 10))
     for row, col, title, pts in _panels(report):
@@ -328,7 +335,7 @@ def plot_png(report: dict, path: Path) -> None:
         ax.set_ylim(floor, None)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
         ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("latency, ms (log)")
