@@ -153,8 +153,21 @@ def report() -> str:
             w.writerows(rows)
     truth = {r["arch_id"]: float(r["test_accuracy"])
              for r in read_csv(RESULTS / "ground_truth.csv") if r["seed"] == "0"}
-    lines = ["| budget | at | measure | Kendall tau | Spearman rho | median cost s | n |",
-             "|---|---|---|---|---|---|---|"]
+    # NASWOT (zero-cost, scores.csv) added to each measure: both z-scored over the
+    # architectures, equal weights, nothing fitted to the ground truth (offline: the search
+    # ranks by its score alone).
+    scores = RESULTS / "scores.csv"
+    naswot = {r["arch_id"]: float(r["naswot"]) for r in (read_csv(scores) if scores.exists()
+                                                         else []) if r.get("naswot")}
+
+    def with_naswot(x: list[float], ids: list[str]) -> list[float] | None:
+        if not all(a in naswot for a in ids):
+            return None
+        return list(zscore(x) + zscore([naswot[a] for a in ids]))
+
+    lines = ["Each measure alone, and with NASWOT's z-score added (equal weights, offline).", "",
+             "| budget | at | measure | Kendall tau | Spearman rho | + NASWOT tau | + NASWOT rho "
+             "| median cost s | n |", "|---|---|---|---|---|---|---|---|---|"]
     for name in BUDGETS:
         for at in (str(BUDGETS[name].at), "1.0"):
             sel = {r["arch_id"]: r for r in rows if r["budget"] == name and r["at"] == at}
@@ -165,9 +178,20 @@ def report() -> str:
             cost = sorted(float(sel[a]["cost_s"]) for a in ids)[len(ids) // 2]
             for m, sign in (("accuracy", 1), ("ce", -1), ("kl", -1), ("agreement", 1)):
                 x = [sign * float(sel[a][m]) for a in ids]
+                both = with_naswot(x, ids)
+                plus = ("| - | - " if both is None else
+                        f"| {kendalltau(both, y)[0]:.3f} | {spearmanr(both, y)[0]:.3f} ")
                 lines.append(f"| {name} | {at} | {m} | {kendalltau(x, y)[0]:.3f} | "
-                             f"{spearmanr(x, y)[0]:.3f} | {cost:.1f} | {len(ids)} |")
+                             f"{spearmanr(x, y)[0]:.3f} {plus}| {cost:.1f} | {len(ids)} |")
     return "\n".join(lines)
+
+
+def zscore(x: list[float]):
+    """``x`` standardized over its own values (mean 0, standard deviation 1)."""
+    import numpy as np
+
+    a = np.asarray(x, dtype=float)
+    return (a - a.mean()) / (a.std() or 1.0)
 
 
 def front(points: dict[str, tuple[float, float]]) -> set[str]:
