@@ -437,6 +437,9 @@ def run_report(cfg: Config) -> dict:
     dataset = load_dataset(cfg.data, cfg.seed)
     teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
                            cfg.seed)
+    # Trained (or loaded) first: its accuracy is part of every model's recipe fingerprint, so a
+    # teacher cache deleted and trained again to the same accuracy keeps the models valid.
+    teacher.model()
     models = found_models(cfg, exports, dataset, teacher)
     models += baseline_models(cfg, out, dataset, teacher)
     context = score(cfg, models, dataset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,13 @@ def test_report_end_to_end_and_resume(tmp_path):
     assert third.returncode == 0, third.stderr
     assert third.stdout.count("exporting trial") == 1 and "training baseline" not in third.stdout
     assert json.loads(metrics_file.read_text())["arch_id"] == metrics["arch_id"]
+
+    # The teacher's cache deleted: trained again, to the same accuracy (seeded), the models
+    # trained with the old one still fit the recipe and are not trained again.
+    shutil.rmtree(tmp_path / "cache" / "teacher")
+    fourth = run_here(*args)
+    assert fourth.returncode == 0, fourth.stderr
+    assert "training baseline" not in fourth.stdout and "exporting trial" not in fourth.stdout
 
 
 def test_report_says_what_to_run_first(tmp_path):
