@@ -145,11 +145,16 @@ def packed_dataset(jobs: dict, data_root: str | None):
     """The packed dataset, from ``data_root`` where given (its folder on this machine)."""
     from search.config import DataConfig
     from search.data import load_dataset
+    from search.errors import UserError
 
     d = jobs["data"]
-    return load_dataset(DataConfig(name=d["name"], kind=d["kind"], root=data_root or d["root"],
-                                   in_chans=d["in_chans"], num_classes=d["num_classes"]),
-                        jobs["seed"])
+    try:
+        return load_dataset(DataConfig(name=d["name"], kind=d["kind"],
+                                       root=data_root or d["root"], in_chans=d["in_chans"],
+                                       num_classes=d["num_classes"]), jobs["seed"])
+    except UserError as exc:
+        raise UserError(f"{exc} (this script reads the dataset from --data-root DIR, else "
+                        f"from the packed {d['root'] or 'default folder'})") from None
 
 
 # ---- train (the GPU machine) ----------------------------------------------------------------
