@@ -176,3 +176,21 @@ def test_models_trained_on_another_machine_are_exported_as_the_report_would_trai
     there = load_file(str(out / "baselines" / "lcnet_035" / "weights.safetensors"))
     assert here.keys() == there.keys()
     assert all(torch.equal(here[k], there[k]) for k in here)
+
+
+def test_command_txt_says_where_the_reports_models_were_trained(tmp_path, monkeypatch):
+    import json
+
+    from outcome_benchmark import trainings_words
+
+    assert trainings_words(tmp_path / "missing.json") == ""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"models": [
+        {"name": "a", "training_device": "cuda: NVIDIA H200", "training_s": 100.0},
+        {"name": "b", "training_device": "cuda: NVIDIA H200", "training_s": 300.0},
+        {"name": "c", "training_device": "cpu", "training_s": 50.0}]}))
+    words = trainings_words(report)
+    assert "cuda: NVIDIA H200: 2 models, median 200 s, 400 s summed" in words
+    assert "cpu: 1 models, median 50 s, 50 s summed" in words
+    assert "cuda: NVIDIA H200: not this machine" in words and "cpu: not" not in words
