@@ -85,7 +85,7 @@ ZERO_COST_SCORES = ("naswot", "synflow", "params")
 # What the distilled proxy reports as the study's accuracy objective: validation accuracy, or
 # fidelity to the teacher, exp(-KL(teacher || candidate)) on the validation images (in (0, 1],
 # 1 = the teacher's predictions exactly), which ranks architectures more like full training.
-PROXY_SCORES = ("fidelity", "accuracy")
+PROXY_SCORES = ("fidelity", "accuracy", "fidelity+naswot")
 
 
 @dataclass
@@ -107,7 +107,10 @@ class ProxyConfig:
     lr: float = 0.05
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the distillation term; 1 - alpha on the hard labels
-    score: str = "fidelity"  # fidelity | accuracy: the value of the accuracy objective
+    # fidelity | accuracy | fidelity+naswot: the value of the accuracy objective
+    score: str = "fidelity"
+    # fidelity+naswot only: architectures sampled from the space to put both on one scale
+    calibration_archs: int = 8
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     prefilter: PrefilterConfig = field(default_factory=PrefilterConfig)
@@ -304,6 +307,9 @@ def validate(c: Config) -> None:
         problems.append(f"proxy.early_stop.margin={stop.margin} must be 0 or more")
     if c.proxy.score not in PROXY_SCORES:
         problems.append(f"proxy.score={c.proxy.score!r} is not one of {list(PROXY_SCORES)}")
+    elif c.proxy.score == "fidelity+naswot" and c.proxy.calibration_archs < 2:
+        problems.append(f"proxy.calibration_archs={c.proxy.calibration_archs} must be at least "
+                        "2 (the spread of the scores over them puts both on one scale)")
     if c.proxy.prefilter.score not in ZERO_COST_SCORES:
         problems.append(f"proxy.prefilter.score={c.proxy.prefilter.score!r} is not one of "
                         f"{list(ZERO_COST_SCORES)}")

@@ -18,7 +18,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from latency_models.model import DeviceModel
 from search.config import Config
-from search.proxy import ProxyData, distilled_proxy, zero_cost_proxy, zero_cost_scores
+from search.proxy import (
+    COMBINED,
+    ProxyData,
+    combined_score,
+    distilled_proxy,
+    zero_cost_proxy,
+    zero_cost_scores,
+)
 from search.storage import batched_writes
 from spaces.arch import Arch
 from spaces.space import sample_arch
@@ -105,6 +112,9 @@ class Objective:
         self.proxy_data = proxy_data
         self.images = images
         self.cost_objectives = [o for o in cfg.search.objectives if o != "accuracy"]
+        # proxy.score=fidelity+naswot: the scales of search.proxy.combined_score (set by
+        # search.run from the study, or calibrated and recorded there)
+        self.calibration: dict | None = None
 
     def sample(self, trial: optuna.trial.BaseTrial) -> Arch:
         return sample_arch(trial, self.cfg.space, bits=self.cfg.device.bits, **self.shape)
@@ -145,10 +155,20 @@ class Objective:
         elif p.kind == "zero_cost":
             result = zero_cost_proxy(scores)
         else:
-            stop = (early_stopper(finished, c, self.cost_objectives, p.early_stop.margin,
+            margin, rescore = p.early_stop.margin, None
+            if p.score == COMBINED:
+                cal = self.calibration
+                if cal is None:
+                    raise RuntimeError("proxy.score=fidelity+naswot needs the calibration "
+                                       "(search.run sets it before the trials)")
+                margin = margin / cal["fidelity"]["std"]  # the same margin, in the new units
+                rescore = lambda f: combined_score(f, scores["naswot"], cal)  # noqa: E731
+                trial.set_user_attr("score_calibration", cal["key"])
+            stop = (early_stopper(finished, c, self.cost_objectives, margin,
                                   self.cfg.search.objectives.index("accuracy"))
                     if p.early_stop.at is not None else None)
-            result = distilled_proxy(arch, self.proxy_data, self.cfg, stop_check=stop)
+            result = distilled_proxy(arch, self.proxy_data, self.cfg, stop_check=stop,
+                                     rescore=rescore)
         with batched_writes(trial):
             trial.set_user_attr("proxy", self.cfg.proxy.kind)
             # what the accuracy objective holds (proxy.score; NASWOT for proxy=zero_cost)

@@ -23,7 +23,7 @@ from search.config import Config
 from search.data import load_dataset
 from search.errors import UserError
 from search.objective import Objective, fastest_possible
-from search.proxy import prepare_proxy_data, to_device
+from search.proxy import COMBINED, calibrate, prepare_proxy_data, to_device
 from search.storage import storage_error
 from search.study import (
     FrontTracker,
@@ -155,6 +155,8 @@ def run_search(cfg: Config) -> None:
             objective.proxy_data = to_device(prepare_proxy_data(cfg, dataset, teacher), device)
             if device != "cpu":
                 console.print(f"candidates train on {torch.cuda.get_device_name(0)}")
+            if cfg.proxy.score == COMBINED:
+                objective.calibration = study_calibration(cfg, study, objective, console)
         try:
             run_trials(cfg, study, objective, done, remaining)
         except (StorageInternalError, SQLAlchemyError) as exc:
@@ -163,6 +165,25 @@ def run_search(cfg: Config) -> None:
     note = energy_note(device_model)
     write_outputs(cfg, study, rows, out_dir, time.time() - start, note)
     print_table(cfg, study, rows, out_dir, console, note)
+
+
+def study_calibration(cfg: Config, study: optuna.Study, objective: Objective,
+                      console: Console) -> dict:
+    """The scales of ``proxy.score=fidelity+naswot``: the study's own where it recorded them
+    (a resumed study or another worker scores with exactly those), else calibrated here (or
+    from the cache) and recorded in the study."""
+    recorded = study.user_attrs.get("score_calibration")
+    if recorded:
+        return recorded
+    console.print(f"calibrating proxy.score={COMBINED} on {cfg.proxy.calibration_archs} "
+                  "architectures of the space (once per data, teacher and proxy; cached)")
+    cal = calibrate(cfg, objective.proxy_data, objective.images, objective.shape,
+                    Path(cfg.cache_dir))
+    console.print(f"  fidelity {cal['fidelity']['mean']:.4f} +- {cal['fidelity']['std']:.4f}, "
+                  f"NASWOT {cal['naswot']['mean']:.1f} +- {cal['naswot']['std']:.1f} "
+                  f"({cal['seconds']:.0f} s)")
+    study.set_user_attr("score_calibration", cal)
+    return cal
 
 
 MAX_FAILURES = 5

@@ -32,8 +32,11 @@ def _hash(obj: Any) -> str:
 
 def proxy_hash(cfg: Config) -> str:
     """The proxy's settings as a hash. ``proxy.score=accuracy`` hashes as before the score
-    existed (2026-11-27), so older studies resume with their settings spelled out."""
+    existed (2026-11-27), and ``calibration_archs`` counts only for the score that uses it, so
+    older studies resume with their settings spelled out."""
     settings = asdict(cfg.proxy)
+    if settings["score"] != "fidelity+naswot":  # the studies made before it hash as then
+        del settings["calibration_archs"]
     if settings["score"] == "accuracy":
         del settings["score"]
     return _hash(settings)

@@ -62,7 +62,8 @@ def test_known_devices_are_listed():
     ("space.kernel=[3,9]", "space.kernel has 9"),
     ("data.kind=mnist", "data.kind='mnist'"),
     ("proxy.alpha=2", "proxy.alpha"),
-    ("proxy.score=loss", "proxy.score='loss' is not one of ['fidelity', 'accuracy']"),
+    ("proxy.score=loss",
+     "proxy.score='loss' is not one of ['fidelity', 'accuracy', 'fidelity+naswot']"),
 ])
 def test_invalid_values_are_named(override, needle):
     with pytest.raises(UserError, match=None) as err:
@@ -89,6 +90,24 @@ def test_studies_made_before_the_proxy_score_existed_resume_with_accuracy_spelle
     from search.study import _hash, proxy_hash
 
     old = make("+device=rpi4", "proxy.batch=128", "proxy.score=accuracy")
-    before = {k: v for k, v in asdict(old.proxy).items() if k != "score"}  # no such field then
+    before = {k: v for k, v in asdict(old.proxy).items()  # no such fields then
+              if k not in ("score", "calibration_archs")}
     assert proxy_hash(old) == _hash(before)
     assert proxy_hash(make("+device=rpi4", "proxy.batch=128")) != _hash(before)  # fidelity
+    # Studies scored by fidelity before calibration_archs existed resume too; the score that
+    # uses it hashes it.
+    fidelity = make("+device=rpi4")
+    assert proxy_hash(fidelity) == _hash({k: v for k, v in asdict(fidelity.proxy).items()
+                                          if k != "calibration_archs"})
+    assert proxy_hash(make("+device=rpi4", "proxy.calibration_archs=4")) == proxy_hash(fidelity)
+    combined = [make("+device=rpi4", "proxy.score=fidelity+naswot", f"proxy.calibration_archs={n}")
+                for n in (4, 8)]
+    assert len({proxy_hash(c) for c in combined} | {proxy_hash(fidelity)}) == 3
+
+
+def test_the_combined_score_needs_at_least_two_calibration_architectures():
+    assert make("+device=rpi4", "proxy.score=fidelity+naswot").proxy.calibration_archs == 8
+    with pytest.raises(UserError, match="proxy.calibration_archs=1 must be at least 2"):
+        make("+device=rpi4", "proxy.score=fidelity+naswot", "proxy.calibration_archs=1")
+    with pytest.raises(UserError, match="fidelity\\+naswot"):  # listed among the scores
+        make("+device=rpi4", "proxy.score=fidelity+zen")

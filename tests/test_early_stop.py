@@ -132,3 +132,53 @@ def test_prefilter_needs_enough_cheaper_trials_with_a_higher_score():
     assert prefilter_reason(trials, c, {"naswot": 40.0}, ["latency_ms"], "naswot", 2)
     assert prefilter_reason(trials, c, {"naswot": 55.0}, ["latency_ms"], "naswot", 2) is None
     assert prefilter_reason(trials, c, {"naswot": 55.0}, ["latency_ms"], "naswot", 1)
+
+
+def test_combined_score_standardizes_both_scores_by_the_calibration():
+    from search.proxy import combined_score
+
+    cal = {"fidelity": {"mean": 0.9, "std": 0.02}, "naswot": {"mean": 500.0, "std": 40.0}}
+    assert combined_score(0.9, 500.0, cal) == pytest.approx(0.0)
+    assert combined_score(0.92, 460.0, cal) == pytest.approx(1.0 - 1.0)
+    assert combined_score(0.94, 540.0, cal) == pytest.approx(3.0)
+
+
+def test_fidelity_plus_naswot_calibrates_once_and_scores_every_trial_with_the_studys_scales(
+        tmp_path):
+    import json
+
+    from search.proxy import combined_score
+    from tests.conftest import run_here, search_args
+
+    args = search_args(tmp_path, "proxy=distill", "proxy.train_images=64",
+                       "proxy.val_images=32", "proxy.epochs=1",
+                       "proxy.score=fidelity+naswot", "proxy.calibration_archs=3")
+    first = run_here(*args)
+    assert first.returncode == 0, first.stderr
+    assert "calibrating proxy.score=fidelity+naswot on 3 architectures" in first.stdout
+    storage = f"sqlite:///{tmp_path}/study.db"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    cal = study.user_attrs["score_calibration"]
+    assert len(cal["archs"]) == 3 and cal["fidelity"]["std"] > 0 and cal["naswot"]["std"] > 0
+    (cached,) = (tmp_path / "cache" / "calibration").glob("*.json")
+    assert json.loads(cached.read_text()) == cal
+
+    def check(trials):
+        scored = [t for t in trials if "skipped" not in t.user_attrs]
+        assert scored
+        for t in scored:
+            assert t.user_attrs["proxy_score_name"] == "fidelity+naswot"
+            assert t.user_attrs["score_calibration"] == cal["key"]
+            assert t.values[0] == pytest.approx(combined_score(
+                t.user_attrs["proxy_trained_score"], t.user_attrs["zc_naswot"], cal))
+
+    check(study.trials)
+    # Resumed: the study's scales, not the cache's (here made different), and no calibration.
+    cached.write_text(json.dumps({**cal, "fidelity": {"mean": 0.0, "std": 9.0}}))
+    again = run_here(*args, "search.n_trials=5")
+    assert again.returncode == 0, again.stderr
+    assert "calibrating" not in again.stdout
+    resumed = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert len(resumed) == 5
+    check(resumed)
