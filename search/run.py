@@ -175,13 +175,14 @@ def study_calibration(cfg: Config, study: optuna.Study, objective: Objective,
     recorded = study.user_attrs.get("score_calibration")
     if recorded:
         return recorded
-    console.print(f"calibrating proxy.score={COMBINED} on {cfg.proxy.calibration_archs} "
-                  "architectures of the space (once per data, teacher and proxy; cached)")
+    console.print(f"proxy.score={COMBINED}: scales from {cfg.proxy.calibration_archs} "
+                  "architectures of the space (trained once per data, teacher and proxy, "
+                  f"then cached in {Path(cfg.cache_dir) / 'calibration'})")
     cal = calibrate(cfg, objective.proxy_data, objective.images, objective.shape,
                     Path(cfg.cache_dir))
     console.print(f"  fidelity {cal['fidelity']['mean']:.4f} +- {cal['fidelity']['std']:.4f}, "
                   f"NASWOT {cal['naswot']['mean']:.1f} +- {cal['naswot']['std']:.1f} "
-                  f"({cal['seconds']:.0f} s)")
+                  f"(their training took {cal['seconds']:.0f} s)")
     study.set_user_attr("score_calibration", cal)
     return cal
 

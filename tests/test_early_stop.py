@@ -155,7 +155,7 @@ def test_fidelity_plus_naswot_calibrates_once_and_scores_every_trial_with_the_st
                        "proxy.score=fidelity+naswot", "proxy.calibration_archs=3")
     first = run_here(*args)
     assert first.returncode == 0, first.stderr
-    assert "calibrating proxy.score=fidelity+naswot on 3 architectures" in first.stdout
+    assert "proxy.score=fidelity+naswot: scales from 3 architectures" in first.stdout
     storage = f"sqlite:///{tmp_path}/study.db"
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
@@ -174,11 +174,11 @@ def test_fidelity_plus_naswot_calibrates_once_and_scores_every_trial_with_the_st
                 t.user_attrs["proxy_trained_score"], t.user_attrs["zc_naswot"], cal))
 
     check(study.trials)
-    # Resumed: the study's scales, not the cache's (here made different), and no calibration.
+    # Resumed: the study's scales, not the cache's (here made different), none computed.
     cached.write_text(json.dumps({**cal, "fidelity": {"mean": 0.0, "std": 9.0}}))
     again = run_here(*args, "search.n_trials=5")
     assert again.returncode == 0, again.stderr
-    assert "calibrating" not in again.stdout
+    assert "scales from" not in again.stdout
     resumed = optuna.load_study(study_name=summary.study_name, storage=storage).trials
     assert len(resumed) == 5
     check(resumed)
