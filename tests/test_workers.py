@@ -108,6 +108,13 @@ def kill_one_and_check(tmp_path: Path, storage: str, name: str, envs: tuple) -> 
             assert time.time() < deadline, "worker 0 never ran a trial"
         os.kill(victim, signal.SIGKILL)
         procs[0].wait()
+        # The trial it was running when killed: the one seen above, or, where that one
+        # finished in the moment before the kill, the next it had started.
+        stuck = [t for t in load(storage, name).trials
+                 if t.system_attrs.get(WORKER_ATTR, {}).get("pid") == victim
+                 and t.state != TrialState.COMPLETE]
+        assert len(stuck) == 1, [(t.number, t.state) for t in stuck]
+        killed = stuck[0]
         _, err = wait_all(procs[1:])[0]
     finally:
         for p in procs:
