@@ -93,6 +93,8 @@ def trainings_words(report_json: Path) -> str:
     """Where the report's models were trained and for how long: the report step's time counts
     only the trainings made in it (none where ``scripts/report_training.py`` trained them on
     another machine before)."""
+    import torch
+
     if not report_json.is_file():
         return ""
     models = json.loads(report_json.read_text())["models"]
@@ -100,8 +102,6 @@ def trainings_words(report_json: Path) -> str:
     for m in models:
         by_device.setdefault(m.get("training_device") or "unrecorded", []).append(
             m.get("training_s") or 0.0)
-    import torch
-
     here = "cuda" if torch.cuda.is_available() else "cpu"
     elsewhere = [d for d in by_device if not d.startswith(here)]
     return ("\nfinal trainings of the report's models (seconds each, as recorded):\n" + "".join(

@@ -176,12 +176,12 @@ def _load_training(folder: Path, jobs: dict, data_root: str | None, device):
             packed["teacher_logits"].to(device))
 
 
-def result_path(folder: Path, name: str, seed: int, packed_seed: int) -> Path:
-    """Where a training's weights go (``.safetensors``; ``.json`` beside it): ``trained/`` for
-    the packed seed (what ``unpack`` exports), ``seeds/NAME-sK`` for the others."""
-    if seed == packed_seed:
-        return folder / "trained" / name
-    return folder / "seeds" / f"{name}-s{seed}"
+def result_files(folder: Path, name: str, seed: int, packed_seed: int) -> tuple[Path, Path]:
+    """A training's (weights ``.safetensors``, record ``.json``): under ``trained/`` for the
+    packed seed (what ``unpack`` exports), ``seeds/NAME-sK`` for the others."""
+    base = (folder / "trained" / name if seed == packed_seed
+            else folder / "seeds" / f"{name}-s{seed}")
+    return base.parent / f"{base.name}.safetensors", base.parent / f"{base.name}.json"
 
 
 def _worker(rank: int, tasks: list[tuple[str, int]], folder: str, data_root: str | None,
@@ -213,12 +213,12 @@ def _worker(rank: int, tasks: list[tuple[str, int]], folder: str, data_root: str
             model = train_baseline(name, jobs["data"]["in_chans"], jobs["data"]["num_classes"],
                                    x, y, soft, recipe, seed=seed)
         seconds = time.time() - start
-        base = result_path(out, name, seed, jobs["seed"])
-        base.parent.mkdir(parents=True, exist_ok=True)
-        tmp = base.parent / f".{base.name}.tmp"
+        weights, record = result_files(out, name, seed, jobs["seed"])
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        tmp = weights.parent / f".{weights.name}.tmp"
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        tmp.rename(base.parent / f"{base.name}.safetensors")
-        (base.parent / f"{base.name}.json").write_text(json.dumps({
+        tmp.rename(weights)
+        record.write_text(json.dumps({
             "name": name, "seed": seed, "fingerprint": jobs["fingerprint"],
             "seconds": round(seconds, 1), "device": where, "torch": torch.__version__,
             "tf32": False}, indent=1))
@@ -246,8 +246,7 @@ def train(folder: Path, workers: int, device: str, data_root: str | None, thread
     _load_training(folder, jobs, data_root, "cpu")  # the dataset's checksum, before any start
     tasks = [(n, seed) for seed in (seeds or [jobs["seed"]]) for n in names
              if (not only or n in only)
-             and not (result_path(folder, n, seed, jobs["seed"]).parent
-                      / f"{result_path(folder, n, seed, jobs['seed']).name}.json").is_file()]
+             and not result_files(folder, n, seed, jobs["seed"])[1].is_file()]
     n_workers = min(workers, len(tasks))
     print(f"{len(tasks)} trainings to run on {device} in {n_workers} processes", flush=True)
     start = time.time()
@@ -293,8 +292,8 @@ def seed_spread(folder: Path, data_root: str | None = None) -> dict:
     dataset = packed_dataset(jobs, data_root)
     rows = {}
     for job in jobs["jobs"]:
-        files = sorted([folder / "trained" / f"{job['name']}.json"]
-                       + list((folder / "seeds").glob(f"{job['name']}-s*.json")))
+        packed = result_files(folder, job["name"], jobs["seed"], jobs["seed"])[1]
+        files = sorted([packed, *(folder / "seeds").glob(f"{job['name']}-s*.json")])
         accs = {}
         for info_path in (f for f in files if f.is_file()):
             info = json.loads(info_path.read_text())
@@ -350,8 +349,7 @@ def unpack(folder: Path, overrides: list[str]) -> None:
         trials = {t.number: t for t in load_study(cfg).trials}
     done = 0
     for job in jobs["jobs"]:
-        weights = folder / "trained" / f"{job['name']}.safetensors"
-        info_path = weights.with_suffix(".json")
+        weights, info_path = result_files(folder, job["name"], jobs["seed"], jobs["seed"])
         if not info_path.is_file():
             print(f"{job['name']}: not trained yet, skipped")
             continue

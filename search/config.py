@@ -85,7 +85,8 @@ ZERO_COST_SCORES = ("naswot", "synflow", "params")
 # What the distilled proxy reports as the study's accuracy objective: validation accuracy, or
 # fidelity to the teacher, exp(-KL(teacher || candidate)) on the validation images (in (0, 1],
 # 1 = the teacher's predictions exactly), which ranks architectures more like full training.
-PROXY_SCORES = ("fidelity", "accuracy", "fidelity+naswot")
+COMBINED_SCORE = "fidelity+naswot"  # search.proxy.combined_score
+PROXY_SCORES = ("fidelity", "accuracy", COMBINED_SCORE)
 
 
 @dataclass
@@ -307,7 +308,7 @@ def validate(c: Config) -> None:
         problems.append(f"proxy.early_stop.margin={stop.margin} must be 0 or more")
     if c.proxy.score not in PROXY_SCORES:
         problems.append(f"proxy.score={c.proxy.score!r} is not one of {list(PROXY_SCORES)}")
-    elif c.proxy.score == "fidelity+naswot" and c.proxy.calibration_archs < 2:
+    elif c.proxy.score == COMBINED_SCORE and c.proxy.calibration_archs < 2:
         problems.append(f"proxy.calibration_archs={c.proxy.calibration_archs} must be at least "
                         "2 (the spread of the scores over them puts both on one scale)")
     if c.proxy.prefilter.score not in ZERO_COST_SCORES:

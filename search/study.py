@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.config import Config
+from search.config import COMBINED_SCORE, Config
 from search.errors import UserError
 from search.objective import DIRECTIONS
 from search.storage import open_storage, redact, storage_error  # noqa: F401 (re-exported)
@@ -35,7 +35,7 @@ def proxy_hash(cfg: Config) -> str:
     existed (2026-11-27), and ``calibration_archs`` counts only for the score that uses it, so
     older studies resume with their settings spelled out."""
     settings = asdict(cfg.proxy)
-    if settings["score"] != "fidelity+naswot":  # the studies made before it hash as then
+    if settings["score"] != COMBINED_SCORE:  # the studies made before it hash as then
         del settings["calibration_archs"]
     if settings["score"] == "accuracy":
         del settings["score"]
