@@ -233,6 +233,20 @@ def trained_where(models: list[dict]) -> str:
     return "; trained on " + ", ".join(f"{d} ({n} models)" for d, n in where.most_common())
 
 
+def modelled_words(models: list[dict], dev: str) -> str:
+    """A sentence naming the predicted latencies that are modelled (a precision the device
+    model has no measurements for, priced as another), where there are any."""
+    out = []
+    for precision in ("fp32", "int8"):
+        n = sum(m.get("provenance", {}).get(precision, {}).get("latency") == "modelled"
+                for m in models)
+        if n:
+            out.append(f" `{dev}` {precision} latency is modelled for {n} of {len(models)} "
+                       f"models: the device model has no {precision} measurements for their "
+                       "ops, priced as another precision's (provenance in report.json).")
+    return "".join(out)
+
+
 def markdown(report: dict) -> str:
     ctx, dev = report["context"], report["context"]["device"]
     lines = [f"# Found models against hand-designed edge models ({ctx['dataset']}, {dev})", "",
@@ -243,7 +257,7 @@ def markdown(report: dict) -> str:
              f"predicted from each graph's ops by the device model {ctx['device_model_hash']} "
              f"(latency {ctx['device_latency_source']}, energy {ctx['device_energy_source']}).",
              f"All models trained with the same recipe: {report['recipe']}"
-             f"{trained_where(report['models'])}.", "",
+             f"{trained_where(report['models'])}.{modelled_words(report['models'], dev)}", "",
              f"| model | kind | params | MACs | acc fp32 % | acc int8 % | host fp32 ms | "
              f"host int8 ms | {dev} fp32 ms | {dev} int8 ms | {dev} int8 mJ |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
