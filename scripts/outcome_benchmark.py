@@ -12,8 +12,9 @@
 3. Hypervolume: the same search with sampler seeds 0..``--seeds``-1 for each sampler of
    ``--samplers`` (default: the search's default sampler), and random search with the same
    seeds and trial budget (same data split, teacher and proxy); the hypervolume of each
-   study's (proxy score, predicted latency) points against one reference point (score 0, the
-   largest latency any of these studies saw), and each sampler's runs against the median of
+   study's (proxy score, predicted latency) points against one reference point (score 0, or
+   the lowest score any of these studies saw where scores go below it, as fidelity+naswot's
+   do; the largest latency any of them saw), and each sampler's runs against the median of
    the random ones.
 4. Copies the report (JSON, Markdown, PNG, HTML), every scored ONNX file and ``command.txt``
    (the exact command, step times) to ``--results`` as soon as the report is done, and
@@ -264,12 +265,15 @@ def run_hypervolume(args, samplers: list[str], storage: str, main_study: str, se
     trials = {k: scored_trials(storage, name) for k, name in studies.items()}
     points = {k: [(t.values[0], t.values[1]) for t in ts] for k, ts in trials.items()}
     ref = max(lat for pts in points.values() for _, lat in pts)
-    volumes = {k: hypervolume(p, ref) for k, p in points.items()}
+    # score 0 (fidelity and accuracy are in [0, 1]); fidelity+naswot's standardized sum can be
+    # negative: then the lowest score any of these studies saw
+    ref_score = min([0.0] + [a for pts in points.values() for a, _ in pts])
+    volumes = {k: hypervolume(p, ref, ref_score) for k, p in points.items()}
     compared = compare_samplers(volumes, samplers, args.seeds)
     normalized = normalized_volumes(points)
     compared_normalized = compare_samplers(normalized, samplers, args.seeds)
     scores = sorted({proxy_score_name(t) for ts in trials.values() for t in ts})
-    hv = {"reference": {"score": 0.0, "accuracy": 0.0, "latency_ms": ref},
+    hv = {"reference": {"score": ref_score, "accuracy": 0.0, "latency_ms": ref},
           "objectives": f"proxy score ({', '.join(scores)}; validation split) and predicted "
                         f"{args.device} latency, ms", "proxy_score": scores,
           "trials": args.trials, "seeds": args.seeds,

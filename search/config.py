@@ -108,8 +108,8 @@ class ProxyConfig:
     lr: float = 0.05
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the distillation term; 1 - alpha on the hard labels
-    # fidelity | accuracy | fidelity+naswot: the value of the accuracy objective
-    score: str = "fidelity"
+    # fidelity+naswot | fidelity | accuracy: the value of the accuracy objective
+    score: str = COMBINED_SCORE
     # fidelity+naswot only: architectures sampled from the space to put both on one scale
     calibration_archs: int = 8
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

@@ -144,13 +144,17 @@ class Objective:
         if p.kind == "distill" and p.prefilter.dominated_by is not None:
             hopeless = prefilter_reason(finished, c, scores, self.cost_objectives,
                                         p.prefilter.score, p.prefilter.dominated_by)
+        # A candidate that is not trained gets the lowest score a trained one could: 0 of
+        # fidelity or accuracy (for fidelity+naswot, fidelity 0 with its own NASWOT).
+        floor = (combined_score(0.0, scores["naswot"], self.calibration)
+                 if p.kind == "distill" and p.score == COMBINED and self.calibration else 0.0)
         if any(v > 0 for v in over.values()):
-            result = {"score": 0.0, "accuracy": 0.0, "cost_s": 0.0}
+            result = {"score": floor, "accuracy": 0.0, "cost_s": 0.0}
             trial.set_user_attr("skipped", "over budget: " + ", ".join(
                 f"{k} {c[k]:.3g} > {getattr(self.cfg.budget, k):.3g}" for k, v in over.items()
                 if v > 0))
         elif hopeless:
-            result = {"score": 0.0, "accuracy": 0.0, "cost_s": 0.0}
+            result = {"score": floor, "accuracy": 0.0, "cost_s": 0.0}
             trial.set_user_attr("skipped", hopeless)
         elif p.kind == "zero_cost":
             result = zero_cost_proxy(scores)

@@ -177,9 +177,12 @@ def front(points: list[tuple[float, float, str]]) -> list[tuple[float, float, st
     return out
 
 
-def hypervolume(points: list[tuple[float, float]], ref_latency: float) -> float:
-    """Area dominated by (accuracy up, latency down) points, from (accuracy 0, ref_latency)."""
-    area, best = 0.0, 0.0
+def hypervolume(points: list[tuple[float, float]], ref_latency: float,
+                ref_score: float = 0.0) -> float:
+    """Area dominated by (accuracy up, latency down) points, from (``ref_score``,
+    ``ref_latency``); ``ref_score`` below 0 for scores that can be negative (fidelity+naswot's
+    standardized sum)."""
+    area, best = 0.0, ref_score
     for lat, acc in sorted((lat, acc) for acc, lat in points if lat <= ref_latency):
         if acc > best:  # a new step: from this latency to the reference, up to acc
             area += (acc - best) * (ref_latency - lat)

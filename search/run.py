@@ -183,6 +183,11 @@ def study_calibration(cfg: Config, study: optuna.Study, objective: Objective,
     console.print(f"  fidelity {cal['fidelity']['mean']:.4f} +- {cal['fidelity']['std']:.4f}, "
                   f"NASWOT {cal['naswot']['mean']:.1f} +- {cal['naswot']['std']:.1f} "
                   f"(their training took {cal['seconds']:.0f} s)")
+    # Workers that started together may each have calibrated: the first recorded wins, so
+    # every trial of the study is scored with one set of scales (each trial records its key).
+    recorded = study.user_attrs.get("score_calibration")  # read from the storage again
+    if recorded:
+        return recorded
     study.set_user_attr("score_calibration", cal)
     return cal
 

@@ -11,14 +11,14 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.config import COMBINED_SCORE, Config
+from search.config import COMBINED_SCORE, PROXY_SCORES, Config
 from search.errors import UserError
 from search.objective import DIRECTIONS
 from search.storage import open_storage, redact, storage_error  # noqa: F401 (re-exported)
@@ -40,6 +40,18 @@ def proxy_hash(cfg: Config) -> str:
     if settings["score"] == "accuracy":
         del settings["score"]
     return _hash(settings)
+
+
+def score_hint(cfg: Config, recorded: dict) -> str:
+    """Where a study's proxy settings differ from ``cfg``'s only by ``proxy.score`` (studies
+    made before fidelity+naswot became the default, say), the override that resumes it."""
+    for score in PROXY_SCORES:
+        if score != cfg.proxy.score and proxy_hash(
+                replace(cfg, proxy=replace(cfg.proxy, score=score))) == recorded["proxy_hash"]:
+            return (f"; it was scored with proxy.score={score}"
+                    + (" (the default before 2026-11-27)" if score == "fidelity" else "")
+                    + f": add proxy.score={score} to resume it")
+    return ""
 
 
 def study_meta(cfg: Config, data_fingerprint: str, device_model_hash: str) -> dict:
@@ -150,6 +162,7 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict,
             if diff or foreign:
                 what = "; ".join(f"{k}: study has {recorded.get(k)!r}, now {meta[k]!r}"
                                  for k in diff) or "it was not created by this tool"
+                what += score_hint(cfg, recorded) if "proxy_hash" in diff else ""
                 unforceable = {"objectives", "space_hash", "device_bits"} & set(diff)
                 if not cfg.study.force or foreign or unforceable:
                     raise UserError(

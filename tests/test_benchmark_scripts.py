@@ -194,3 +194,19 @@ def test_command_txt_says_where_the_reports_models_were_trained(tmp_path, monkey
     assert "cuda: NVIDIA H200: 2 models, median 200 s, 400 s summed" in words
     assert "cpu: 1 models, median 50 s, 50 s summed" in words
     assert "cuda: NVIDIA H200: not this machine" in words and "cpu: not" not in words
+
+
+def test_the_proxy_benchmarks_stored_scores_are_the_default_proxys_and_rate_its_score():
+    """The stored `distill` column was trained with today's default proxy (else the benchmark
+    would train all 48 again), and the table rates the search's default score from it."""
+    import json
+
+    from proxy_benchmark import RESULTS, column_settings, report
+
+    proxy = make("+device=rpi4").proxy
+    assert proxy.score == "fidelity+naswot"
+    recorded = json.loads((RESULTS / "scores.settings.json").read_text())
+    assert column_settings(dataclasses.replace(proxy, score="fidelity")) == recorded["distill"]
+    rows = {line.split(" | ")[0].strip("| "): line for line in report().splitlines()
+            if line.startswith("| ")}
+    assert "default" in rows and "distill" in rows and rows["default"] != rows["distill"]

@@ -20,7 +20,7 @@ def test_defaults_compose_into_typed_dataclasses():
     assert isinstance(cfg, Config)
     assert cfg.device.name == "rpi4" and cfg.device.model_path().is_file()
     assert cfg.data.kind == "fashion_mnist" and cfg.proxy.kind == "distill"
-    assert cfg.proxy.score == "fidelity"
+    assert cfg.proxy.score == "fidelity+naswot" and cfg.proxy.calibration_archs == 8
     assert cfg.search.sampler == "tpe" and cfg.search.objectives == ["accuracy", "latency_ms"]
     assert cfg.study.name == "rpi4-fashion_mnist-mobilenet"
     assert cfg.storage.url.startswith("sqlite:///studies/")
@@ -93,13 +93,15 @@ def test_studies_made_before_the_proxy_score_existed_resume_with_accuracy_spelle
     before = {k: v for k, v in asdict(old.proxy).items()  # no such fields then
               if k not in ("score", "calibration_archs")}
     assert proxy_hash(old) == _hash(before)
-    assert proxy_hash(make("+device=rpi4", "proxy.batch=128")) != _hash(before)  # fidelity
+    assert proxy_hash(make("+device=rpi4", "proxy.batch=128", "proxy.score=fidelity")
+                      ) != _hash(before)
     # Studies scored by fidelity before calibration_archs existed resume too; the score that
     # uses it hashes it.
-    fidelity = make("+device=rpi4")
+    fidelity = make("+device=rpi4", "proxy.score=fidelity")
     assert proxy_hash(fidelity) == _hash({k: v for k, v in asdict(fidelity.proxy).items()
                                           if k != "calibration_archs"})
-    assert proxy_hash(make("+device=rpi4", "proxy.calibration_archs=4")) == proxy_hash(fidelity)
+    assert proxy_hash(make("+device=rpi4", "proxy.score=fidelity", "proxy.calibration_archs=4")
+                      ) == proxy_hash(fidelity)
     combined = [make("+device=rpi4", "proxy.score=fidelity+naswot", f"proxy.calibration_archs={n}")
                 for n in (4, 8)]
     assert len({proxy_hash(c) for c in combined} | {proxy_hash(fidelity)}) == 3

@@ -84,8 +84,7 @@ def test_distilled_proxy_records_the_checkpoint_and_why_it_stopped():
     seen = []
     full = distilled_proxy(arch, pd, proxy_cfg(at=0.5), stop_check=seen.append)
     assert 0 <= full["checkpoint_accuracy"] <= 1 and "stopped_at" not in full
-    # the default score is fidelity to the teacher, exp(-KL); the check sees it at the
-    # checkpoint
+    # scored by fidelity to the teacher, exp(-KL); the check sees it at the checkpoint
     assert full["score"] == pytest.approx(math.exp(-full["teacher_kl"]))
     assert 0 < full["score"] <= 1 and seen == [full["checkpoint_score"]]
     stopped = distilled_proxy(arch, pd, proxy_cfg(at=0.5), stop_check=lambda s: "beaten")

@@ -68,6 +68,11 @@ def test_front_and_hypervolume():
     assert hypervolume([(0.85, 0.5), (0.90, 1.0), (0.80, 0.7)], 2.0) == pytest.approx(1.325)
     assert hypervolume([(0.9, 3.0)], 2.0) == 0.0  # beyond the reference adds nothing
     assert hypervolume([], 2.0) == 0.0
+    # scores that go below 0 (fidelity+naswot's standardized sum) from a lower reference:
+    # the same area as the points shifted up by 3 from score 0
+    shifted = [(-2.15, 0.5), (-2.1, 1.0), (-3.5, 0.7)]
+    assert hypervolume(shifted, 2.0, -3.0) == pytest.approx(1.325)
+    assert hypervolume(shifted, 2.0) == 0.0  # every point below score 0
 
 
 @pytest.mark.parametrize("name", ["mobilenetv3_small_050", "mobilenetv2_035",

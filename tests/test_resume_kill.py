@@ -15,7 +15,8 @@ NAME = "rpi4-synthetic-mobilenet"
 def test_kill_9_mid_trial_then_resume_reruns_it(tmp_path):
     args = search_args(tmp_path, "proxy=distill", "proxy.train_images=512",
                        "proxy.val_images=64", "proxy.epochs=12", "proxy.teacher.epochs=1",
-                       "search.heartbeat_s=1", "search.n_trials=3", "search.sampler=random")
+                       "proxy.score=fidelity", "search.heartbeat_s=1", "search.n_trials=3",
+                       "search.sampler=random")
     storage = f"sqlite:///{tmp_path}/study.db"
     proc = start_cli(args)
     try:
@@ -55,7 +56,7 @@ def test_kill_9_mid_trial_then_resume_reruns_it(tmp_path):
 def test_ctrl_c_stops_cleanly_and_keeps_the_study(tmp_path):
     args = search_args(tmp_path, "proxy=distill", "proxy.train_images=512",
                        "proxy.val_images=64", "proxy.epochs=12", "proxy.teacher.epochs=1",
-                       "search.n_trials=4")
+                       "proxy.score=fidelity", "search.n_trials=4")
     storage = f"sqlite:///{tmp_path}/study.db"
     proc = start_cli(args, capture=True)
     try:

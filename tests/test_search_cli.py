@@ -57,22 +57,38 @@ def test_search_runs_then_resumes_to_the_total(tmp_path):
 def test_distilled_proxy_trains_against_a_cached_teacher(tmp_path):
     args = search_args(tmp_path, "proxy=distill", "proxy.train_images=256",
                        "proxy.val_images=64", "proxy.epochs=1", "proxy.teacher.epochs=1",
-                       "search.n_trials=2")
+                       "search.n_trials=2", "proxy.calibration_archs=3")
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "teacher resnet10t: test accuracy" in result.stdout
     trials = complete(tmp_path / "study.db")
-    assert all(0 <= t.values[0] <= 1 and t.user_attrs["proxy_cost_s"] > 0 for t in trials)
+    assert all(t.user_attrs["proxy_cost_s"] > 0 for t in trials)
     assert all("proxy_teacher_agreement" in t.user_attrs for t in trials)
     assert all(0 <= t.user_attrs["proxy_checkpoint_accuracy"] <= 1 for t in trials)
-    # the accuracy objective holds fidelity to the teacher (proxy.score's default)
-    assert all(t.values[0] == t.user_attrs["proxy_score"]
-               == pytest.approx(math.exp(-t.user_attrs["proxy_teacher_kl"]))
-               and t.user_attrs["proxy_score_name"] == "fidelity" for t in trials)
+    # the accuracy objective holds proxy.score's default: fidelity to the teacher plus NASWOT,
+    # both standardized with the scales calibrated once and recorded in the study
+    from search.proxy import combined_score
+
+    cal = optuna.load_study(study_name="rpi4-synthetic-mobilenet",
+                            storage=f"sqlite:///{tmp_path}/study.db").user_attrs[
+        "score_calibration"]
+    assert "scales from 3 architectures" in result.stdout and len(cal["archs"]) == 3
+    for t in trials:
+        fidelity = math.exp(-t.user_attrs["proxy_teacher_kl"])
+        assert t.user_attrs["proxy_score_name"] == "fidelity+naswot"
+        assert t.user_attrs["score_calibration"] == cal["key"]
+        assert t.user_attrs["proxy_trained_score"] == pytest.approx(fidelity)
+        assert t.values[0] == t.user_attrs["proxy_score"] == pytest.approx(
+            combined_score(fidelity, t.user_attrs["zc_naswot"], cal))
     proxy = json.loads((tmp_path / "out" / "summary.json").read_text())["proxy"]
     assert proxy["kind"] == "distill" and proxy["seconds"] > 0
     assert proxy["stopped_early"] == sum("proxy_stopped_at" in t.user_attrs for t in trials)
     assert len(list((tmp_path / "cache" / "teacher").glob("*/model.safetensors"))) == 1
+    # resumed with another score, the study says which one it was scored with
+    other = run_here(*args, "proxy.score=fidelity", "search.n_trials=3")
+    assert_clean_error(other, "different setup", "proxy_hash",
+                       "add proxy.score=fidelity+naswot to resume it")
+    assert len(complete(tmp_path / "study.db")) == 2
 
 
 def test_unknown_device_lists_the_known_ones(tmp_path):

@@ -21,7 +21,8 @@ from tests.conftest import ROOT, cli_env, search_args, start_cli
 pytestmark = pytest.mark.slow
 
 SLOW_PROXY = ("proxy=distill", "proxy.train_images=512", "proxy.val_images=64",
-              "proxy.epochs=4", "proxy.teacher.epochs=1")  # trials of ~3 s
+              "proxy.epochs=4", "proxy.teacher.epochs=1",
+              "proxy.score=fidelity")  # trials of ~3 s, no calibration before them
 
 
 def load(url: str, name: str) -> optuna.Study:
