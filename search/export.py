@@ -252,10 +252,14 @@ def model_card(cfg: Config, arch: Arch, m: dict) -> str:
         f"| {i} | {s.block} | {s.kernel} | {s.expansion} | {s.se_ratio} | {s.act} | {s.depth} "
         f"| {s.stride} | {s.out_chs} -> {s.kept_out_chs} | {s.prune_ratio} | "
         f"{', '.join(map(str, s.bits))} |" for i, s in enumerate(arch.stages))
-    score = ("" if m.get("proxy_score_name", "accuracy") in ("accuracy", "naswot") else
-             f" The search ranked it by its {m['proxy_score_name']}: {m['proxy_score']:.4f}"
-             " (fidelity: exp(-KL divergence from the teacher's predictions), 1 = the "
-             "teacher's exactly).")
+    meaning = {"fidelity": "exp(-KL divergence from the teacher's predictions), 1 = the "
+                           "teacher's exactly",
+               "fidelity+naswot": "its fidelity to the teacher plus its NASWOT score, each in "
+                                  "standard deviations from their mean over the space's "
+                                  "calibration architectures; 0 = an average architecture"}
+    name = m.get("proxy_score_name", "accuracy")
+    score = ("" if name not in meaning else f" The search ranked it by its {name}: "
+             f"{m['proxy_score']:.4f} ({meaning[name]}).")
     return f"""# Model card: trial {m['trial']} ({arch.arch_id})
 
 Found by edgenas for device `{cfg.device.name}` on `{cfg.data.name}`.

@@ -12,7 +12,8 @@ from tests.conftest import run_cli, run_here, search_args
 
 def test_export_writes_runnable_models_and_metrics(tmp_path):
     common = ["proxy.train_images=256", "proxy.val_images=64", "proxy.epochs=1",
-              "proxy.teacher.epochs=1", "search.n_trials=2", "proxy=distill"]
+              "proxy.teacher.epochs=1", "search.n_trials=2", "proxy=distill",
+              "proxy.calibration_archs=2"]
     assert run_here(*search_args(tmp_path, *common)).returncode == 0
     out = tmp_path / "export"
     args = search_args(tmp_path, *common, "select=best", f"out={out}", "export.epochs=1",
@@ -41,6 +42,8 @@ def test_export_writes_runnable_models_and_metrics(tmp_path):
     assert metrics["params"] == arch.params()
     card = (folder / "card.md").read_text()
     assert "Energy is modelled" in card and "test accuracy" in card.lower()
+    # the default score, said in words
+    assert "ranked it by its fidelity+naswot" in card and "0 = an average architecture" in card
 
 
 def test_export_without_a_study_says_what_to_run(tmp_path):
