@@ -107,11 +107,13 @@ def cross_validate(make: callable, samples: list[list[Op]], ys, folds: int = 5,
     return out
 
 
-def fit_bundle(make: callable, bundle: dict, networks=None, energy=None) -> DeviceModel:
+def fit_bundle(make: callable, bundle: dict, networks=None, energy=None,
+               correct: bool = True) -> DeviceModel:
     """A device model from a measured bundle: the linear op model on the whole networks (the
     ONNX path), the layer model and composition on the layers and networks (the
-    architecture path), every unit in the lookup table. ``networks`` restricts it to those
-    network ids (cross-validation)."""
+    architecture path), every unit in the lookup table, and (``correct``) the network
+    correction, fitted on the networks priced out of fold. ``networks`` restricts it to
+    those network ids (cross-validation)."""
     from latency_models.ops import arch_units
     from spaces.arch import Arch
 
@@ -127,30 +129,49 @@ def fit_bundle(make: callable, bundle: dict, networks=None, energy=None) -> Devi
         model.fit_layers([samples[i] for i in layers], ys[layers],
                          [arch_units(Arch.from_json(units[i]["arch_json"])) for i in composed],
                          ys[composed])
+        if correct:
+            ids = {units[i]["network"] for i in keep}
+            archs, priced, measured = priced_out_of_fold(make, bundle, ids, energy=energy,
+                                                         correct=False)
+            model.fit_network_model(archs, priced, measured)
     model.add_measurements([samples[i] for i in nets], ys[nets],
                            None if energy is None else np.asarray(energy)[nets])
     return model
+
+
+def priced_out_of_fold(make: callable, bundle: dict, networks: set, folds: int = 5,
+                       seed: int = 0, energy=None, correct: bool = True
+                       ) -> tuple[list, np.ndarray, np.ndarray]:
+    """The fp32 and int8 networks among ``networks``, each priced from its architecture (as
+    the search does) by a model fitted on the other folds of whole networks, with their
+    layers: (architectures, predicted ms, measured ms)."""
+    from spaces.arch import Arch
+
+    units, ys = bundle["units"], np.asarray(bundle["latency_ms"])
+    ids = np.array(sorted(networks))
+    order = ids[np.random.default_rng(seed).permutation(len(ids))]
+    archs, pred, truth = [], [], []
+    for k in range(folds):
+        test = set(order[k::folds].tolist())
+        model = fit_bundle(make, bundle, networks=set(ids.tolist()) - test, energy=energy,
+                           correct=correct)
+        for i, u in enumerate(units):
+            if u["network"] in test and u["unit"] == "network" and u["precision"] != "fp16":
+                archs.append(Arch.from_json(u["arch_json"]))
+                pred.append(model.predict_arch(archs[-1]).latency_ms)
+                truth.append(ys[i])
+    return archs, np.array(pred), np.array(truth)
 
 
 def cross_validate_bundle(make: callable, bundle: dict, folds: int = 5, seed: int = 0,
                           energy=None) -> dict:
     """Held-out accuracy on a bundle's networks: folds of whole networks (with their layers);
     held-out fp32 and int8 networks priced from their architecture as the search does, by
-    the layers measured in other networks, the layer model and the composition."""
-    from spaces.arch import Arch
-
-    units, ys = bundle["units"], np.asarray(bundle["latency_ms"])
-    ids = np.unique([u["network"] for u in units])
-    order = ids[np.random.default_rng(seed).permutation(len(ids))]
-    pred, truth = [], []
-    for k in range(folds):
-        test = set(order[k::folds].tolist())
-        model = fit_bundle(make, bundle, networks=set(ids.tolist()) - test, energy=energy)
-        for i, u in enumerate(units):
-            if u["network"] in test and u["unit"] == "network" and u["precision"] != "fp16":
-                pred.append(model.predict_arch(Arch.from_json(u["arch_json"])).latency_ms)
-                truth.append(ys[i])
-    return dict(accuracy(np.array(pred), np.array(truth)), folds=folds)
+    the layers measured in other networks, the layer model, the composition and the network
+    correction (fitted within the other folds)."""
+    ids = {u["network"] for u in bundle["units"]}
+    _, pred, truth = priced_out_of_fold(make, bundle, ids, folds, seed, energy)
+    return dict(accuracy(pred, truth), folds=folds)
 
 
 def device_yaml(name: str, model_ref: str, bits: list[int], description: str,

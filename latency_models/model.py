@@ -125,6 +125,30 @@ def _changes(low: list[bool]) -> int:
     return sum(x != y for x, y in zip(low, low[1:]))
 
 
+def network_features(arch, composed_ms: float) -> list[float] | None:
+    """Whole-network features of the network correction (see ``DeviceModel.network_model_``):
+    the input resolution, stem, head and classifier, per stage its block, depth, expansion,
+    kernel, width, pruning, squeeze-excitation, activation and share of 8-bit layers, the
+    MACs and parameters, and the log of the composed price. None for an architecture
+    without stages."""
+    if not getattr(arch, "stages", None):
+        return None
+    f = [arch.resolution, arch.stem_chs, arch.head_chs, arch.stem_bits, arch.head_bits,
+         arch.classifier_bits]
+    for st in arch.stages:
+        f += [st.block == "ir", st.depth, st.expansion, st.kernel, st.out_chs, st.prune_ratio,
+              st.se_ratio, st.act == "hswish", float(np.mean([b <= 8 for b in st.bits]))]
+    return f + [arch.macs() / 1e6, arch.params() / 1e3, float(np.log(max(composed_ms, 1e-9)))]
+
+
+NETWORK_MODEL_PARAMS = {"objective": "regression", "learning_rate": 0.03, "num_leaves": 7,
+                        "min_data_in_leaf": 20, "feature_fraction": 0.8,
+                        "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
+                        "num_threads": 1, "deterministic": True, "seed": 0, "verbose": -1}
+NETWORK_MODEL_ROUNDS = (0, 50, 100, 200, 300, 400, 600, 800)  # chosen by cross-validation
+NETWORK_MODEL_MIN = 50  # networks needed to fit it
+
+
 LAYER_MODEL_PARAMS = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 15,
                       "min_data_in_leaf": 5, "feature_fraction": 0.8, "bagging_fraction": 0.8,
                       "bagging_freq": 1, "num_threads": 1, "deterministic": True, "seed": 0,
@@ -211,6 +235,13 @@ class DeviceModel:
         compose_: [a, a8, b, c, t] turning layer prices into a network's: a * (sum of float
             layers) + a8 * (sum of 8-bit layers) + b * layers + c + t * (precision changes
             between consecutive layers). Files written before ``t`` have 4 terms (t = 0).
+        network_model_: {"model": LightGBM text model, "stages": n, "rounds": r, "cv": ...}:
+            a correction of the composed price of a whole architecture, log(measured /
+            composed), from :func:`network_features` ("" model where none was fitted). Fitted
+            on a bundle's networks priced out of fold (:meth:`fit_network_model`), with the
+            rounds that cross-validation on them chose; it learns what adding up layers
+            measured alone misses (how consecutive layers share memory and layouts).
+            Empty in files written before it and for devices without networks to fit it.
     """
 
     device: str
@@ -231,6 +262,7 @@ class DeviceModel:
     layer_model_: str = ""
     layer_linear_: dict = field(default_factory=dict)
     compose_: list = field(default_factory=list)
+    network_model_: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.latency_source not in LATENCY_SOURCES:
@@ -374,6 +406,71 @@ class DeviceModel:
         self.compose_ = [float(v) for v in np.linalg.lstsq(
             a / network_ms[:, None], np.ones(len(network_ms)), rcond=None)[0]]
 
+    def fit_network_model(self, archs: list, composed_ms, measured_ms, folds: int = 5,
+                          seed: int = 1) -> dict:
+        """Fit the network correction on architectures priced out of fold (``composed_ms``:
+        each priced by a model that never saw it or its layers) and measured whole. The
+        number of boosting rounds is chosen by ``folds``-fold cross-validation on them (the
+        share within +-10%); where no rounds beat none, or too few networks share one stage
+        count, no correction is stored. Returns the cross-validation's shares by rounds."""
+        import lightgbm
+
+        composed = np.asarray(composed_ms, float)
+        measured = _check_targets("network latency", measured_ms, len(archs))
+        feats = [network_features(a, c) for a, c in zip(archs, composed)]
+        counts: dict[int, int] = {}
+        for f, a in zip(feats, archs):
+            if f is not None:
+                counts[len(a.stages)] = counts.get(len(a.stages), 0) + 1
+        self.network_model_ = {}
+        if not counts or max(counts.values()) < NETWORK_MODEL_MIN:
+            return {}
+        stages = max(counts, key=counts.get)
+        keep = [i for i, (f, a) in enumerate(zip(feats, archs))
+                if f is not None and len(a.stages) == stages]
+        x = np.array([feats[i] for i in keep], float)
+        r = np.log(measured[keep] / composed[keep])
+        order = np.random.default_rng(seed).permutation(len(keep))
+        top = max(NETWORK_MODEL_ROUNDS)
+        shares = {g: [] for g in NETWORK_MODEL_ROUNDS}
+        for k in range(folds):
+            test = order[k::folds]
+            train = np.setdiff1d(order, test)
+            booster = lightgbm.train(NETWORK_MODEL_PARAMS, lightgbm.Dataset(x[train], r[train]),
+                                     num_boost_round=top)
+            for g in NETWORK_MODEL_ROUNDS:
+                fix = booster.predict(x[test], num_iteration=g) if g else 0.0
+                err = np.exp(fix - r[test]) - 1  # corrected / measured - 1
+                shares[g].append(float(np.mean(np.abs(err) < 0.1)))
+        cv = {str(g): round(float(np.mean(v)), 4) for g, v in shares.items()}
+        best = max(NETWORK_MODEL_ROUNDS, key=lambda g: (float(np.mean(shares[g])), -g))
+        if best:
+            booster = lightgbm.train(NETWORK_MODEL_PARAMS, lightgbm.Dataset(x, r),
+                                     num_boost_round=best)
+            self.network_model_ = {"model": booster.model_to_string(), "stages": stages,
+                                   "rounds": best, "networks": len(keep),
+                                   "cv_within_10pct": cv}
+        return cv
+
+    def network_factor(self, archs: list, composed_ms) -> np.ndarray:
+        """The network correction's factor for each architecture (1 where it has none or
+        does not apply: no correction fitted, or another number of stages)."""
+        out = np.ones(len(archs))
+        if not self.network_model_:
+            return out
+        booster = getattr(self, "_network_booster", None)
+        if booster is None:
+            import lightgbm
+
+            booster = lightgbm.Booster(model_str=self.network_model_["model"])
+            self._network_booster = booster
+        rows = [i for i, a in enumerate(archs)
+                if len(getattr(a, "stages", ()) or ()) == self.network_model_["stages"]]
+        if rows:
+            x = np.array([network_features(archs[i], float(composed_ms[i])) for i in rows])
+            out[rows] = np.exp(booster.predict(x))
+        return out
+
     def _layer_sums(self, units: list[list[Op]]) -> tuple[float, float]:
         """Priced units of a network, summed apart for float units and 8-bit-or-below ones
         (int8 layers compose differently: quantize/dequantize work at their boundaries)."""
@@ -450,13 +547,15 @@ class DeviceModel:
             ms = self._layer_price(ops)  # a layer; the input preprocessing stays linear
         return ms, mj, False, standins, extrapolated
 
-    def predict_units(self, units: list[list[Op]], cache_keys: list | None = None
-                      ) -> Prediction:
+    def predict_units(self, units: list[list[Op]], cache_keys: list | None = None,
+                      factor: float = 1.0, composed_only: bool = False):
         """Latency (ms) and energy (mJ) of a network given as its units (e.g. layers).
 
         Each unit is looked up where it was measured and regressed otherwise; the network
         overhead is added once. ``cache_keys`` (hashable, one per unit) memoize unit prices,
-        which the search uses: most layers recur across trials.
+        which the search uses: most layers recur across trials. ``factor`` scales the
+        network's latency (the network correction, from :meth:`predict_arch`);
+        ``composed_only`` returns the composed latency in ms alone (what it corrects).
         """
         ms, mj, n_hit, standins, extrapolated = 0.0, 0.0, 0, set(), False
         low_ms, lows = 0.0, []  # lows: whether each (non-empty) unit runs at 8 bits or fewer
@@ -482,7 +581,14 @@ class DeviceModel:
             a, a8, b, c, t = (list(self.compose_) + [0.0])[:5]  # files before t: 4 terms
             ms = (a * (ms - low_ms) + a8 * low_ms + b * len(units) + c
                   + t * _changes(lows) - self.overhead_ms_)
-        return self._finish(ms, mj, n_hit, len(units), standins, extrapolated)
+        if composed_only:
+            return ms + self.overhead_ms_
+        if factor != 1.0:
+            ms = (ms + self.overhead_ms_) * factor - self.overhead_ms_
+        prediction = self._finish(ms, mj, n_hit, len(units), standins, extrapolated)
+        if factor != 1.0:
+            prediction.provenance["network_correction"] = round(factor, 4)
+        return prediction
 
     def predict(self, ops: list[Op]) -> Prediction:
         """Latency (ms) and energy (mJ) of one network given as a flat op list."""
@@ -502,7 +608,12 @@ class DeviceModel:
 
         layers = arch.layers(pruned=True)
         keys = [("input", arch.in_chans, arch.input_size, arch.resolution), *layers]
-        return self.predict_units(arch_units(arch, tuple(self.native_bits)), cache_keys=keys)
+        units = arch_units(arch, tuple(self.native_bits))
+        if not self.network_model_:
+            return self.predict_units(units, cache_keys=keys)
+        composed = self.predict_units(units, cache_keys=keys, composed_only=True)
+        factor = float(self.network_factor([arch], [composed])[0])
+        return self.predict_units(units, cache_keys=keys, factor=factor)
 
     def predict_archs(self, archs: list) -> dict:
         """Vectorized regressor for many architectures (see ``latency_models.fast``)."""
@@ -550,6 +661,7 @@ class DeviceModel:
             "layer_model": self.layer_model_, "compose": self.compose_,
             # only where set, so that models without it keep their hashes
             **({"layer_linear": self.layer_linear_} if self.layer_linear_ else {}),
+            **({"network_model": self.network_model_} if self.network_model_ else {}),
         }
 
     def __setattr__(self, name: str, value) -> None:
@@ -557,6 +669,8 @@ class DeviceModel:
         object.__setattr__(self, name, value)
         if name == "layer_model_":
             object.__setattr__(self, "_booster", None)
+        if name == "network_model_":
+            object.__setattr__(self, "_network_booster", None)
         if not name.startswith("_"):
             object.__setattr__(self, "_cache", {})
             object.__setattr__(self, "_hash", None)
@@ -604,7 +718,8 @@ class DeviceModel:
                         ranges_=data["ranges"], lookup_=data.get("lookup", {}),
                         layer_model_=data.get("layer_model", ""),
                         layer_linear_=data.get("layer_linear", {}),
-                        compose_=data.get("compose", []))
+                        compose_=data.get("compose", []),
+                        network_model_=data.get("network_model", {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise DeviceModelError(f"device model file {path} is missing or has a bad field: "
                                    f"{exc}") from None

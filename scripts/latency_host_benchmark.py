@@ -4,6 +4,8 @@
     python scripts/latency_host_benchmark.py --bundle /tmp/hb --networks 360  # re-measure:
         # writes a new bundle there, measures it, measures a new test set, fits and tests
     python scripts/latency_host_benchmark.py --n 50 # a smaller test set
+    python scripts/latency_host_benchmark.py --also other.csv  # more measured test sets
+        # (python -m latency_models.profile n=200 seed=2 rounds=21 out=other.csv)
 
 The host device model is fitted exactly as a user fits a new device: a profiling bundle
 (``python -m latency_models.profile bundle=...``, 360 networks sampled with seed 1, their
@@ -16,7 +18,8 @@ rounds of 20 runs, median of the round medians). Both measurements run pinned to
 rounds raised the bundle's cross-validation from 86% to 91% of networks within +-10%.
 
 Predictors: what the search uses (``DeviceModel.predict_arch``: layers measured in the
-bundle looked up, the others priced by the layer model, composed into the network); the
+bundle looked up, the others priced by the layer model, composed into the network, the
+network correction applied); the same without the network correction; the
 linear op model alone (what an ONNX file gets); a FLOPs-only linear fit per precision on the
 bundle's networks. Prints and writes ``scripts/results/latency/host.md``.
 """
@@ -24,6 +27,7 @@ bundle's networks. Prints and writes ``scripts/results/latency/host.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import os
@@ -53,6 +57,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--networks", type=int, default=360, help="networks in the bundle")
     parser.add_argument("--rounds", type=int, default=21,
                         help="interleaved rounds of 20 runs per file, when measuring")
+    parser.add_argument("--also", nargs="*", type=Path, default=[],
+                        help="more test sets measured on this machine class "
+                        "(latency_models.profile CSVs), scored by the search's path")
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
@@ -72,6 +79,8 @@ def main(argv: list[str]) -> int:
     model = fit_bundle(make, bundle)
     linear = DeviceModel("host", 15.0, coef_=model.coef_, overhead_ms_=model.overhead_ms_,
                          ranges_=model.ranges_)  # the ONNX path, no lookup table
+    uncorrected = copy.copy(model)
+    uncorrected.network_model_ = {}  # (a fresh price cache too)
 
     with open(test_csv, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -91,6 +100,8 @@ def main(argv: list[str]) -> int:
     preds = {
         "layer model + measured layers (the search's path)": np.array(
             [model.predict_arch(a).latency_ms for a in archs]),
+        "the same without the network correction": np.array(
+            [uncorrected.predict_arch(a).latency_ms for a in archs]),
         "linear op model (the ONNX path)": np.array(
             [linear.predict(o).latency_ms for o in test_ops]),
         "FLOPs-only linear fit (per precision)": flops,
@@ -112,6 +123,25 @@ def main(argv: list[str]) -> int:
             summary[f"{name} / {prec}"] = acc
             lines.append(f"| {name} | {prec} | {acc['n']} | {acc['within_10pct']:.1%} | "
                          f"{acc['mape']:.1%} | {acc['spearman']:.3f} |")
+    also = {}
+    if args.also:
+        lines += ["", "More test sets (the search's path; 'without': no network correction):", "",
+                  "| test set | precision | n | within +-10% | without | MAPE | without | "
+                  "Spearman |", "|---|---|---|---|---|---|---|---|"]
+    for path in args.also:
+        with open(path, newline="") as f:
+            more = list(csv.DictReader(f))
+        arch_more = [Arch.from_json(r["arch_json"]) for r in more]
+        y_more = np.array([float(r["median_ms"]) for r in more])
+        p_more = np.array([model.predict_arch(a).latency_ms for a in arch_more])
+        u_more = np.array([uncorrected.predict_arch(a).latency_ms for a in arch_more])
+        for prec in ("fp32", "mixed-int8"):
+            sel = np.array([r["precision"] == prec for r in more])
+            acc, base = accuracy(p_more[sel], y_more[sel]), accuracy(u_more[sel], y_more[sel])
+            also[f"{path.name} / {prec}"] = {"corrected": acc, "without": base}
+            lines.append(f"| {path.name} | {prec} | {acc['n']} | {acc['within_10pct']:.1%} | "
+                         f"{base['within_10pct']:.1%} | {acc['mape']:.1%} | {base['mape']:.1%} "
+                         f"| {acc['spearman']:.3f} |")
     by_net = {}
     for u, v in zip(units, ys):
         if u["unit"] == "network":
@@ -125,8 +155,8 @@ def main(argv: list[str]) -> int:
     print(text)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "host.md").write_text(text + "\n")
-    (OUT / "host.json").write_text(json.dumps({"cross_validation": cv, "test": summary},
-                                              indent=1))
+    (OUT / "host.json").write_text(json.dumps({"cross_validation": cv, "test": summary,
+                                               **({"also": also} if also else {})}, indent=1))
     return 0
 
 

@@ -383,3 +383,53 @@ def test_profile_measures_a_chunk_caught_in_a_slow_spell_again(monkeypatch):
     got = prof.measure_chunked(list("abcdef"), chunk=2)
     assert calls == ["a", "c", "e", "c"]
     assert [m["median_ms"] for m in got] == [2.0] * 6
+
+
+def test_network_correction_learns_what_adding_up_layers_misses_and_only_when_it_helps(
+        tmp_path):
+    archs = [sample(s, bits=(32, 8)) for s in range(300)]
+    rng = np.random.default_rng(0)
+    composed = np.array([0.02 + a.macs() / 5e7 for a in archs])
+    # A whole-network effect that layers measured alone cannot show: each hard-swish stage
+    # makes the network 12% slower than its layers add up to.
+    effect = np.array([1.12 ** sum(st.act == "hswish" for st in a.stages) for a in archs])
+    measured = composed * effect * rng.normal(1.0, 0.01, len(archs))
+    model = DeviceModel("dev", 1.0)
+    cv = model.fit_network_model(archs[:200], composed[:200], measured[:200])
+    rounds = model.network_model_["rounds"]
+    assert rounds > 0 and cv[str(rounds)] > cv["0"] and model.network_model_["stages"] == 4
+    fixed = composed[200:] * model.network_factor(archs[200:], composed[200:])
+
+    def miss(p):
+        return np.median(np.abs(p / measured[200:] - 1))
+
+    assert miss(fixed) < 0.03 < 0.1 < miss(composed[200:])
+    model.save(tmp_path / "m.json")  # stored as LightGBM's text model inside the JSON
+    again = DeviceModel.load(tmp_path / "m.json")
+    assert again.network_model_["rounds"] == rounds and again.hash == model.hash
+    assert np.allclose(again.network_factor(archs[200:], composed[200:]),
+                       model.network_factor(archs[200:], composed[200:]))
+    # noise alone: no number of rounds beats none, so nothing is stored and nothing changes
+    noise = DeviceModel("dev", 1.0)
+    noise.fit_network_model(archs[:200], composed[:200],
+                            composed[:200] * rng.normal(1.0, 0.02, 200))
+    assert noise.network_model_ == {}
+    assert np.all(noise.network_factor(archs[:5], composed[:5]) == 1.0)
+    assert "network_model" not in noise.to_dict()  # older models keep their hashes
+    # too few networks to fit it
+    few = DeviceModel("dev", 1.0)
+    assert few.fit_network_model(archs[:20], composed[:20], measured[:20]) == {}
+    assert few.network_model_ == {}
+
+
+def test_the_shipped_host_model_corrects_whole_networks_alike_one_by_one_and_in_bulk():
+    from search.config import MODEL_DIR
+
+    host = DeviceModel.load(MODEL_DIR / "host.json")
+    assert host.network_model_["rounds"] > 0
+    archs = [sample(1000 + s, bits=(32, 8)) for s in range(20)]
+    one = [host.predict_arch(a) for a in archs]
+    bulk = host.predict_archs(archs)["latency_ms"]
+    assert np.allclose([p.latency_ms for p in one], bulk)
+    assert all(p.provenance["network_correction"] > 0 for p in one)
+    assert len({p.provenance["network_correction"] for p in one}) > 1
