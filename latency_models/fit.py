@@ -280,6 +280,13 @@ def main(argv: list[str]) -> int:
           f"Spearman {cv['spearman']:.3f}"
           + (f"; energy {cv['energy']['within_10pct']:.1%} within +-10%" if "energy" in cv
              else ""))
+    if base is None and "bundle" in args:
+        nm = model.network_model_
+        print(f"network correction: {nm['rounds']} rounds on {nm['networks']} networks "
+              f"(their share within +-10%, cross-validated: {nm['cv_within_10pct']['0']:.1%} "
+              f"uncorrected, {nm['cv_within_10pct'][str(nm['rounds'])]:.1%} corrected)" if nm
+              else "network correction: none (too few networks, or it did not help in "
+              "cross-validation)")
     print(f"wrote {out} (hash {model.hash})")
     conf = Path(args.get("conf", f"conf/device/{name}.yaml"))
     try:

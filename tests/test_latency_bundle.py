@@ -73,7 +73,10 @@ def test_fit_from_bundle_writes_model_and_device_config(measured_bundle, tmp_pat
     assert fit.main(["device=myboard", f"bundle={folder}", "power_w=4"]) == 0
     out = capsys.readouterr().out
     assert "held-out" in out and "conf/device/myboard.yaml" in out
+    # a bundle this small has too few networks for the network correction, and says so
+    assert "network correction: none (too few networks" in out
     model = DeviceModel.load(tmp_path / "conf" / "device" / "myboard.json")
+    assert model.network_model_ == {}
     assert model.meta["measured_on"]["threads"] == 1 and model.lookup_
     assert {"32", "8", "16"} <= set(model.coef_)
     conf = (tmp_path / "conf" / "device" / "myboard.yaml").read_text()
