@@ -151,7 +151,8 @@ def test_fidelity_plus_naswot_calibrates_once_and_scores_every_trial_with_the_st
 
     args = search_args(tmp_path, "proxy=distill", "proxy.train_images=64",
                        "proxy.val_images=32", "proxy.epochs=1",
-                       "proxy.score=fidelity+naswot", "proxy.calibration_archs=3")
+                       "proxy.score=fidelity+naswot", "proxy.calibration_archs=3",
+                       "budget.latency_ms=0.7")  # some candidates over it: not trained
     first = run_here(*args)
     assert first.returncode == 0, first.stderr
     assert "proxy.score=fidelity+naswot: scales from 3 architectures" in first.stdout
@@ -165,7 +166,12 @@ def test_fidelity_plus_naswot_calibrates_once_and_scores_every_trial_with_the_st
 
     def check(trials):
         scored = [t for t in trials if "skipped" not in t.user_attrs]
-        assert scored
+        skipped = [t for t in trials if "skipped" in t.user_attrs]
+        assert scored and skipped
+        for t in skipped:  # the floor: fidelity 0 with its own NASWOT, far below any trained
+            assert t.values[0] == pytest.approx(combined_score(0.0, t.user_attrs["zc_naswot"],
+                                                               cal))
+            assert t.values[0] < min(s.values[0] for s in scored)
         for t in scored:
             assert t.user_attrs["proxy_score_name"] == "fidelity+naswot"
             assert t.user_attrs["score_calibration"] == cal["key"]
