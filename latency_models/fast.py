@@ -118,21 +118,9 @@ def predict_archs(model: DeviceModel, archs: list[Arch]) -> dict:
         return {"latency_ms": np.zeros(0), "energy_mj": np.zeros(0),
                 "extrapolated": np.zeros(0, bool), "provenance": {}}
     if model.layer_model_:
-        # A profiled device prices layers with its tree model: one architecture at a time
-        # (memoized per layer), so that bulk and single predictions agree.
-        if model.network_model_:  # the network correction in one batch
-            from latency_models.ops import arch_units
-
-            units = [arch_units(a, tuple(model.native_bits)) for a in archs]
-            keys = [[("input", a.in_chans, a.input_size, a.resolution), *a.layers(pruned=True)]
-                    for a in archs]
-            composed = [model.predict_units(u, cache_keys=k, composed_only=True)
-                        for u, k in zip(units, keys)]
-            factors = model.network_factor(archs, composed)
-            preds = [model.predict_units(u, cache_keys=k, factor=float(f))
-                     for u, k, f in zip(units, keys, factors)]
-        else:
-            preds = [model.predict_arch(a) for a in archs]
+        # A profiled device prices layers with its tree model: architecture by architecture
+        # (memoized per layer; the network correction in one batch), as predict_arch does.
+        preds = model.predict_each(archs)
         return {"latency_ms": np.array([p.latency_ms for p in preds]),
                 "energy_mj": np.array([p.energy_mj for p in preds]),
                 "extrapolated": np.array([p.provenance["extrapolated"] for p in preds]),

@@ -547,16 +547,19 @@ class DeviceModel:
             ms = self._layer_price(ops)  # a layer; the input preprocessing stays linear
         return ms, mj, False, standins, extrapolated
 
-    def predict_units(self, units: list[list[Op]], cache_keys: list | None = None,
-                      factor: float = 1.0, composed_only: bool = False):
+    def predict_units(self, units: list[list[Op]], cache_keys: list | None = None
+                      ) -> Prediction:
         """Latency (ms) and energy (mJ) of a network given as its units (e.g. layers).
 
         Each unit is looked up where it was measured and regressed otherwise; the network
         overhead is added once. ``cache_keys`` (hashable, one per unit) memoize unit prices,
-        which the search uses: most layers recur across trials. ``factor`` scales the
-        network's latency (the network correction, from :meth:`predict_arch`);
-        ``composed_only`` returns the composed latency in ms alone (what it corrects).
+        which the search uses: most layers recur across trials.
         """
+        return self._finish(*self._compose(units, cache_keys))
+
+    def _compose(self, units: list[list[Op]], cache_keys: list | None = None) -> tuple:
+        """The units priced and composed: the arguments of :meth:`_finish` (ms without the
+        network overhead)."""
         ms, mj, n_hit, standins, extrapolated = 0.0, 0.0, 0, set(), False
         low_ms, lows = 0.0, []  # lows: whether each (non-empty) unit runs at 8 bits or fewer
         for i, ops in enumerate(units):
@@ -581,14 +584,7 @@ class DeviceModel:
             a, a8, b, c, t = (list(self.compose_) + [0.0])[:5]  # files before t: 4 terms
             ms = (a * (ms - low_ms) + a8 * low_ms + b * len(units) + c
                   + t * _changes(lows) - self.overhead_ms_)
-        if composed_only:
-            return ms + self.overhead_ms_
-        if factor != 1.0:
-            ms = (ms + self.overhead_ms_) * factor - self.overhead_ms_
-        prediction = self._finish(ms, mj, n_hit, len(units), standins, extrapolated)
-        if factor != 1.0:
-            prediction.provenance["network_correction"] = round(factor, 4)
-        return prediction
+        return ms, mj, n_hit, len(units), standins, extrapolated
 
     def predict(self, ops: list[Op]) -> Prediction:
         """Latency (ms) and energy (mJ) of one network given as a flat op list."""
@@ -604,16 +600,21 @@ class DeviceModel:
     def predict_arch(self, arch) -> Prediction:
         """Latency and energy of an architecture, layer by layer: layers measured alone (a
         profiling bundle's) are looked up, the others regressed; prices are memoized."""
+        return self.predict_each([arch])[0]
+
+    def predict_each(self, archs: list) -> list[Prediction]:
+        """:meth:`predict_arch` for each architecture, the network correction applied to all
+        of them in one batch."""
         from latency_models.ops import arch_units
 
-        layers = arch.layers(pruned=True)
-        keys = [("input", arch.in_chans, arch.input_size, arch.resolution), *layers]
-        units = arch_units(arch, tuple(self.native_bits))
-        if not self.network_model_:
-            return self.predict_units(units, cache_keys=keys)
-        composed = self.predict_units(units, cache_keys=keys, composed_only=True)
-        factor = float(self.network_factor([arch], [composed])[0])
-        return self.predict_units(units, cache_keys=keys, factor=factor)
+        parts = []
+        for arch in archs:
+            keys = [("input", arch.in_chans, arch.input_size, arch.resolution),
+                    *arch.layers(pruned=True)]
+            parts.append(self._compose(arch_units(arch, tuple(self.native_bits)),
+                                       cache_keys=keys))
+        factors = self.network_factor(archs, [p[0] + self.overhead_ms_ for p in parts])
+        return [self._finish(*p, factor=float(f)) for p, f in zip(parts, factors)]
 
     def predict_archs(self, archs: list) -> dict:
         """Vectorized regressor for many architectures (see ``latency_models.fast``)."""
@@ -622,8 +623,10 @@ class DeviceModel:
         return predict_archs(self, archs)
 
     def _finish(self, ms: float, mj: float | None, n_hit: int, n_units: int, standins: set,
-                extrapolated: bool) -> Prediction:
-        ms += self.overhead_ms_
+                extrapolated: bool, factor: float = 1.0) -> Prediction:
+        """The prediction from composed unit prices; ``factor``: the network correction of
+        the whole network's latency (:meth:`network_factor`)."""
+        ms = (ms + self.overhead_ms_) * factor
         if n_hit == n_units:
             latency = "measured"
         elif standins:
@@ -634,6 +637,8 @@ class DeviceModel:
             latency = "regressed"
         prov = {"latency": latency, "extrapolated": extrapolated,
                 "measured_share": round(n_hit / n_units, 4)}
+        if factor != 1.0:
+            prov["network_correction"] = round(factor, 4)
         if standins:
             prov["note"] = "; ".join(f"{b}-bit ops priced as {self.fallback[str(b)]}-bit (no "
                                      f"{b}-bit measurements for this device)"
