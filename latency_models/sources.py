@@ -13,6 +13,7 @@ channel-changing skips are not in our space and are left out.
 from __future__ import annotations
 
 import csv
+import gzip
 import os
 
 from latency_models.ops import Op, arch_ops, conv_op, gpool_op
@@ -60,14 +61,30 @@ def fbnet_row_ops(row: dict) -> list[Op] | None:
     return None
 
 
+def _open_text(path: str | os.PathLike):
+    """A text file for reading, gunzipped on the fly when its name ends in ``.gz``."""
+    if str(path).endswith(".gz"):
+        return gzip.open(path, "rt", newline="", encoding="utf-8")
+    return open(path, newline="", encoding="utf-8")
+
+
+def _bundle_file(folder, name: str):
+    """``folder/name``, or ``folder/name.gz`` where only the gzipped copy exists (a bundle
+    kept in a repository, such as the shipped host bundle, may be stored compressed)."""
+    plain = folder / name
+    packed = folder / f"{name}.gz"
+    return packed if not plain.is_file() and packed.is_file() else plain
+
+
 def read_rows(path: str | os.PathLike, required: tuple[str, ...]) -> list[dict]:
-    """The rows of a measurement CSV that has at least one row and the ``required`` columns."""
+    """The rows of a measurement CSV (or gzipped CSV, ``.csv.gz``) that has at least one row
+    and the ``required`` columns."""
     try:
-        with open(path, newline="") as f:
+        with _open_text(path) as f:
             rows = list(csv.DictReader(f))
     except FileNotFoundError:
         raise MeasurementError(f"measurement file {path} does not exist") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except (UnicodeDecodeError, csv.Error, OSError, EOFError) as exc:
         raise MeasurementError(f"measurement file {path} is not a readable CSV ({exc})") \
             from None
     if not rows:
@@ -148,18 +165,21 @@ def read_bundle(folder: str | os.PathLike) -> dict:
     of each, with ``unit`` "network" or "layer", ``network``, ``precision``), ``device``
     (what ``device.json`` recorded), ``results`` (the path of ``results.csv``) and
     ``energy_mj`` (per file, when the device's energy counter measured every file; else None).
+    ``manifest.json`` and ``results.csv`` may be stored gzipped (``.gz``).
     """
     import json
     from pathlib import Path
 
     folder = Path(folder)
+    manifest_path = _bundle_file(folder, "manifest.json")
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
+        with _open_text(manifest_path) as f:
+            manifest = json.load(f)
     except FileNotFoundError:
         raise MeasurementError(f"{folder} has no manifest.json; pass the folder written by "
                                "`python -m latency_models.profile bundle=DIR`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MeasurementError(f"{folder}/manifest.json is not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as exc:
+        raise MeasurementError(f"{manifest_path} is not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise MeasurementError(f"{folder}/manifest.json is not an edgenas profiling bundle")
     if manifest.get("version") == 1:
@@ -172,7 +192,7 @@ def read_bundle(folder: str | os.PathLike) -> dict:
         raise MeasurementError(f"{folder} is bundle version {manifest.get('version')}; this "
                                f"code reads version {BUNDLE_VERSION}: write a new bundle and "
                                "measure it")
-    results = folder / "results.csv"
+    results = _bundle_file(folder, "results.csv")
     if not results.is_file():
         raise MeasurementError(f"{folder} has no results.csv: run `python3 run_on_device.py` "
                                "in the bundle folder on the device, then copy results.csv and "

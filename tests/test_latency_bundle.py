@@ -1,6 +1,7 @@
 """Adding a device: bundle -> on-device script -> fit -> a device the search can use."""
 
 import csv
+import gzip
 import json
 import subprocess
 import sys
@@ -64,6 +65,22 @@ def test_bundle_covers_networks_layers_and_precisions(measured_bundle):
                if line.strip().startswith(("import ", "from "))}
     assert imports <= {"argparse", "csv", "hashlib", "json", "os", "platform", "sys", "time",
                        "numpy", "onnxruntime"}
+
+
+def test_a_gzipped_bundle_reads_as_the_plain_one_and_a_damaged_one_is_refused(
+        measured_bundle, tmp_path):
+    """The shipped host bundle keeps its manifest (and may keep its results) gzipped."""
+    folder, _ = measured_bundle
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    for name in ("manifest.json", "results.csv"):
+        (packed / f"{name}.gz").write_bytes(gzip.compress((folder / name).read_bytes()))
+    plain, zipped = read_bundle(folder), read_bundle(packed)
+    assert zipped["samples"] == plain["samples"] and zipped["units"] == plain["units"]
+    assert list(zipped["latency_ms"]) == list(plain["latency_ms"])
+    (packed / "manifest.json.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(MeasurementError, match="manifest.json.gz is not valid JSON"):
+        read_bundle(packed)
 
 
 def test_fit_from_bundle_writes_model_and_device_config(measured_bundle, tmp_path,
