@@ -179,7 +179,9 @@ def read_bundle(folder: str | os.PathLike) -> dict:
         raise MeasurementError(f"{folder} has no manifest.json; pass the folder written by "
                                "`python -m latency_models.profile bundle=DIR`") from None
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise MeasurementError(f"{manifest_path} is not valid JSON ({exc})") from None
+        raise MeasurementError(f"{manifest_path} is not valid JSON ({exc}): the file is damaged "
+                               "or cut short; copy it again from the folder that "
+                               "`python -m latency_models.profile bundle=DIR` wrote") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise MeasurementError(f"{folder}/manifest.json is not an edgenas profiling bundle")
     if manifest.get("version") == 1:

@@ -128,6 +128,14 @@ def bundle(tmp: Path, rows: int = 2, results: bool = True, windows: str = "1:2",
         (tmp / "b" / "results.csv").write_text("\n".join(lines) + "\n")
 
 
+def manifest_cut_short(tmp: Path) -> None:
+    """A bundle whose gzipped manifest (as the shipped host bundle keeps it) lost its end."""
+    bundle(tmp)
+    data = gzip.compress((tmp / "b" / "manifest.json").read_bytes())
+    (tmp / "b" / "manifest.json").unlink()
+    (tmp / "b" / "manifest.json.gz").write_bytes(data[: len(data) // 2])
+
+
 def power_log(tmp: Path, scale: float) -> None:
     bundle(tmp)
     (tmp / "log.csv").write_text("timestamp,watts\n" + "".join(
@@ -258,6 +266,9 @@ CASES = [
          setup=lambda t: bundle(t, version=1)),
     Case("file-bundle-measurement-unfinished", lambda t: fit(t, f"bundle={t}/b"),
          ("1 rows for 2 files", "did not finish", "resumes"), setup=lambda t: bundle(t, 1)),
+    Case("file-bundle-manifest-cut-short", lambda t: fit(t, f"bundle={t}/b"),
+         ("manifest.json.gz is not valid JSON", "copy it again"),
+         setup=lambda t: manifest_cut_short(t)),
     Case("file-power-log-in-milliwatts",
          lambda t: fit(t, f"bundle={t}/b", f"power_log={t}/log.csv"),
          ("power log", "milliwatts"), setup=lambda t: power_log(t, 1000)),
