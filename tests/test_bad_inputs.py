@@ -399,6 +399,9 @@ def test_table_matches_the_tests():
     assert ids == {c.id for c in CASES}
     readme = (ROOT / "README.md").read_text()
     assert all(f"test_bad_input[{c.id}]" in readme for c in CASES), "README table is stale"
+    # the README says "the same table is tests/BAD_INPUTS.md": the same rows, in order
+    readme_rows = [line for line in readme.splitlines() if line in set(rows)]
+    assert readme_rows == rows, "README's bad-input table differs from tests/BAD_INPUTS.md"
 
 
 def test_atomic_write_leaves_nothing_on_a_crash(tmp_path):
