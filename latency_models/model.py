@@ -458,12 +458,7 @@ class DeviceModel:
         out = np.ones(len(archs))
         if not self.network_model_:
             return out
-        booster = getattr(self, "_network_booster", None)
-        if booster is None:
-            import lightgbm
-
-            booster = lightgbm.Booster(model_str=self.network_model_["model"])
-            self._network_booster = booster
+        booster = self._parsed("_network_booster", self.network_model_["model"])
         rows = [i for i, a in enumerate(archs)
                 if len(getattr(a, "stages", ()) or ()) == self.network_model_["stages"]]
         if rows:
@@ -490,13 +485,19 @@ class DeviceModel:
             ms += float(featurize(ops, bits, self.align) @ np.asarray(coef[key]))
         return max(ms, 1e-6)
 
-    def _layer_price(self, ops: list[Op]) -> float:
-        booster = getattr(self, "_booster", None)
+    def _parsed(self, attr: str, model_str: str):
+        """The LightGBM booster of ``model_str``, parsed once and kept in ``attr`` (which
+        :meth:`__setattr__` clears when the model text changes)."""
+        booster = getattr(self, attr, None)
         if booster is None:
             import lightgbm
 
-            booster = lightgbm.Booster(model_str=self.layer_model_)
-            self._booster = booster
+            booster = lightgbm.Booster(model_str=model_str)
+            setattr(self, attr, booster)
+        return booster
+
+    def _layer_price(self, ops: list[Op]) -> float:
+        booster = self._parsed("_booster", self.layer_model_)
         log_ratio = booster.predict(unit_features(ops, self.align)[None, :])[0]
         return float(np.exp(log_ratio)) * self._layer_base(ops)
 

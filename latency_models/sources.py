@@ -68,7 +68,7 @@ def _open_text(path: str | os.PathLike):
     return open(path, newline="", encoding="utf-8")
 
 
-def _bundle_file(folder, name: str):
+def bundle_file(folder, name: str):
     """``folder/name``, or ``folder/name.gz`` where only the gzipped copy exists (a bundle
     kept in a repository, such as the shipped host bundle, may be stored compressed)."""
     plain = folder / name
@@ -171,7 +171,7 @@ def read_bundle(folder: str | os.PathLike) -> dict:
     from pathlib import Path
 
     folder = Path(folder)
-    manifest_path = _bundle_file(folder, "manifest.json")
+    manifest_path = bundle_file(folder, "manifest.json")
     try:
         with _open_text(manifest_path) as f:
             manifest = json.load(f)
@@ -194,7 +194,7 @@ def read_bundle(folder: str | os.PathLike) -> dict:
         raise MeasurementError(f"{folder} is bundle version {manifest.get('version')}; this "
                                f"code reads version {BUNDLE_VERSION}: write a new bundle and "
                                "measure it")
-    results = _bundle_file(folder, "results.csv")
+    results = bundle_file(folder, "results.csv")
     if not results.is_file():
         raise MeasurementError(f"{folder} has no results.csv: run `python3 run_on_device.py` "
                                "in the bundle folder on the device, then copy results.csv and "

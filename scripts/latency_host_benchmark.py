@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import os
 import sys
@@ -49,12 +48,26 @@ sys.path.insert(0, str(ROOT))
 from latency_models import device_script  # noqa: E402
 from latency_models.fit import accuracy, cross_validate_bundle, fit_bundle, flops_fit  # noqa: E402
 from latency_models.model import DeviceModel  # noqa: E402
+from latency_models.ops import arch_ops  # noqa: E402
 from latency_models.profile import profile, write_bundle  # noqa: E402
-from latency_models.sources import read_bundle, read_profile  # noqa: E402
+from latency_models.sources import bundle_file, read_bundle, read_rows  # noqa: E402
 from spaces.arch import Arch  # noqa: E402
 
 BUNDLE = ROOT / "latency_models" / "data" / "host-bundle"  # measurements only, no ONNX
 OUT = ROOT / "scripts" / "results" / "latency"
+
+
+def read_test_set(path: Path) -> tuple[list[Arch], np.ndarray, list[str]]:
+    """A measured test set (a ``latency_models.profile`` CSV): its architectures, their
+    measured latency (ms) and each row's precision."""
+    rows = read_rows(path, ("arch_json", "median_ms", "precision"))
+    return ([Arch.from_json(r["arch_json"]) for r in rows],
+            np.array([float(r["median_ms"]) for r in rows]), [r["precision"] for r in rows])
+
+
+def latencies(model: DeviceModel, archs: list[Arch]) -> np.ndarray:
+    """Predicted latency (ms) of each architecture, as the search prices it."""
+    return np.array([p.latency_ms for p in model.predict_each(archs)])
 
 
 def main(argv: list[str]) -> int:
@@ -70,9 +83,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-    if not any((args.bundle / n).is_file() for n in ("manifest.json", "manifest.json.gz")):
+    if not bundle_file(args.bundle, "manifest.json").is_file():
         write_bundle(args.bundle, networks=args.networks, seed=1, fp16=12)
-    if not any((args.bundle / n).is_file() for n in ("results.csv", "results.csv.gz")):
+    if not bundle_file(args.bundle, "results.csv").is_file():
         device_script.main(["--bundle", str(args.bundle), "--threads", "1",
                             "--rounds", str(args.rounds)])
     test_csv = OUT / f"host_test_{args.n}.csv"
@@ -89,12 +102,8 @@ def main(argv: list[str]) -> int:
     uncorrected = copy.copy(model)
     uncorrected.network_model_ = {}  # (a fresh price cache too)
 
-    with open(test_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    test_ops, test_y = read_profile(test_csv)
-    archs = [Arch.from_json(r["arch_json"]) for r in rows]
-    precision = [r["precision"] for r in rows]
-    y = np.asarray(test_y)
+    archs, y, precision = read_test_set(test_csv)
+    test_ops = [arch_ops(a) for a in archs]
     macs = np.array([sum(op.macs for op in ops) for ops in test_ops], float)
 
     flops = np.zeros_like(y)
@@ -105,10 +114,8 @@ def main(argv: list[str]) -> int:
         rows_p = np.array([p == prec for p in precision])
         flops[rows_p] = a * macs[rows_p] / 1e6 + b
     preds = {
-        "layer model + measured layers (the search's path)": np.array(
-            [model.predict_arch(a).latency_ms for a in archs]),
-        "the same without the network correction": np.array(
-            [uncorrected.predict_arch(a).latency_ms for a in archs]),
+        "layer model + measured layers (the search's path)": latencies(model, archs),
+        "the same without the network correction": latencies(uncorrected, archs),
         "linear op model (the ONNX path)": np.array(
             [linear.predict(o).latency_ms for o in test_ops]),
         "FLOPs-only linear fit (per precision)": flops,
@@ -142,14 +149,10 @@ def main(argv: list[str]) -> int:
             label = str(path.resolve().relative_to(OUT))
         except ValueError:
             label = path.name
-        with open(path, newline="") as f:
-            more = list(csv.DictReader(f))
-        arch_more = [Arch.from_json(r["arch_json"]) for r in more]
-        y_more = np.array([float(r["median_ms"]) for r in more])
-        p_more = np.array([model.predict_arch(a).latency_ms for a in arch_more])
-        u_more = np.array([uncorrected.predict_arch(a).latency_ms for a in arch_more])
+        arch_more, y_more, prec_more = read_test_set(path)
+        p_more, u_more = latencies(model, arch_more), latencies(uncorrected, arch_more)
         for prec in ("fp32", "mixed-int8"):
-            sel = np.array([r["precision"] == prec for r in more])
+            sel = np.array([q == prec for q in prec_more])
             acc, base = accuracy(p_more[sel], y_more[sel]), accuracy(u_more[sel], y_more[sel])
             ratio = float(np.median(y_more[sel] / p_more[sel]))
             also[f"{label} / {prec}"] = {"corrected": acc, "without": base,
