@@ -201,6 +201,16 @@ def unsteady(anchor_ms, steady):
     return [c for c, ms in enumerate(anchor_ms) if steady and abs(ms / reference - 1) > steady]
 
 
+def _duration(seconds):
+    """``seconds`` as ``1 h 05 min``, ``4 min 10 s`` or ``12 s``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
 def main(argv=None):
     import numpy as np
 
@@ -274,14 +284,17 @@ def main(argv=None):
             json.dump(state, f)
         os.replace(partial_path + ".tmp", partial_path)
 
+    started, done_before = time.time(), len(state["done"])
     for c, chunk in enumerate(chunks):
         if all(name in state["done"] for name in chunk):
             continue
         per_file, state["anchor_ms"][str(c)] = measure_chunk(args.bundle, chunk, anchor, args)
         state["done"].update(per_file)
         save()
+        rate = (len(state["done"]) - done_before) / max(time.time() - started, 1e-9)
+        left = (len(files) - len(state["done"])) / rate if rate > 0 else 0
         print(f"chunk {c + 1}/{len(chunks)} measured ({len(state['done'])} of {len(files)} "
-              "files)", flush=True)
+              f"files, about {_duration(left)} left)", flush=True)
 
     # A slow spell longer than a round shifts a whole chunk; the reference file timed with
     # every chunk shows it, and such chunks are measured again.

@@ -46,16 +46,39 @@ from latency_models.sources import (
     read_profile,
     read_profile_units,
 )
+from spaces.cli import CliError, Command
 from spaces.files import write_text
 
-USAGE = ("usage: python -m latency_models.fit device=NAME (bundle=DIR | "
-         "measurements=FILE.csv | fbnet=FILE.csv column=COLUMN [energy=COLUMN] | ofa=DIR | "
-         "apq=FILE.json) "
-         "[base=MODEL.json] power_w=WATTS "
-         "[power_source=TEXT] [power_log=FILE.csv] [out=FILE.json] [conf=FILE.yaml] "
-         "[bits=32,8] [description=TEXT]")
-KNOWN = {"device", "bundle", "measurements", "fbnet", "ofa", "apq", "column", "energy", "base",
-         "power_w", "power_source", "power_log", "out", "conf", "bits", "description"}
+COMMAND = Command(
+    module="latency_models.fit",
+    summary="Fit a device's latency (and energy) model from its measurements, print its\n"
+            "held-out accuracy (5-fold), and write the model JSON and conf/device/NAME.yaml,\n"
+            "so that `python -m search +device=NAME` finds the device. Give one source.",
+    keys={"device": "the new device's name (required)",
+          "bundle": "source: a profiling bundle measured on the device (run_on_device.py)",
+          "measurements": "source: a CSV from `python -m latency_models.profile out=FILE.csv`",
+          "fbnet": "source: HW-NAS-Bench's FBNet block table (with column=)",
+          "column": "fbnet: the latency column, e.g. raspi4_latency",
+          "energy": "fbnet: the energy column, where the table has one",
+          "ofa": "source: a folder of Once-for-All latency lookup tables",
+          "apq": "source: APQ's BitFusion table (simulated latency and energy)",
+          "base": "a richer device's model JSON to transfer from (few measurements)",
+          "power_w": "the device's active power in watts (required; energy = power x latency "
+                     "where not measured)",
+          "power_source": "where power_w comes from, in words (shown in outputs)",
+          "power_log": "a power meter's CSV (timestamp,watts) logged while measuring",
+          "out": "the model JSON to write (default conf/device/NAME.json)",
+          "conf": "the device YAML to write (default conf/device/NAME.yaml)",
+          "bits": "bit-widths the search may use on it (default 32,8)",
+          "description": "a line describing the device"},
+    examples=["device=mypi bundle=pi-bundle power_w=5",
+              "device=mine measurements=host_measurements.csv power_w=15",
+              "device=myboard measurements=results.csv base=latency_models/data/rpi4.json "
+              "power_w=4"],
+    required=("device", "power_w"),
+    usage_args="device=NAME (bundle=DIR | measurements=FILE.csv | ...) power_w=WATTS",
+)
+SOURCES = ("bundle", "measurements", "fbnet", "ofa", "apq")
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -184,12 +207,14 @@ def device_yaml(name: str, model_ref: str, bits: list[int], description: str,
 def main(argv: list[str]) -> int:
     from search.config import MODEL_DIR
 
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    bad = [a for a in argv if "=" not in a] + [k for k in args if k not in KNOWN]
-    sources = [k for k in ("bundle", "measurements", "fbnet", "ofa", "apq") if k in args]
-    if bad or "device" not in args or "power_w" not in args or len(sources) != 1:
-        print(f"error: {'unknown arguments ' + str(bad) if bad else 'missing arguments'}. "
-              + USAGE, file=sys.stderr)
+    try:
+        args = COMMAND.parse(argv)
+        sources = [k for k in SOURCES if k in args]
+        if len(sources) != 1:
+            raise CliError(f"give exactly one source of measurements ({', '.join(SOURCES)}); "
+                           f"got {len(sources)}. {COMMAND.usage()}")
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     name = args["device"]
     out = Path(args.get("out", f"conf/device/{name}.json"))
@@ -200,7 +225,8 @@ def main(argv: list[str]) -> int:
             raise ValueError
     except ValueError:
         print(f"error: power_w={args['power_w']!r} and bits={args.get('bits')!r} must be a "
-              "positive number of watts and a comma-separated list of bit-widths. " + USAGE,
+              "positive number of watts and a comma-separated list of bit-widths. "
+              + COMMAND.usage(),
               file=sys.stderr)
         return 2
     groups, evaluate, device_info, simulated = None, None, {}, False

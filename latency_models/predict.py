@@ -1,7 +1,8 @@
-"""python -m latency_models.predict +device=NAME model=PATH
+"""python -m latency_models.predict +device=NAME model=PATH [format=table|jsonl]
 
 PATH is an ``.onnx`` file, an ``arch.json``, or a folder (every ``.onnx`` file below it).
-Prints one JSON object per model, one per line: path, latency_ms, energy_mj, provenance.
+Prints a table on a terminal; piped (or ``format=jsonl``), one JSON object per model, one per
+line: path, latency_ms, energy_mj, provenance.
 Devices are the files of ``conf/device/`` (and ``./conf/device/`` where you run it).
 """
 
@@ -11,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-USAGE = "usage: python -m latency_models.predict +device=NAME model=PATH"
+from spaces.cli import CliError, Command
 
 
 class PredictError(ValueError):
@@ -73,17 +74,77 @@ def ops_of(path: Path):
     return onnx_ops(model)
 
 
+COMMAND = Command(
+    module="latency_models.predict",
+    summary="Price ONNX files or architectures (arch.json) on a device: predicted latency\n"
+            "(ms) and energy (mJ) per image at batch 1, from the device's learned model.\n"
+            "On a terminal it prints a table; piped, or with format=jsonl, one JSON object\n"
+            "per model.",
+    usage_args="+device=NAME model=PATH",
+    keys={"device": "a device of conf/device/ (or ./conf/device/ here), e.g. rpi4, host",
+          "model": "an .onnx file, an arch.json, or a folder (every .onnx below it)",
+          "format": "table | jsonl (default: table on a terminal, jsonl when piped)"},
+    examples=["+device=rpi4 model=outputs/rpi4-fashion_mnist-mobilenet/export/",
+              "+device=host model=arch.json format=jsonl"],
+    required=("device", "model"),
+)
+
+# What the provenance words mean, for people (the JSON keeps the words).
+LATENCY_WORDS = {
+    "measured": "looked up from measurements of the same layers on the device",
+    "regressed": "predicted by the model learned from the device's measurements",
+    "transferred": "another device's model calibrated to this one with a few measurements",
+    "simulated": "from a simulator's table, not a device",
+    "modelled": "a precision the device has no measurements for, priced as another",
+}
+ENERGY_WORDS = {
+    "measured": "fitted per op to the device's energy measurements",
+    "simulated": "from a simulator's per-op table, not measured",
+    "modelled": "the device's power (an assumption, see its conf/device file) x latency",
+}
+
+
+def print_table(rows: list[dict], device: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"predicted for {device} (batch 1)")
+    for col in ("model", "latency ms", "energy mJ", "latency from", "energy from"):
+        table.add_column(col, justify="right" if col in ("latency ms", "energy mJ") else "left")
+    for r in rows:
+        p = r["provenance"]
+        table.add_row(r["path"], f"{r['latency_ms']:.4g}", f"{r['energy_mj']:.4g}",
+                      p["latency"] + ("*" if p.get("extrapolated") else ""), p["energy"])
+    console = Console()
+    console.print(table)
+    for key, words in (("latency", LATENCY_WORDS), ("energy", ENERGY_WORDS)):
+        for word in sorted({r["provenance"][key] for r in rows}):
+            console.print(f"  {key} {word}: {words.get(word, word)}", highlight=False,
+                          soft_wrap=True)
+    if any(r["provenance"].get("extrapolated") for r in rows):
+        console.print("  *: some layers lie outside the sizes the device was measured at",
+                      highlight=False, soft_wrap=True)
+    notes = sorted({r["provenance"]["note"] for r in rows if r["provenance"].get("note")})
+    for note in notes:
+        console.print(f"  note: {note}", highlight=False, soft_wrap=True)
+    console.print(f"  model hash {rows[0]['provenance'].get('model_hash')}; "
+                  "format=jsonl for machine-readable lines", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str]) -> int:
     from latency_models.model import DeviceModelError
     from latency_models.ops import UnknownOpError
     from spaces.arch import Arch, ArchError
 
-    args = dict(a.lstrip("+").split("=", 1) for a in argv if "=" in a)
-    bad = [a for a in argv if "=" not in a] + sorted(set(args) - {"device", "model"})
-    if bad or "device" not in args or "model" not in args:
-        print(f"error: {'unknown arguments ' + str(bad) if bad else 'missing arguments'}. "
-              + USAGE, file=sys.stderr)
+    try:
+        args = COMMAND.parse(argv)
+        fmt = args.get("format") or ("table" if sys.stdout.isatty() else "jsonl")
+        if fmt not in ("table", "jsonl"):
+            raise CliError(f"format={fmt!r} is not table or jsonl")
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    rows = []
     try:
         device = load_device(args["device"])
         for path in targets(Path(args["model"])):
@@ -91,12 +152,16 @@ def main(argv: list[str]) -> int:
                 pred = device.predict_arch(Arch.from_json(path.read_text()))
             else:
                 pred = device.predict(ops_of(path))
-            print(json.dumps({"path": str(path), "latency_ms": round(pred.latency_ms, 6),
-                              "energy_mj": round(pred.energy_mj, 6),
-                              "provenance": pred.provenance}), flush=True)
+            row = {"path": str(path), "latency_ms": round(pred.latency_ms, 6),
+                   "energy_mj": round(pred.energy_mj, 6), "provenance": pred.provenance}
+            if fmt == "jsonl":
+                print(json.dumps(row), flush=True)
+            rows.append(row)
     except (PredictError, DeviceModelError, UnknownOpError, ArchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if fmt == "table":
+        print_table(rows, args["device"])
     return 0
 
 

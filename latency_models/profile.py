@@ -31,11 +31,13 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
 from latency_models.sources import BUNDLE_FORMAT, BUNDLE_VERSION
 from spaces.arch import Arch
+from spaces.cli import CliError, Command
 from spaces.files import atomic_path
 
 FIELDS = ("arch_id", "precision", "median_ms", "p10_ms", "p90_ms", "runs", "threads",
@@ -49,12 +51,14 @@ def _feed(sess, batch: int = 1) -> dict:
 
 
 def measure_many(paths: list, threads: int = 1, rounds: int = 7, runs: int = 20,
-                 warmup: int = 10, batch: int = 1) -> list[dict]:
+                 warmup: int = 10, batch: int = 1,
+                 on_round: Optional[Callable[[], None]] = None) -> list[dict]:
     """Latency (ms) of several ONNX files, measured side by side.
 
     Timings on shared machines drift by tens of percent within seconds, so every file is
     measured in each of ``rounds`` interleaved rounds (median of ``runs`` runs per round) and
-    the reported figure is the median over rounds; p10/p90 are over all runs.
+    the reported figure is the median over rounds; p10/p90 are over all runs. ``on_round`` is
+    called after each round (for progress bars).
     """
     from spaces.onnx_io import ort_session
 
@@ -74,6 +78,8 @@ def measure_many(paths: list, threads: int = 1, rounds: int = 7, runs: int = 20,
                 times.append((time.perf_counter() - t0) * 1e3)
             per_round[i].append(float(np.median(times)))
             every[i] += times
+        if on_round is not None:
+            on_round()
     out = []
     for rounds_ms, all_ms in zip(per_round, every):
         p10, p90 = np.percentile(all_ms, [10, 90])
@@ -130,6 +136,7 @@ def profile(n: int, seed: int, out: str, threads: int = 1, rounds: int = 7,
             runs: int = 20) -> None:
     import onnxruntime
     import torch
+    from tqdm import tqdm
 
     from spaces.build import as_trained, build_model
     from spaces.onnx_io import export_fp32, export_int8
@@ -140,7 +147,7 @@ def profile(n: int, seed: int, out: str, threads: int = 1, rounds: int = 7,
     calib = np.random.default_rng(seed).random((32, 1, 28, 28), dtype=np.float32)
     rows, paths = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(n):
+        for i in tqdm(range(n), desc="exporting networks", unit="net"):
             arch = sample_arch(RandomChoices(seed * 100003 + i), space, in_chans=1,
                                input_size=28, num_classes=10, bits=[32, 8])
             fp32 = all_bits(arch, 32)
@@ -159,7 +166,10 @@ def profile(n: int, seed: int, out: str, threads: int = 1, rounds: int = 7,
         # In chunks of 100 live sessions, as run_on_device.py does: thousands of loaded
         # sessions slow each other down (cache pressure). The first file is timed with every
         # chunk as a reference; a chunk caught in a slow spell is measured again.
-        measured = measure_chunked(paths, threads=threads, rounds=rounds, runs=runs)
+        chunks = -(-len(paths) // 100)
+        with tqdm(total=chunks * rounds, desc="measuring", unit="round") as bar:
+            measured = measure_chunked(paths, threads=threads, rounds=rounds, runs=runs,
+                                       on_round=bar.update)
         for row, m in zip(rows, measured):
             row.update(m, threads=threads, onnxruntime=onnxruntime.__version__, cpu=cpu_name())
     with atomic_path(out) as tmp_out:
@@ -185,6 +195,7 @@ def write_bundle(out: str | os.PathLike, networks: int = 60, seed: int = 0,
 
     import onnx
     import torch
+    from tqdm import tqdm
 
     from latency_models.ops import arch_ops, layer_ops, onnx_ops, signature
     from spaces.build import as_trained, build_model
@@ -210,6 +221,7 @@ def write_bundle(out: str | os.PathLike, networks: int = 60, seed: int = 0,
         entries.append({"file": f"models/{name}", "sha256": hashlib.sha256(data).hexdigest(),
                         **entry})
 
+    bar = tqdm(total=networks, desc="writing bundle", unit="net")
     for i in range(networks):
         arch = sample_arch(RandomChoices(seed * 100003 + i), space, in_chans=1, input_size=28,
                            num_classes=10, bits=[32, 8])
@@ -239,9 +251,9 @@ def write_bundle(out: str | os.PathLike, networks: int = 60, seed: int = 0,
             half = convert_float_to_float16(variants[0][2], keep_io_types=True)
             add(half, f"n{i:03d}.fp16.onnx", unit="network", network=i, precision="fp16",
                 arch_json=fp32.to_json(indent=None), ops=ops_json(onnx_ops(half)))
-        print(f"\rbundle: {i + 1}/{networks} networks, {len(entries)} files", end="",
-              flush=True)
-    print()
+        bar.update()
+        bar.set_postfix_str(f"{len(entries)} files")
+    bar.close()
     manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "seed": seed,
                 "networks": networks, "input": [1, 1, 28, 28], "models": entries}
     manifest["id"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()
@@ -265,14 +277,30 @@ Back on the machine with edgenas:
 """
 
 
+COMMAND = Command(
+    module="latency_models.profile",
+    summary="Profile a device. Here: measure networks sampled from the search space and write\n"
+            "a CSV for `latency_models.fit measurements=`. For another device: write a bundle\n"
+            "of ONNX files and the script that measures them there (bundle=DIR).",
+    keys={"out": "measure here: the CSV to write (default host_measurements.csv)",
+          "n": "measure here: networks to sample (default 200)",
+          "threads": "measure here: onnxruntime threads (default 1)",
+          "rounds": "measure here: interleaved rounds, median over them (default 7)",
+          "runs": "measure here: runs per round (default 20)",
+          "bundle": "another device: the new bundle folder to write",
+          "networks": "bundle: networks to sample (default 60)",
+          "fp16": "bundle: how many of them also in fp16 (default 8)",
+          "seed": "the sampling seed (default 0)"},
+    examples=["out=host_measurements.csv n=200 seed=0", "bundle=pi-bundle networks=60"],
+    usage_args="(out=FILE.csv | bundle=DIR)",
+)
+
+
 def main(argv: list[str]) -> int:
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    known = ("out", "n", "seed", "threads", "rounds", "runs", "bundle", "networks", "fp16")
-    bad = [a for a in argv if "=" not in a] + [k for k in args if k not in known]
-    if bad:
-        print(f"error: unknown arguments {bad}; usage: python -m latency_models.profile "
-              "out=FILE.csv n=200 seed=0 threads=1 rounds=7 runs=20, or python -m "
-              "latency_models.profile bundle=DIR networks=60 seed=0 fp16=8", file=sys.stderr)
+    try:
+        args = COMMAND.parse(argv)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if "bundle" in args:
         try:

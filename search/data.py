@@ -8,7 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,9 @@ FMNIST_INSTALL = ("install it with `apt-get install dataset-fashion-mnist` (Debi
                   "download the four files train-images-idx3-ubyte.gz, "
                   "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
                   "t10k-labels-idx1-ubyte.gz into a folder and pass data.root=FOLDER")
+# Fashion-MNIST's label values 0-9 name these classes (Xiao et al. 2017).
+FMNIST_CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -39,6 +42,14 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    # The model's output i is class ``classes[i]``: an image folder's class folder names, or
+    # the label values ("0", "1", ...); ``class_names`` says what they are, where known.
+    classes: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.classes = self.classes or [str(i) for i in range(self.num_classes)]
+        self.class_names = self.class_names or list(self.classes)
 
     @property
     def in_chans(self) -> int:
@@ -114,6 +125,7 @@ def load_fashion_mnist(root: str | None) -> Dataset:
         torch.from_numpy(arr["test_x"].copy()).unsqueeze(1),
         torch.from_numpy(arr["test_y"].astype(np.int64)),
         10,
+        class_names=FMNIST_CLASS_NAMES,
     )
 
 
@@ -171,7 +183,7 @@ def load_image_folder(root: str | None, in_chans: int, size: int, seed: int = 0)
         n_test = max(1, len(y) // 10)
         tx, ty, x, y = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
     return Dataset(f"imagefolder:{base.name}", torch.from_numpy(x), torch.from_numpy(y),
-                   torch.from_numpy(tx), torch.from_numpy(ty), len(classes))
+                   torch.from_numpy(tx), torch.from_numpy(ty), len(classes), classes=classes)
 
 
 # ---- synthetic ----------------------------------------------------------------------------
@@ -189,6 +201,29 @@ def make_synthetic(n: int, in_chans: int, size: int, num_classes: int, seed: int
     train_x, train_y = draw(n)
     test_x, test_y = draw(max(64, n // 4))
     return Dataset("synthetic", train_x, train_y, test_x, test_y, num_classes)
+
+
+def size_note(dataset: Dataset, val_images: int, train_images: int | None = None,
+              proxy_val_images: int | None = None) -> str | None:
+    """A line for the user where the data is smaller than the settings assume (None where
+    it is not): the validation split is at most a fifth of the training images."""
+    n = len(dataset.train_y)
+    val = min(val_images, n // 5)
+    notes = []
+    if val < val_images:
+        notes.append(f"data.val_images={val_images} validation images are asked for, but only "
+                     f"a fifth of the images is set aside: {val}; set data.val_images={val} "
+                     "(or fewer) to say so, or add images")
+    if train_images is not None and train_images > n - val:
+        notes.append(f"proxy.train_images={train_images} is more than the {n - val} training "
+                     "images: each candidate trains on all of them")
+    if proxy_val_images is not None and proxy_val_images > val:
+        notes.append(f"proxy.val_images={proxy_val_images} is more than the {val} validation "
+                     "images: each candidate is scored on all of them")
+    if not notes:
+        return None
+    return (f"note: {dataset.name} has {n} training images; " + "; ".join(notes)
+            + (". So few images rank architectures noisily." if n < 1000 else "."))
 
 
 def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:

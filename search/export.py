@@ -24,11 +24,13 @@ from tqdm import tqdm
 
 from latency_models.ops import arch_ops, onnx_ops, signature
 from latency_models.profile import all_bits, cpu_name, measure_many
+from search.cli import HydraCommand
 from search.config import Config, load
 from search.data import Dataset, load_dataset, to_float
-from search.errors import UserError, guarded, silence_library_warnings
+from search.errors import UserError, guarded
 from search.run import load_device_model
 from search.study import (
+    SCORE_MEANING,
     complete_trials,
     feasible,
     open_storage,
@@ -227,6 +229,8 @@ def measure_and_predict(cfg: Config, trial: optuna.trial.FrozenTrial, arch: Arch
         "macs": arch.macs(), "size_kib": arch.size_kib(), "bits": list(arch.bits),
         "proxy_accuracy": proxy_accuracy(trial),
         "proxy": trial.user_attrs.get("proxy"), "proxy_score": trial.values[0],
+        # output i of the model is classes[i]
+        "classes": list(dataset.classes), "class_names": list(dataset.class_names),
         "proxy_score_name": proxy_score_name(trial),  # what the search optimized
         "test_accuracy": {"model.onnx": onnx_accuracy(fp32_path, dataset.test_x,
                                                        dataset.test_y),
@@ -252,23 +256,47 @@ def model_card(cfg: Config, arch: Arch, m: dict) -> str:
         f"| {i} | {s.block} | {s.kernel} | {s.expansion} | {s.se_ratio} | {s.act} | {s.depth} "
         f"| {s.stride} | {s.out_chs} -> {s.kept_out_chs} | {s.prune_ratio} | "
         f"{', '.join(map(str, s.bits))} |" for i, s in enumerate(arch.stages))
-    meaning = {"fidelity": "exp(-KL divergence from the teacher's predictions), 1 = the "
-                           "teacher's exactly",
-               "fidelity+naswot": "its fidelity to the teacher plus its NASWOT score, each in "
-                                  "standard deviations from their mean over the space's "
-                                  "calibration architectures; 0 = an average architecture"}
     name = m.get("proxy_score_name", "accuracy")
-    score = ("" if name not in meaning else f" The search ranked it by its {name}: "
-             f"{m['proxy_score']:.4f} ({meaning[name]}).")
+    score = ("" if name not in SCORE_MEANING or name == "accuracy" else
+             f" The search ranked it by its {name}: {m['proxy_score']:.4f} "
+             f"({SCORE_MEANING[name]}).")
+    searched = ("Proxy accuracy during the search (validation split): "
+                f"{100 * m['proxy_accuracy']:.2f}%." if m.get("proxy_accuracy") is not None
+                else f"The search trained nothing ({m['proxy']} proxy).")
+    classes = m.get("classes") or [str(i) for i in range(arch.num_classes)]
+    names = m.get("class_names") or classes
+    class_rows = "\n".join(f"| {i} | {c} | {n if n != c else ''} |"
+                            for i, (c, n) in enumerate(zip(classes, names)))
     return f"""# Model card: trial {m['trial']} ({arch.arch_id})
 
 Found by edgenas for device `{cfg.device.name}` on `{cfg.data.name}`.
 
+## Use
+Input: a float32 tensor `image` of shape (N, {arch.in_chans}, {arch.input_size}, {arch.input_size}) (NCHW), pixel values in [0, 1]
+({'grey' if arch.in_chans == 1 else 'RGB'}); it is resized to {arch.resolution}x{arch.resolution} and normalized inside the graph.
+Output: `logits` of shape (N, {arch.num_classes}), one unnormalized score per class (apply a
+softmax for probabilities); the predicted class is the argmax.
+
+```python
+import numpy as np
+import onnxruntime as ort
+
+session = ort.InferenceSession("model.int8.onnx", providers=["CPUExecutionProvider"])
+classes = {json.dumps(list(names))}
+image = np.random.rand(1, {arch.in_chans}, {arch.input_size}, {arch.input_size}).astype(np.float32)  # your image, in [0, 1]
+logits = session.run(None, {{"image": image}})[0]
+probabilities = np.exp(logits - logits.max(1, keepdims=True))
+probabilities /= probabilities.sum(1, keepdims=True)
+print(classes[int(logits.argmax(1)[0])], float(probabilities.max()))
+```
+
+| output | class (label) | name |
+|---|---|---|
+{class_rows}
+
 ## Architecture
-Input {arch.in_chans}x{arch.input_size}x{arch.input_size} float32 in [0, 1] (NCHW); resized to
-{arch.resolution}x{arch.resolution} and normalized inside the graph. Stem {arch.stem_chs}
-channels ({arch.stem_bits} bits), head {arch.head_chs} channels ({arch.head_bits} bits),
-classifier {arch.classifier_bits} bits.
+Stem {arch.stem_chs} channels ({arch.stem_bits} bits), head {arch.head_chs} channels
+({arch.head_bits} bits), classifier {arch.classifier_bits} bits.
 
 | stage | block | kernel | expansion | SE | act | depth | stride | channels (pruned) | prune ratio | bits per block |
 |---|---|---|---|---|---|---|---|---|---|---|
@@ -285,7 +313,7 @@ bit-widths. Pruned channels are physically removed. Layers at 8 bits are int8 (Q
 | model.onnx (fp32) | {100 * acc['model.onnx']:.2f}% |
 | model.int8.onnx | {100 * acc['model.int8.onnx']:.2f}% |
 
-Proxy accuracy during the search ({m['proxy']}, validation split): {100 * m['proxy_accuracy']:.2f}%.{score}
+{searched}{score}
 
 ## Latency and energy
 Predicted for `{cfg.device.name}` by its device model
@@ -350,15 +378,51 @@ def run_export(cfg: Config) -> None:
     out_root = Path(cfg.out or Path(cfg.out_dir) / "export")
     print(f"exporting {len(trials)} trial(s) of {study.study_name} to {out_root} "
           f"({cfg.export.epochs} epochs each)")
-    for t in trials:
-        m = export_trial(cfg, t, dataset, teacher, out_root)
-        acc, here = m["test_accuracy"], m["measured_here"]
-        print(f"trial {t.number}: test accuracy fp32 {100 * acc['model.onnx']:.2f}% int8 "
-              f"{100 * acc['model.int8.onnx']:.2f}% | measured here "
-              f"{here['model.onnx']['median_ms']:.3f} / {here['model.int8.onnx']['median_ms']:.3f}"
-              f" ms | predicted {cfg.device.name} "
-              f"{m['predicted']['model.int8.onnx']['latency_ms']:.3f} ms -> "
-              f"{out_root / f'trial_{t.number}'}")
+    done = []
+    with tqdm(total=len(trials), desc="export", unit="model") as bar:
+        for t in trials:
+            bar.set_postfix_str(f"trial {t.number}")
+            m = export_trial(cfg, t, dataset, teacher, out_root)
+            acc = m["test_accuracy"]
+            bar.write(f"trial {t.number}: test accuracy fp32 {100 * acc['model.onnx']:.2f}% "
+                      f"int8 {100 * acc['model.int8.onnx']:.2f}% -> "
+                      f"{out_root / f'trial_{t.number}'}")
+            done.append(m)
+            bar.update()
+    print_summary(cfg, done, out_root)
+
+
+def print_summary(cfg: Config, metrics: list[dict], out_root: Path) -> None:
+    """The exported models in a table, and the commands that use them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from search.cli import suggested_command
+    from spaces.cli import python_cmd, shell_join
+
+    table = Table(title=f"exported to {out_root}")
+    for col in ("model", "test acc fp32 / int8", f"{cfg.device.name} ms fp32 / int8",
+                "here ms fp32 / int8", "size KiB"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in metrics:
+        acc, pred, here = m["test_accuracy"], m["predicted"], m["measured_here"]
+        table.add_row(
+            f"trial_{m['trial']}",
+            f"{100 * acc['model.onnx']:.2f}% / {100 * acc['model.int8.onnx']:.2f}%",
+            f"{pred['model.onnx']['latency_ms']:.3f} / {pred['model.int8.onnx']['latency_ms']:.3f}",
+            f"{here['model.onnx']['median_ms']:.3f} / {here['model.int8.onnx']['median_ms']:.3f}",
+            f"{m['size_kib']:.1f}")
+    console = Console()
+    console.print(table)
+    console.print(f"{cfg.device.name} ms: predicted by its device model; here ms: measured on "
+                  "this machine (onnxruntime, 1 thread, batch 1, median). Each folder holds "
+                  "model.onnx, model.int8.onnx, weights.safetensors, arch.json, metrics.json "
+                  "and card.md (how to run it).", highlight=False)
+    console.print("next:", highlight=False)
+    console.print(f"  {shell_join([python_cmd(), '-m', 'latency_models.predict', f'+device={cfg.device.name}', f'model={out_root}'])}"
+                  "   # price the files on the device", highlight=False, soft_wrap=True)
+    console.print(f"  {suggested_command('search.report', f'report.exports={out_root}', 'out=report')}"
+                  "   # against hand-designed models", highlight=False, soft_wrap=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -366,6 +430,15 @@ def main(dc: DictConfig) -> None:
     guarded(lambda: run_export(load(dc)))
 
 
+COMMAND = HydraCommand(
+    "search.export",
+    "Train the chosen trials of a study with the export recipe and write, for each,\n"
+    "out/trial_<n>/: model.onnx (fp32), model.int8.onnx, weights.safetensors, arch.json,\n"
+    "metrics.json and card.md. select=best (one model, the most accurate of the front) is\n"
+    "the quick first try; select=pareto trains the whole front; select=N trial N.\n"
+    "Give the same overrides as the search (device, data, storage, study) to find its study.",
+    ["+device=rpi4 select=best out=exports/", "+device=rpi4 select=pareto out=exports/",
+     "+device=rpi4 select=12 export.epochs=8 out=exports/"])
+
 if __name__ == "__main__":
-    silence_library_warnings()
-    main()
+    COMMAND.run(main)

@@ -149,7 +149,8 @@ def proxy_score(measures: dict, score: str) -> float:
 
 def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config,
                     stop_check: Optional[Callable[[float], Optional[str]]] = None,
-                    rescore: Optional[Callable[[float], float]] = None) -> dict:
+                    rescore: Optional[Callable[[float], float]] = None,
+                    on_step: Optional[Callable[[int], None]] = None) -> dict:
     """Train ``arch`` briefly and score it on the validation images: ``score`` (what
     ``proxy.score`` asks for: the study's accuracy objective), ``accuracy``, agreement with
     the teacher's top-1 and KL divergence from its predictions (``teacher_kl``, nats), and
@@ -161,7 +162,8 @@ def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config,
     checkpoint's, ``stopped_at`` the fraction of the budget spent and ``stopped_by`` the
     reason. ``rescore`` maps the trained score to the objective's (``proxy.score``
     fidelity+naswot: :func:`combined_score`), at the checkpoint and at the end alike; the
-    trained score is kept as ``trained_score``.
+    trained score is kept as ``trained_score``. ``on_step`` is called after every optimizer
+    step (for progress bars).
     """
     start = time.time()
     p = cfg.proxy
@@ -180,7 +182,7 @@ def distilled_proxy(arch: Arch, data: ProxyData, cfg: Config,
 
     checkpoint = None if p.early_stop.at is None else (p.early_stop.at, at_checkpoint)
     model = train_candidate(arch, data.train_x, data.train_y, data.train_teacher, recipe,
-                            seed=cfg.seed, checkpoint=checkpoint)
+                            seed=cfg.seed, on_step=on_step, checkpoint=checkpoint)
     out.update(validation_measures(predict_logits(model, data.val_x), data))
     out["trained_score"] = proxy_score(out, p.score)
     out["score"] = rescore(out["trained_score"])
@@ -208,13 +210,20 @@ def combined_score(fidelity: float, naswot_score: float, calibration: dict) -> f
     return (fidelity - f["mean"]) / f["std"] + (naswot_score - n["mean"]) / n["std"]
 
 
+def calibration_steps(cfg: Config, data: ProxyData) -> int:
+    """Optimizer steps of a whole calibration (for its progress bar)."""
+    return cfg.proxy.calibration_archs * proxy_recipe(cfg.proxy).total_steps(len(data.train_x))
+
+
 def calibrate(cfg: Config, data: ProxyData, images: torch.Tensor, shape: dict,
-              cache_dir: Path) -> dict:
+              cache_dir: Path, on_step: Optional[Callable[[int], None]] = None,
+              cached_only: bool = False) -> Optional[dict]:
     """The scales of :func:`combined_score`: ``proxy.calibration_archs`` architectures sampled
     uniformly from the space (seeded), each trained by the proxy (fidelity) and scored by
     NASWOT on ``images``; the mean and spread of both. Cached as JSON in ``cache_dir`` under
     a key of everything they depend on (the proxy, the space, the data and teacher, the
-    seed), written atomically."""
+    seed), written atomically. ``on_step`` is called after every training step; with
+    ``cached_only`` nothing is trained (None where the cache has no answer)."""
     import hashlib
     import json
     from dataclasses import asdict, replace
@@ -239,6 +248,8 @@ def calibrate(cfg: Config, data: ProxyData, images: torch.Tensor, shape: dict,
                 return cached
         except ValueError:
             pass  # unreadable: computed again and replaced
+    if cached_only:
+        return None
     start = time.time()
     trained = replace(cfg, proxy=replace(p, score="fidelity", early_stop=replace(
         p.early_stop, at=None)))
@@ -246,7 +257,7 @@ def calibrate(cfg: Config, data: ProxyData, images: torch.Tensor, shape: dict,
     for i in range(p.calibration_archs):
         arch = sample_arch(RandomChoices(cfg.seed * 1_000_003 + 7919 + i), cfg.space,
                            bits=cfg.device.bits, **shape)
-        fidelities.append(distilled_proxy(arch, data, trained)["score"])
+        fidelities.append(distilled_proxy(arch, data, trained, on_step=on_step)["score"])
         naswots.append(naswot(arch, images, cfg.seed))
         ids.append(arch.arch_id)
 
@@ -312,4 +323,4 @@ def zero_cost_scores(arch: Arch, images: torch.Tensor, seed: int = 0) -> dict:
 def zero_cost_proxy(scores: dict) -> dict:
     """``proxy=zero_cost``: NASWOT stands in for accuracy (it ranks the benchmark's
     architectures best of the zero-cost scores; ``scripts/proxy_benchmark.py``)."""
-    return {"score": scores["naswot"], "accuracy": scores["naswot"], "cost_s": scores["cost_s"]}
+    return {"score": scores["naswot"], "accuracy": None, "cost_s": scores["cost_s"]}

@@ -27,9 +27,11 @@ from typing import Any
 import hydra
 import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm import tqdm
 
+from search.cli import HydraCommand
 from search.config import BASELINES, CONF_DIR, Config, load
-from search.errors import UserError, guarded, silence_library_warnings
+from search.errors import UserError, guarded
 from spaces.files import write_bytes, write_text
 
 DEFAULT_DEVICE = "rpi4"
@@ -64,9 +66,14 @@ def found_models(cfg: Config, exports: Path, dataset, teacher) -> list[dict]:
                     and _recorded(folder, "arch_id") == trial.user_attrs.get("arch_id"))
 
         todo = [t for t in trials if not up_to_date(t)]
-        for i, trial in enumerate(todo):
-            print(f"exporting trial {trial.number} ({i + 1}/{len(todo)}; {len(trials)} chosen)")
-            export_trial(cfg, trial, dataset, teacher, exports)
+        if todo:
+            print(f"exporting {len(todo)} of the {len(trials)} chosen trials to {exports}")
+        with tqdm(total=len(todo), desc="exporting found models", unit="model",
+                  disable=not todo) as bar:
+            for trial in todo:
+                bar.write(f"exporting trial {trial.number}")
+                export_trial(cfg, trial, dataset, teacher, exports)
+                bar.update()
         chosen = [exports / f"trial_{t.number}" for t in trials]
     else:
         chosen = sorted(p for p in exports.glob("trial_*") if (p / "metrics.json").is_file())
@@ -92,15 +99,21 @@ def baseline_models(cfg: Config, out: Path, dataset, teacher) -> list[dict]:
     from search.export import recipe_fingerprint
 
     fingerprint = recipe_fingerprint(cfg, teacher)
-    models = []
-    for i, name in enumerate(cfg.report.baselines):
-        folder = out / "baselines" / name
-        if _recorded(folder, "training", "fingerprint") != fingerprint:
-            print(f"training baseline {name} ({i + 1}/{len(cfg.report.baselines)}, "
-                  f"{cfg.export.epochs} epochs)")
+    todo = [name for name in cfg.report.baselines
+            if _recorded(out / "baselines" / name, "training", "fingerprint") != fingerprint]
+    if todo:
+        print(f"training {len(todo)} baselines ({cfg.export.epochs} epochs each)")
+    with tqdm(total=len(todo), desc="training baselines", unit="model",
+              disable=not todo) as bar:
+        for name in todo:
+            bar.write(f"training baseline {name}")
             start = time.time()
             export_baseline(cfg, name, dataset, teacher, out / "baselines")
-            print(f"  {name}: {time.time() - start:.0f} s")
+            bar.write(f"  {name}: {time.time() - start:.0f} s")
+            bar.update()
+    models = []
+    for name in cfg.report.baselines:
+        folder = out / "baselines" / name
         m = json.loads((folder / "metrics.json").read_text())
         models.append({"name": name, "kind": "baseline", "folder": folder,
                        "description": BASELINES[name][1],
@@ -136,8 +149,11 @@ def score(cfg: Config, models: list[dict], dataset) -> dict:
     files = [m["folder"] / f for m in models for f in PRECISIONS.values()]
     print(f"measuring {len(files)} ONNX files here (1 thread, {cfg.report.latency_rounds} "
           "interleaved rounds)")
-    timings = iter(measure_many(files, threads=1, rounds=cfg.report.latency_rounds, runs=20))
-    for m in models:
+    with tqdm(total=cfg.report.latency_rounds, desc="measuring latency here",
+              unit="round") as bar:
+        timings = iter(measure_many(files, threads=1, rounds=cfg.report.latency_rounds,
+                                    runs=20, on_round=bar.update))
+    for m in tqdm(models, desc="test accuracy and predictions", unit="model"):
         m["files"], m["accuracy"], m["host_ms"], m["device_ms"] = {}, {}, {}, {}
         m["device_energy_mj"], m["provenance"], m["host_spread_ms"] = {}, {}, {}
         for precision, file in PRECISIONS.items():
@@ -492,6 +508,12 @@ def main(dc: DictConfig) -> None:
     guarded(lambda: run_report(load(with_default_device(dc))))
 
 
+COMMAND = HydraCommand(
+    "search.report",
+    "The found models against hand-designed edge models (MobileNetV3, LCNet, MnasNet,\n"
+    "MobileNetV2, SqueezeNet), all trained with the export recipe and scored the same way:\n"
+    "DIR/report.md, report.json, report.png and report.html. Without +device: rpi4.",
+    ["out=report/", "+device=rpi4 out=report/ report.baselines=[lcnet_050,mobilenetv3_small_050]"])
+
 if __name__ == "__main__":
-    silence_library_warnings()
-    main()
+    COMMAND.run(main)

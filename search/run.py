@@ -19,13 +19,21 @@ from tqdm import tqdm
 
 from latency_models.model import DeviceModel
 from search.budget import SURPLUS_ATTR, check_slot, wait_for_slot
+from search.cli import suggested_command
 from search.config import Config
-from search.data import load_dataset
+from search.data import load_dataset, size_note
 from search.errors import UserError
 from search.objective import Objective, fastest_possible
-from search.proxy import COMBINED, calibrate, prepare_proxy_data, to_device
+from search.proxy import (
+    COMBINED,
+    calibrate,
+    calibration_steps,
+    prepare_proxy_data,
+    to_device,
+)
 from search.storage import storage_error
 from search.study import (
+    SCORE_MEANING,
     FrontTracker,
     complete_trials,
     open_storage,
@@ -89,24 +97,37 @@ def pareto_rows(study: optuna.Study) -> list[dict]:
     return rows
 
 
+def score_name(cfg: Config) -> str:
+    """What the study's accuracy objective holds: ``proxy.score``, or NASWOT for
+    ``proxy=zero_cost``."""
+    return "naswot" if cfg.proxy.kind == "zero_cost" else cfg.proxy.score
+
+
 def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Path,
                 console: Console, energy_note: str) -> None:
-    zero_cost = cfg.proxy.kind == "zero_cost"
-    scored = [] if zero_cost or cfg.proxy.score == "accuracy" else [f"proxy {cfg.proxy.score}"]
+    name = score_name(cfg)
+    trained = cfg.proxy.kind != "zero_cost"
     table = Table(title=f"Pareto-optimal trials of {study.study_name} ({cfg.device.name})")
-    for col in ("trial", *scored, "proxy score (NASWOT)" if zero_cost else "proxy acc",
-                "latency ms", "energy mJ", "params", "MACs", "size KiB", "bit-widths",
-                "latency from"):
+    columns = ["trial", *([] if name == "accuracy" else [name]),
+               *(["proxy acc"] if trained else []), "latency ms", "energy mJ", "params",
+               "MACs", "size KiB", "bit-widths", "latency from"]
+    for col in columns:
         table.add_column(col, justify="right" if col not in ("bit-widths", "latency from")
                          else "left")
     for r in rows:
-        acc = [f"{r['proxy_score']:.4f}"] if scored else []
-        acc.append(f"{r['proxy_accuracy']:.2f}" if zero_cost
-                   else f"{100 * r['proxy_accuracy']:.2f}%")
+        acc = [] if name == "accuracy" else [f"{r['proxy_score']:.4f}"]
+        if trained:
+            acc.append(f"{100 * r['proxy_accuracy']:.2f}%")
         table.add_row(str(r["trial"]), *acc, f"{r['latency_ms']:.3f}", f"{r['energy_mj']:.3f}",
                       f"{r['params']:,}", f"{r['macs']:,}", f"{r['size_kib']:.1f}", r["bits"],
                       r["latency_source"])
     console.print(table)
+    if name != "accuracy":
+        console.print(f"{name}: {SCORE_MEANING[name]}.", highlight=False)
+    if trained:
+        console.print("proxy acc: validation accuracy after the proxy's brief training, a "
+                      "ranking signal; the export trains longer and measures test accuracy.",
+                      highlight=False)
     console.print("latency from: measured | regressed | transferred (another device's model "
                   "calibrated to this one) | simulated | modelled (a precision the device "
                   "model has no measurements for, priced as another); * = outside the "
@@ -114,8 +135,12 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
                   f"conf/device/{cfg.device.name}.yaml).")
     console.print(f"study: {study.study_name} in {redact(cfg.storage.url)}")
     console.print(f"outputs: {out_dir} (pareto.csv, summary.json, config.json)")
-    console.print(f"export: python -m search.export +device={cfg.device.name} select=pareto "
-                  f"out={out_dir / 'export'}")
+    if rows:
+        console.print("next: export the most accurate model of the front (select=pareto "
+                      "exports all of them):", highlight=False)
+        console.print("  " + suggested_command("search.export", "select=best",
+                                               f"out={out_dir / 'export'}"),
+                      highlight=False, soft_wrap=True)
 
 
 def run_search(cfg: Config) -> None:
@@ -125,6 +150,10 @@ def run_search(cfg: Config) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own messages say what failed
     device_model = load_device_model(cfg)
     dataset = load_dataset(cfg.data, cfg.seed)
+    note = size_note(dataset, cfg.data.val_images, cfg.proxy.train_images,
+                     cfg.proxy.val_images) if cfg.proxy.kind == "distill" else None
+    if note:
+        console.print(note, style="yellow", highlight=False, soft_wrap=True)
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
     objective = Objective(cfg, dataset.in_chans, dataset.size, dataset.num_classes,
                           device_model, None, dataset.train_x[train_idx[:64]])
@@ -175,11 +204,17 @@ def study_calibration(cfg: Config, study: optuna.Study, objective: Objective,
     recorded = study.user_attrs.get("score_calibration")
     if recorded:
         return recorded
-    console.print(f"proxy.score={COMBINED}: scales from {cfg.proxy.calibration_archs} "
-                  "architectures of the space (trained once per data, teacher and proxy, "
-                  f"then cached in {Path(cfg.cache_dir) / 'calibration'})")
-    cal = calibrate(cfg, objective.proxy_data, objective.images, objective.shape,
-                    Path(cfg.cache_dir))
+    args = (cfg, objective.proxy_data, objective.images, objective.shape, Path(cfg.cache_dir))
+    cal = calibrate(*args, cached_only=True)
+    if cal is None:
+        console.print(f"proxy.score={COMBINED}: scales from {cfg.proxy.calibration_archs} "
+                      "architectures of the space, trained now to put fidelity and NASWOT on "
+                      "one scale (once per data, teacher and proxy; cached in "
+                      f"{Path(cfg.cache_dir) / 'calibration'})", highlight=False,
+                      soft_wrap=True)
+        with tqdm(total=calibration_steps(cfg, objective.proxy_data), unit="step",
+                  desc="calibrating the score") as bar:
+            cal = calibrate(*args, on_step=lambda _: bar.update())
     console.print(f"  fidelity {cal['fidelity']['mean']:.4f} +- {cal['fidelity']['std']:.4f}, "
                   f"NASWOT {cal['naswot']['mean']:.1f} +- {cal['naswot']['std']:.1f} "
                   f"(their training took {cal['seconds']:.0f} s)")
@@ -204,6 +239,7 @@ def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int
     after ``MAX_FAILURES`` failures in one run it stops, since something is wrong.
     """
     n_trials = cfg.search.n_trials
+    label = score_name(cfg)
     bar = tqdm(total=n_trials, initial=done, desc="trials", unit="trial")
     failures = []
     waiting_said = [False]
@@ -232,10 +268,10 @@ def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int
             best = front[0]
             fastest = min(front, key=lambda t: t.user_attrs["latency_ms"])
             bar.set_postfix_str(
-                f"best #{best.number} {best.values[0]:.3f} @ "
+                f"top #{best.number} {label} {best.values[0]:.3f} @ "
                 f"{best.user_attrs['latency_ms']:.3f} ms | fastest #{fastest.number} "
-                f"{fastest.values[0]:.3f} @ {fastest.user_attrs['latency_ms']:.3f} ms | "
-                f"front {len(front)}")
+                f"{label} {fastest.values[0]:.3f} @ {fastest.user_attrs['latency_ms']:.3f} ms"
+                f" | front {len(front)}")
         if not wait_for_slot(study, n_trials, on_wait=on_wait, trials=trials):
             study.stop()
 

@@ -12,7 +12,7 @@ import json
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import optuna
@@ -222,10 +222,26 @@ def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def proxy_accuracy(trial: FrozenTrial) -> float:
-    """The trial's proxy validation accuracy (trials recorded before the proxy had a score
-    of its own held it as their accuracy objective only)."""
+def proxy_accuracy(trial: FrozenTrial) -> Optional[float]:
+    """The trial's proxy validation accuracy; None where the proxy trained nothing
+    (``proxy=zero_cost``). Trials recorded before the proxy had a score of its own held it
+    as their accuracy objective only."""
+    if trial.user_attrs.get("proxy") == "zero_cost":
+        return None
     return trial.user_attrs.get("proxy_accuracy", trial.values[0])
+
+
+# What each score of the accuracy objective means, in a line (tables, model cards).
+SCORE_MEANING = {
+    "fidelity+naswot": "fidelity to the teacher plus NASWOT, each in standard deviations from "
+                       "their mean over the space's calibration architectures: 0 = an average "
+                       "architecture, higher is better, negative = below average",
+    "fidelity": "exp(-KL divergence from the teacher's predictions) on the validation images: "
+                "1 = the teacher's predictions exactly, higher is better",
+    "accuracy": "validation accuracy after the proxy's brief training (0-1)",
+    "naswot": "NASWOT, a zero-cost score of the untrained network (log-determinant of its "
+              "activation patterns): higher ranks better; not an accuracy",
+}
 
 
 def proxy_score_name(trial: FrozenTrial) -> str:

@@ -1,4 +1,5 @@
-"""Small file helpers shared by every package: atomic writes."""
+"""Small file helpers shared by every package: atomic writes, with the modes any other file
+the user creates gets (the umask's), not the private modes of temporary files."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def user_mode(path: Path, folder: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open`` or ``mkdir`` would have (0644 / 0755 with the
+    usual umask): temporary files and folders are made private (0600 / 0700)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
 @contextmanager
@@ -23,6 +36,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            user_mode(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -56,6 +71,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield work
+        user_mode(work, folder=True)
+        for inner in work.rglob("*"):  # files written there by libraries (e.g. temp files)
+            if inner.is_dir() or inner.is_file():
+                user_mode(inner, folder=inner.is_dir())
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, old / "x")

@@ -11,25 +11,38 @@ import sys
 import tempfile
 from pathlib import Path
 
-USAGE = "usage: python -m spaces.sample n=N seed=S out=DIR [bits=32,8] [input=1x28x28] " \
-        "[classes=10]"
+from spaces.cli import CliError, Command
+
+COMMAND = Command(
+    module="spaces.sample",
+    summary="Sample architectures uniformly from the default space and write each as\n"
+            "DIR/<i>/arch.json and DIR/<i>/model.onnx (random weights, int8 QDQ on its 8-bit\n"
+            "layers): networks to time or price, not to use.",
+    keys={"out": "the folder to write (required)", "n": "how many (default 10)",
+          "seed": "the sampling seed (default 0)",
+          "bits": "bit-widths to choose from (default 32,8)",
+          "input": "input shape CxSxS (default 1x28x28)",
+          "classes": "number of classes (default 10)"},
+    examples=["n=20 seed=0 out=samples/"],
+    required=("out",),
+    usage_args="n=N seed=S out=DIR",
+)
 
 
 def main(argv: list[str]) -> int:
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    known = {"n", "seed", "out", "bits", "input", "classes"}
-    bad = [a for a in argv if "=" not in a] + sorted(set(args) - known)
     try:
-        if bad or "out" not in args:
-            raise ValueError(f"unknown arguments {bad}" if bad else "out=DIR is required")
+        args = COMMAND.parse(argv)
         n, seed = int(args.get("n", 10)), int(args.get("seed", 0))
         bits = [int(b) for b in args.get("bits", "32,8").split(",")]
         chans, height, width = (int(v) for v in args.get("input", "1x28x28").split("x"))
         classes = int(args.get("classes", 10))
         if n < 1 or height != width or min(chans, height, classes) < 1:
             raise ValueError("n must be at least 1 and the input square (CxSxS)")
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
-        print(f"error: {exc}. {USAGE}", file=sys.stderr)
+        print(f"error: {exc}. {COMMAND.usage()}", file=sys.stderr)
         return 2
 
     import numpy as np

@@ -224,7 +224,7 @@ def test_measured_energy_is_fitted_and_labelled():
 def test_fit_cli_bad_input_is_one_paragraph(tmp_path):
     bad = tmp_path / "m.csv"
     bad.write_text("arch_json,median_ms\n")
-    for args, message in ((["device=x", "power_w=1"], "missing arguments"),
+    for args, message in ((["device=x", "power_w=1"], "exactly one source"),
                           (["device=x", "power_w=-1", f"measurements={bad}"], "positive"),
                           (["device=x", "power_w=1", f"measurements={bad}"], "is empty"),
                           (["device=x", "power_w=1", f"bundle={tmp_path}"], "manifest.json")):

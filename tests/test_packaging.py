@@ -3,6 +3,7 @@ its configs and device models from any folder, plus the user's own device files.
 
 import subprocess
 import sys
+from pathlib import Path
 
 import search
 import spaces
@@ -42,3 +43,41 @@ def test_installed_package_finds_configs_and_user_devices(tmp_path):
     assert "name: mypi" in cfg.stdout and "space:" in cfg.stdout
     user_pred = run("-m", "latency_models.predict", "+device=mypi", f"model={arch}")
     assert user_pred.returncode == 0 and '"device": "rpi4"' in user_pred.stdout
+
+
+def test_wheel_in_a_fresh_venv_runs_from_another_folder(tmp_path):
+    """A non-editable install (the wheel) ships every config file: ``python -m search --cfg
+    job`` composes the default config from a folder that is not the repository."""
+    import sysconfig
+    import venv
+
+    wheels = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                            "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    assert "warning" not in (built.stdout + built.stderr).lower(), built.stderr
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    # The dependencies come from this test's environment (appended to sys.path, after the
+    # fresh venv's own site-packages, where the wheel goes; its .pth files are not read).
+    site = subprocess.run([str(python), "-c", "import sysconfig; "
+                           "print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True).stdout.strip()
+    (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
+                                "--quiet", "--no-deps", *map(str, wheels.glob("*.whl"))],
+                               capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    where = subprocess.run([str(python), "-c", "import search, conf; print(search.__file__)"],
+                           cwd=work, env=env, capture_output=True, text=True)
+    assert where.stdout.startswith(site), where.stdout + where.stderr
+    cfg = subprocess.run([str(python), "-m", "search", "--cfg", "job", "+device=rpi4"],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert cfg.returncode == 0, cfg.stderr
+    assert "name: rpi4" in cfg.stdout and "fashion_mnist" in cfg.stdout
+    assert "kernel:" in cfg.stdout  # conf/space/mobilenet.yaml
