@@ -1,11 +1,12 @@
 # make setup   create .venv, install the project, make sure Fashion-MNIST is present
 # make search  setup, then `python -m search +device=rpi4` on the embedded defaults
 # make test    setup, then the test suite
+# make docs    setup, then the documentation site in site/ (mkdocs build --strict)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup search test dataset devices
+.PHONY: setup search test dataset devices docs
 
 setup: $(VENV)/.installed dataset
 
@@ -32,6 +33,14 @@ search: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+$(VENV)/.docs: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	@echo "documentation: site/index.html"
 
 # make devices  refit the shipped device models from their data (the host bundle must have
 #               been measured: python scripts/latency_host_benchmark.py)

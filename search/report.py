@@ -22,7 +22,7 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 import optuna
@@ -65,15 +65,10 @@ def found_models(cfg: Config, exports: Path, dataset, teacher) -> list[dict]:
             return (_recorded(folder, "training", "fingerprint") == fingerprint
                     and _recorded(folder, "arch_id") == trial.user_attrs.get("arch_id"))
 
-        todo = [t for t in trials if not up_to_date(t)]
-        if todo:
-            print(f"exporting {len(todo)} of the {len(trials)} chosen trials to {exports}")
-        with tqdm(total=len(todo), desc="exporting found models", unit="model",
-                  disable=not todo) as bar:
-            for trial in todo:
-                bar.write(f"exporting trial {trial.number}")
-                export_trial(cfg, trial, dataset, teacher, exports)
-                bar.update()
+        todo = {f"trial {t.number}": t for t in trials if not up_to_date(t)}
+        each_with_progress(todo, f"exporting {len(todo)} of the {len(trials)} chosen trials "
+                           f"to {exports}", "exporting found models", "exporting",
+                           lambda t: export_trial(cfg, t, dataset, teacher, exports))
         chosen = [exports / f"trial_{t.number}" for t in trials]
     else:
         chosen = sorted(p for p in exports.glob("trial_*") if (p / "metrics.json").is_file())
@@ -99,18 +94,12 @@ def baseline_models(cfg: Config, out: Path, dataset, teacher) -> list[dict]:
     from search.export import recipe_fingerprint
 
     fingerprint = recipe_fingerprint(cfg, teacher)
-    todo = [name for name in cfg.report.baselines
-            if _recorded(out / "baselines" / name, "training", "fingerprint") != fingerprint]
-    if todo:
-        print(f"training {len(todo)} baselines ({cfg.export.epochs} epochs each)")
-    with tqdm(total=len(todo), desc="training baselines", unit="model",
-              disable=not todo) as bar:
-        for name in todo:
-            bar.write(f"training baseline {name}")
-            start = time.time()
-            export_baseline(cfg, name, dataset, teacher, out / "baselines")
-            bar.write(f"  {name}: {time.time() - start:.0f} s")
-            bar.update()
+    todo = {f"baseline {name}": name for name in cfg.report.baselines
+            if _recorded(out / "baselines" / name, "training", "fingerprint") != fingerprint}
+    each_with_progress(todo, f"training {len(todo)} baselines ({cfg.export.epochs} epochs "
+                       "each)", "training baselines", "training",
+                       lambda name: export_baseline(cfg, name, dataset, teacher,
+                                                    out / "baselines"))
     models = []
     for name in cfg.report.baselines:
         folder = out / "baselines" / name
@@ -120,6 +109,22 @@ def baseline_models(cfg: Config, out: Path, dataset, teacher) -> list[dict]:
                        "training_s": m["training"]["seconds"],
                        "training_device": m["training"].get("device")})
     return models
+
+
+def each_with_progress(todo: dict[str, Any], header: str, desc: str, verb: str,
+                       fn: Callable[[Any], object]) -> None:
+    """``fn`` on each value of ``todo`` (keyed by what to call it) under one progress bar with
+    its ETA, saying each one's name as it starts and its time when it ends."""
+    if not todo:
+        return
+    print(header)
+    with tqdm(total=len(todo), desc=desc, unit="model") as bar:
+        for name, item in todo.items():
+            bar.write(f"{verb} {name}")
+            start = time.time()
+            fn(item)
+            bar.write(f"  {name}: {time.time() - start:.0f} s")
+            bar.update()
 
 
 def _recorded(folder: Path, *keys: str) -> Any:

@@ -114,7 +114,9 @@ def sample_arch(trial: Suggester, space: SpaceConfig, *, in_chans: int, input_si
     Args:
         trial: an Optuna trial or anything with ``suggest_categorical``.
         space: the choices.
-        in_chans, input_size, num_classes: what the dataset gives.
+        in_chans: the dataset's image channels.
+        input_size: the dataset's image size (square).
+        num_classes: the dataset's classes.
         bits: the bit-widths the target device supports (each layer picks one).
     """
     bits = [int(b) for b in bits]
