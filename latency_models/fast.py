@@ -1,12 +1,13 @@
 """Price many architectures at once: the regressor of a device model, vectorized.
 
-``DeviceModel.predict(arch_ops(arch))`` builds a few hundred ``Op`` objects per network and
-prices about 3,000 networks a second. A search that screens candidates in bulk (random or
-evolutionary pre-screening, constraint checks over a whole population) needs more, so this
-module computes the same features with numpy from the layers' fields: one row per layer and
-op slot, no Python objects per op. ``tests/test_latency_fast.py`` holds it equal to the
-reference path (``latency_models.ops.layer_ops``) on random architectures; a change to
-``layer_ops`` that is not made here fails that test.
+Pricing an architecture op by op builds a few hundred ``Op`` objects per network. A search
+that screens candidates in bulk (random or evolutionary pre-screening, constraint checks over
+a whole population) needs more, so this module computes the same features with numpy from
+the layers' fields: one row per layer and op slot, no Python objects per op.
+``DeviceModel.price_many`` uses it where it gives the model's own prices (:func:`exact_for`);
+``tests/test_latency_fast.py`` holds it equal to the reference path
+(``latency_models.ops.layer_ops``) on random architectures; a change to ``layer_ops`` that is
+not made here fails that test.
 """
 
 from __future__ import annotations
@@ -106,25 +107,26 @@ def layer_features(cols: dict, align: int) -> _Slots:
     return s
 
 
-def predict_archs(model: DeviceModel, archs: list[Arch]) -> dict:
-    """Latency (ms), energy (mJ) and extrapolation flags of many architectures at once.
+def exact_for(model: DeviceModel) -> bool:
+    """Whether :func:`predict_archs` gives ``model``'s own prices: a device priced by its
+    linear regressor alone (no measured units to look up, no layer model, no composition)."""
+    return not (model.lookup_ or model.layer_model_ or model.compose_
+                or (model.network_model_ or {}).get("model"))
 
-    Returns a dict of numpy arrays ``latency_ms``, ``energy_mj``, ``extrapolated`` and a
-    ``provenance`` dict that holds for all of them. Uses the linear regressor only: measured
-    units in the model's lookup table are not consulted. Devices with a layer model (profiled
-    with a bundle) are priced by ``DeviceModel.predict_arch`` one by one instead.
+
+def predict_archs(model: DeviceModel, archs: list[Arch]) -> dict:
+    """Latency (ms), energy (mJ or None where modelled) and extrapolation flags of many
+    architectures at once, by the model's linear regressor (``DeviceModel.price_many`` uses
+    it where :func:`exact_for` holds).
+
+    Returns a dict of numpy arrays ``latency_ms``, ``energy_mj`` (both with the network
+    overhead), ``extrapolated`` and ``standins``: per bit-width priced by another
+    precision's coefficients, whether each architecture has such ops.
     """
-    if not archs:
-        return {"latency_ms": np.zeros(0), "energy_mj": np.zeros(0),
-                "extrapolated": np.zeros(0, bool), "provenance": {}}
-    if model.layer_model_:
-        # A profiled device prices layers with its tree model: architecture by architecture
-        # (memoized per layer; the network correction in one batch), as predict_arch does.
-        preds = model.predict_each(archs)
-        return {"latency_ms": np.array([p.latency_ms for p in preds]),
-                "energy_mj": np.array([p.energy_mj for p in preds]),
-                "extrapolated": np.array([p.provenance["extrapolated"] for p in preds]),
-                "provenance": dict(preds[0].provenance, latency="regressed")}
+    n = len(archs)
+    if not n:
+        return {"latency_ms": np.zeros(0), "energy_mj": None,
+                "extrapolated": np.zeros(0, bool), "standins": {}}
     cols, owner, pre = _table(archs)
     native = np.asarray(model.native_bits or [0])
     raw = cols["bits"]
@@ -133,27 +135,34 @@ def predict_archs(model: DeviceModel, archs: list[Arch]) -> dict:
     bits = cols["prec"]
     lat_layer = np.zeros(len(bits))
     en_layer = np.zeros(len(bits))
-    standins: set[int] = set()
+    standins: dict[int, np.ndarray] = {}
     low_keys = {}
+
+    def stood_in(b: int, rows: np.ndarray, part: np.ndarray) -> None:
+        # a stand-in that priced nothing changed nothing (as DeviceModel's own path says)
+        hit = np.zeros(len(bits), bool)
+        hit[rows] = part > 0
+        standins[b] = standins.get(b, np.zeros(n, bool)) | (
+            np.bincount(owner, hit, minlength=n) > 0)
+
     for b in np.unique(bits):
-        key, standin = model._precision(int(b))
+        key, standin = model.coefficient_set(int(b))
         low_keys[int(b)] = key
         rows = bits == b
         coef = np.asarray(model.coef_[key])
         part = s.low[rows] @ coef
-        if standin and np.any(part > 0):
-            standins.add(int(b))
+        if standin:
+            stood_in(int(b), rows, part)
         lat_layer[rows] += part
         if model.energy_coef_:
             en_layer[rows] += s.low[rows] @ np.asarray(model.energy_coef_[key])
-    key32, standin32 = model._precision(32)
+    key32, standin32 = model.coefficient_set(32)
     part = s.f32 @ np.asarray(model.coef_[key32])
-    if standin32 and np.any(part > 0):
-        standins.add(32)
+    if standin32:
+        stood_in(32, np.ones(len(bits), bool), part)
     lat_layer += part
     if model.energy_coef_:
         en_layer += s.f32 @ np.asarray(model.energy_coef_[key32])
-    n = len(archs)
     latency = np.bincount(owner, lat_layer, minlength=n)
     # preprocessing: optional resize, then (x - 0.5) / 0.5
     pre_ops = np.zeros((n, N_FEATURES))
@@ -161,12 +170,10 @@ def predict_archs(model: DeviceModel, archs: list[Arch]) -> dict:
     pre_ops[:, i] = (pre[:, 0] > 0) + 2
     pre_ops[:, i + 1] = (pre[:, 0] + 4 * pre[:, 1]) / 1e6
     latency += pre_ops @ np.asarray(model.coef_[key32]) + model.overhead_ms_
+    energy = None
     if model.energy_coef_:
         energy = np.bincount(owner, en_layer, minlength=n) + pre_ops @ np.asarray(
             model.energy_coef_[key32]) + model.overhead_mj_
-        energy_source = model.energy_source
-    else:
-        energy, energy_source = latency * model.power_w, "modelled"
     extrapolated = np.zeros(len(bits), bool)
     by_bits = [(int(b), bits == b) for b in np.unique(bits)]
     for kind, macs, elems, present, at_low in s.ops:
@@ -181,15 +188,9 @@ def predict_archs(model: DeviceModel, archs: list[Arch]) -> dict:
             else:
                 extrapolated |= sel & ((macs < r[0]) | (macs > r[1]) | (elems < r[2])
                                        | (elems > r[3]))
-    if model.latency_source != "measured":
-        latency_prov = model.latency_source
-    else:
-        latency_prov = "regressed"
-    prov = {"latency": "modelled" if standins else latency_prov, "energy": energy_source,
-            "device": model.device, "model_hash": model.hash}
     return {"latency_ms": latency, "energy_mj": energy,
             "extrapolated": np.bincount(owner, extrapolated, minlength=n) > 0,
-            "provenance": prov}
+            "standins": standins}
 
 
-__all__ = ["predict_archs", "layer_features", "KINDS", "FEATURES"]
+__all__ = ["exact_for", "predict_archs", "layer_features", "KINDS", "FEATURES"]

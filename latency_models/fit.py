@@ -121,7 +121,7 @@ def cross_validate(make: callable, samples: list[list[Op]], ys, folds: int = 5,
         model = make().fit([samples[i] for i in train], y[train],
                            energy_mj=None if e is None else e[train])
         for i in test:
-            p = model.predict(samples[i])
+            p = model.price(samples[i])
             pred[i], pred_e[i] = p.latency_ms, p.energy_mj
     sel = np.ones(len(y), bool) if evaluate is None else np.asarray(evaluate, bool)
     out = dict(accuracy(pred[sel], y[sel]), folds=folds)
@@ -181,7 +181,7 @@ def priced_out_of_fold(make: callable, bundle: dict, networks: set, folds: int =
         for i, u in enumerate(units):
             if u["network"] in test and u["unit"] == "network" and u["precision"] != "fp16":
                 archs.append(Arch.from_json(u["arch_json"]))
-                pred.append(model.predict_arch(archs[-1]).latency_ms)
+                pred.append(model.price(archs[-1]).latency_ms)
                 truth.append(ys[i])
     return archs, np.array(pred), np.array(truth)
 
@@ -340,10 +340,10 @@ class TransferFit:
         self.model.transfer(self.base, samples, ys, units=units)
         return self
 
-    def predict(self, ops: list[Op]):
+    def price(self, ops: list[Op]):
         if self.units is None:
-            return self.model.predict(ops)
-        return self.model.predict_units(self.units[signature(ops)])
+            return self.model.price(ops)
+        return self.model.price(self.units[signature(ops)])
 
 
 if __name__ == "__main__":

@@ -198,7 +198,51 @@ def _check_targets(name: str, values, n: int) -> np.ndarray:
     return y
 
 
-@dataclass
+def network_of(source) -> tuple:
+    """(what to price, which path) for an ONNX graph or file, or an ``arch.json``: the
+    architecture the graph records (``spaces.onnx_io.ARCH_KEY``) or the one in the
+    ``arch.json`` beside the file (at 32 bits for an fp32 graph), where its ops are the
+    graph's; else the graph's ops.
+
+    Raises:
+        DeviceModelError: a file that does not exist or is not an ONNX graph.
+    """
+    import onnx
+
+    from latency_models.ops import arch_ops, onnx_ops, signature
+    from spaces.arch import Arch, all_bits
+    from spaces.onnx_io import recorded_arch
+
+    path = None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.suffix == ".json":
+            return Arch.from_json(path.read_text()), "arch"
+        try:
+            source = onnx.load(str(path))
+        except FileNotFoundError:
+            raise DeviceModelError(f"{path} does not exist") from None
+        except Exception as exc:  # onnx raises protobuf's DecodeError, among others
+            raise DeviceModelError(f"{path} is not a valid ONNX model "
+                                   f"({exc.__class__.__name__}); pass an .onnx file, an "
+                                   "arch.json or a folder") from None
+    ops = onnx_ops(source)
+    candidates = [recorded_arch(source)]
+    beside = None if path is None else path.with_name("arch.json")
+    if beside is not None and beside.is_file():
+        try:
+            arch = Arch.from_json(beside.read_text())
+            candidates += [arch, all_bits(arch, 32)]
+        except ValueError:
+            pass  # not an architecture: the graph is priced by its ops
+    sig = signature(ops)
+    for arch in candidates:
+        if arch is not None and signature(arch_ops(arch)) == sig:
+            return arch, "onnx:arch"
+    return ops, "onnx:ops"
+
+
+@dataclass(slots=True)
 class Prediction:
     latency_ms: float
     energy_mj: float
@@ -481,7 +525,7 @@ class DeviceModel:
         coef = self.layer_linear_["coef"]
         ms = float(self.layer_linear_["overhead_ms"])
         for bits in {op.bits for op in ops}:
-            key, _ = self._precision(bits, coef)
+            key, _ = self.coefficient_set(bits, coef)
             ms += float(featurize(ops, bits, self.align) @ np.asarray(coef[key]))
         return max(ms, 1e-6)
 
@@ -502,7 +546,7 @@ class DeviceModel:
         return float(np.exp(log_ratio)) * self._layer_base(ops)
 
     # ---- prediction ---------------------------------------------------------------------
-    def _precision(self, bits: int, coef: dict | None = None) -> tuple[str, bool]:
+    def coefficient_set(self, bits: int, coef: dict | None = None) -> tuple[str, bool]:
         """The coefficient set of ``coef`` (default: ``coef_``) that prices ``bits`` and
         whether it stands in for it."""
         coef = self.coef_ if coef is None else coef
@@ -520,7 +564,7 @@ class DeviceModel:
         precisions used and the extrapolation flag of ops priced by the regressor."""
         ms, mj, standins, extrapolated = 0.0, 0.0, set(), False
         for bits in sorted({op.bits for op in ops}):
-            key, standin = self._precision(bits)
+            key, standin = self.coefficient_set(bits)
             x = featurize(ops, bits, self.align)
             part = float(x @ np.asarray(self.coef_[key]))
             if standin and part > 0:  # a stand-in that priced nothing changed nothing
@@ -548,7 +592,7 @@ class DeviceModel:
             ms = self._layer_price(ops)  # a layer; the input preprocessing stays linear
         return ms, mj, False, standins, extrapolated
 
-    def predict_units(self, units: list[list[Op]], cache_keys: list | None = None
+    def _predict_units(self, units: list[list[Op]], cache_keys: list | None = None
                       ) -> Prediction:
         """Latency (ms) and energy (mJ) of a network given as its units (e.g. layers).
 
@@ -587,7 +631,86 @@ class DeviceModel:
                   + t * _changes(lows) - self.overhead_ms_)
         return ms, mj, n_hit, len(units), standins, extrapolated
 
-    def predict(self, ops: list[Op]) -> Prediction:
+    def price(self, network) -> Prediction:
+        """Latency (ms) and energy (mJ) of one network, whatever form it comes in: the one
+        way every command prices a network. ``provenance["path"]`` says which way it went.
+
+        Args:
+            network: an architecture (``path: "arch"``: layer by layer, measured layers
+                looked up, composed, then the network correction); an ONNX graph, or the
+                path of an ``.onnx`` file or an ``arch.json`` (a graph that records the
+                architecture it runs, or lies beside the ``arch.json`` it was exported from,
+                is priced as that architecture: ``"onnx:arch"``; any other graph by its ops:
+                ``"onnx:ops"``); a flat op list (``"ops"``); or a list of units, each an op
+                list (``"units"``).
+        """
+        return self.price_many([network])[0]
+
+    def price_many(self, networks: list) -> list[Prediction]:
+        """:meth:`price` of each network; architectures are priced together (the network
+        correction in one batch)."""
+        from latency_models.ops import Op
+        from spaces.arch import Arch
+
+        resolved, paths = [], []
+        for net in networks:
+            if isinstance(net, (str, os.PathLike)) or type(net).__name__ == "ModelProto":
+                net, path = network_of(net)
+            elif isinstance(net, Arch):
+                path = "arch"
+            elif isinstance(net, list) and all(isinstance(o, Op) for o in net):
+                path = "ops"
+            elif isinstance(net, list) and all(isinstance(u, list) for u in net):
+                path = "units"
+            else:
+                raise DeviceModelError(f"cannot price a {type(net).__name__}: give an "
+                                       "architecture, an ONNX graph or file, an arch.json, "
+                                       "or a list of ops")
+            resolved.append(net)
+            paths.append(path)
+        out: list[Prediction | None] = [None] * len(networks)
+        archs = [i for i, p in enumerate(paths) if p in ("arch", "onnx:arch")]
+        for i, pred in zip(archs, self._price_archs([resolved[i] for i in archs])):
+            out[i] = pred
+        for i, p in enumerate(paths):
+            if p in ("ops", "onnx:ops"):
+                out[i] = self._predict_ops(resolved[i])
+            elif p == "units":
+                out[i] = self._predict_units(resolved[i])
+        for pred, p in zip(out, paths):
+            pred.provenance["path"] = p
+        return out
+
+    def _price_archs(self, archs: list) -> list[Prediction]:
+        """Architectures priced layer by layer (:meth:`_predict_each`), or, for many of them on
+        a device priced by its linear regressor alone, the same prices vectorized."""
+        from latency_models import fast
+
+        if len(archs) < 16 or not fast.exact_for(self):
+            return self._predict_each(archs)
+        got = fast.predict_archs(self, archs)
+        latency = got["latency_ms"].tolist()
+        energy = (got["energy_mj"] if got["energy_mj"] is not None
+                  else got["latency_ms"] * self.power_w).tolist()
+        extrapolated = got["extrapolated"].tolist()
+        # archs with the same stand-in precisions share one provenance, copied per arch
+        stand_bits = sorted(got["standins"])
+        codes = np.zeros(len(archs), np.int64)
+        for j, b in enumerate(stand_bits):
+            codes |= got["standins"][b].astype(np.int64) << j
+        base = {}
+        for code in np.unique(codes).tolist():
+            key = {b for j, b in enumerate(stand_bits) if code >> j & 1}
+            base[code] = self._finish(1.0, None if got["energy_mj"] is None else 1.0, 0, 1,
+                                      key, False).provenance
+        preds = []
+        for ms, mj, ext, code in zip(latency, energy, extrapolated, codes.tolist()):
+            prov = base[code].copy()
+            prov["extrapolated"] = ext
+            preds.append(Prediction(ms, mj, prov))
+        return preds
+
+    def _predict_ops(self, ops: list[Op]) -> Prediction:
         """Latency (ms) and energy (mJ) of one network given as a flat op list."""
         hit = self.lookup_.get(signature(ops))
         if hit is not None:
@@ -598,30 +721,27 @@ class DeviceModel:
         ms, mj, standins, extrapolated = self._regress(ops)
         return self._finish(ms, mj, 0, 1, standins, extrapolated)
 
-    def predict_arch(self, arch) -> Prediction:
-        """Latency and energy of an architecture, layer by layer: layers measured alone (a
-        profiling bundle's) are looked up, the others regressed; prices are memoized."""
-        return self.predict_each([arch])[0]
-
-    def predict_each(self, archs: list) -> list[Prediction]:
-        """:meth:`predict_arch` for each architecture, the network correction applied to all
-        of them in one batch."""
+    def _predict_each(self, archs: list) -> list[Prediction]:
+        """Each architecture layer by layer: layers measured alone (a profiling bundle's)
+        looked up, the others regressed (prices memoized per layer), composed; the network
+        correction applied to all of them in one batch. A network measured whole is its
+        measurement."""
         from latency_models.ops import arch_units
 
-        parts = []
-        for arch in archs:
+        parts, whole = [], {}
+        for i, arch in enumerate(archs):
+            units = arch_units(arch, tuple(self.native_bits))
+            if self.lookup_:
+                hit = self.lookup_.get(signature([op for u in units for op in u]))
+                if hit is not None:
+                    whole[i] = self._finish(hit[0] - self.overhead_ms_, None if hit[1] is None
+                                            else hit[1] - self.overhead_mj_, 1, 1, set(), False)
             keys = [("input", arch.in_chans, arch.input_size, arch.resolution),
                     *arch.layers(pruned=True)]
-            parts.append(self._compose(arch_units(arch, tuple(self.native_bits)),
-                                       cache_keys=keys))
+            parts.append(self._compose(units, cache_keys=keys))
         factors = self.network_factor(archs, [p[0] + self.overhead_ms_ for p in parts])
-        return [self._finish(*p, factor=float(f)) for p, f in zip(parts, factors)]
-
-    def predict_archs(self, archs: list) -> dict:
-        """Vectorized regressor for many architectures (see ``latency_models.fast``)."""
-        from latency_models.fast import predict_archs
-
-        return predict_archs(self, archs)
+        return [whole.get(i) or self._finish(*p, factor=float(f))
+                for i, (p, f) in enumerate(zip(parts, factors))]
 
     def _finish(self, ms: float, mj: float | None, n_hit: int, n_units: int, standins: set,
                 extrapolated: bool, factor: float = 1.0) -> Prediction:

@@ -97,6 +97,14 @@ LATENCY_WORDS = {
     "simulated": "from a simulator's table, not a device",
     "modelled": "a precision the device has no measurements for, priced as another",
 }
+PATH_WORDS = {"arch": "architecture", "onnx:arch": "architecture (from the graph)",
+              "onnx:ops": "graph ops"}
+PATH_NOTES = {
+    "onnx:arch": "the graph is an architecture of the space (recorded in it, or the arch.json "
+                 "beside it): priced layer by layer, exactly as the search priced it",
+    "onnx:ops": "a graph that is no architecture of the space: priced by its ops as one "
+                "network (no per-layer lookup or network correction)",
+}
 ENERGY_WORDS = {
     "measured": "fitted per op to the device's energy measurements",
     "simulated": "from a simulator's per-op table, not measured",
@@ -109,18 +117,23 @@ def print_table(rows: list[dict], device: str) -> None:
     from rich.table import Table
 
     table = Table(title=f"predicted for {device} (batch 1)")
-    for col in ("model", "latency ms", "energy mJ", "latency from", "energy from"):
+    for col in ("model", "latency ms", "energy mJ", "latency from", "energy from",
+                "priced as"):
         table.add_column(col, justify="right" if col in ("latency ms", "energy mJ") else "left")
     for r in rows:
         p = r["provenance"]
         table.add_row(r["path"], f"{r['latency_ms']:.4g}", f"{r['energy_mj']:.4g}",
-                      p["latency"] + ("*" if p.get("extrapolated") else ""), p["energy"])
+                      p["latency"] + ("*" if p.get("extrapolated") else ""), p["energy"],
+                      PATH_WORDS.get(p.get("path"), p.get("path", "")))
     console = Console()
     console.print(table)
     for key, words in (("latency", LATENCY_WORDS), ("energy", ENERGY_WORDS)):
         for word in sorted({r["provenance"][key] for r in rows}):
             console.print(f"  {key} {word}: {words.get(word, word)}", highlight=False,
                           soft_wrap=True)
+    for path in sorted({r["provenance"].get("path") for r in rows} & set(PATH_NOTES)):
+        console.print(f"  priced as {PATH_WORDS[path]}: {PATH_NOTES[path]}", highlight=False,
+                      soft_wrap=True)
     if any(r["provenance"].get("extrapolated") for r in rows):
         console.print("  *: some layers lie outside the sizes the device was measured at",
                       highlight=False, soft_wrap=True)
@@ -134,7 +147,7 @@ def print_table(rows: list[dict], device: str) -> None:
 def main(argv: list[str]) -> int:
     from latency_models.model import DeviceModelError
     from latency_models.ops import UnknownOpError
-    from spaces.arch import Arch, ArchError
+    from spaces.arch import ArchError
 
     try:
         args = COMMAND.parse(argv)
@@ -148,10 +161,9 @@ def main(argv: list[str]) -> int:
     try:
         device = load_device(args["device"])
         for path in targets(Path(args["model"])):
-            if path.suffix == ".json":  # an architecture: priced as the search prices it
-                pred = device.predict_arch(Arch.from_json(path.read_text()))
-            else:
-                pred = device.predict(ops_of(path))
+            if path.suffix != ".json":
+                ops_of(path)  # a clear error for a file that is not a valid ONNX graph
+            pred = device.price(path)  # as the search prices it wherever it can
             row = {"path": str(path), "latency_ms": round(pred.latency_ms, 6),
                    "energy_mj": round(pred.energy_mj, 6), "provenance": pred.provenance}
             if fmt == "jsonl":

@@ -29,14 +29,13 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
 from latency_models.sources import BUNDLE_FORMAT, BUNDLE_VERSION
-from spaces.arch import Arch
+from spaces.arch import Arch, all_bits  # noqa: F401 (all_bits: kept importable here)
 from spaces.cli import CliError, Command
 from spaces.files import atomic_path
 
@@ -114,12 +113,6 @@ def measure_onnx(path: str | os.PathLike, threads: int = 1, runs: int = 100,
     """Median latency (ms) of one ONNX file at ``batch`` (see :func:`measure_many`)."""
     return measure_many([path], threads=threads, rounds=5, runs=max(1, runs // 5),
                         batch=batch)[0]
-
-
-def all_bits(arch: Arch, bits: int) -> Arch:
-    """The architecture with every layer at ``bits``."""
-    stages = tuple(replace(s, bits=(bits,) * s.depth) for s in arch.stages)
-    return replace(arch, stages=stages, stem_bits=bits, head_bits=bits, classifier_bits=bits)
 
 
 def cpu_name() -> str:

@@ -60,10 +60,10 @@ def run(column: str, what: str) -> list[dict]:
         model = DeviceModel("fbnet", power_w=1.0)
         if what == "energy":
             model.fit([samples[i] for i in tr], [latency[i] for i in tr], energy_mj=y[tr])
-            pred = np.array([model.predict(samples[i]).energy_mj for i in te])
+            pred = np.array([model.price(samples[i]).energy_mj for i in te])
         else:
             model.fit([samples[i] for i in tr], y[tr])
-            pred = np.array([model.predict(samples[i]).latency_ms for i in te])
+            pred = np.array([model.price(samples[i]).latency_ms for i in te])
         a, b = flops_fit(macs[tr], y[tr])
         base = a * macs[te] / 1e6 + b
         rows.append({"column": column, "train": train_set, "test": test_set,

@@ -24,7 +24,7 @@ correction has 4,000 networks to learn from; fp32 went from 91.5% to 97.0% withi
 The shipped bundle (``latency_models/data/host-bundle``) keeps the manifest gzipped and the
 measurements without their timing windows (used only to align a power log; host has none).
 
-Predictors: what the search uses (``DeviceModel.predict_arch``: layers measured in the
+Predictors: what the search uses (``DeviceModel.price`` of the architecture: layers measured in the
 bundle looked up, the others priced by the layer model, composed into the network, the
 network correction applied); the same without the network correction; the
 linear op model alone (what an ONNX file gets); a FLOPs-only linear fit per precision on the
@@ -67,7 +67,7 @@ def read_test_set(path: Path) -> tuple[list[Arch], np.ndarray, list[str]]:
 
 def latencies(model: DeviceModel, archs: list[Arch]) -> np.ndarray:
     """Predicted latency (ms) of each architecture, as the search prices it."""
-    return np.array([p.latency_ms for p in model.predict_each(archs)])
+    return np.array([p.latency_ms for p in model.price_many(archs)])
 
 
 def main(argv: list[str]) -> int:
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
     cv = cross_validate_bundle(make, bundle)
     model = fit_bundle(make, bundle)
     linear = DeviceModel("host", 15.0, coef_=model.coef_, overhead_ms_=model.overhead_ms_,
-                         ranges_=model.ranges_)  # the ONNX path, no lookup table
+                         ranges_=model.ranges_)  # what a graph outside the space gets
     uncorrected = copy.copy(model)
     uncorrected.network_model_ = {}  # (a fresh price cache too)
 
@@ -116,8 +116,8 @@ def main(argv: list[str]) -> int:
     preds = {
         "layer model + measured layers (the search's path)": latencies(model, archs),
         "the same without the network correction": latencies(uncorrected, archs),
-        "linear op model (the ONNX path)": np.array(
-            [linear.predict(o).latency_ms for o in test_ops]),
+        "linear op model (a graph that is no architecture of the space)": np.array(
+            [linear.price(o).latency_ms for o in test_ops]),
         "FLOPs-only linear fit (per precision)": flops,
     }
     lines = ["# Host latency model against measurements (benchmark 1)", "",

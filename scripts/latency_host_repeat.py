@@ -86,9 +86,9 @@ def main(argv: list[str]) -> int:
             model, samples, ys, units=read_profile_units(cal_csv, tuple(model.native_bits)))
     ms = [{k: float(r["median_ms"]) for k, r in s.items()} for s in sessions]
     committed = {k: float(r["median_ms"]) for k, r in read(COMMITTED).items()}
-    predicted = {k: model.predict_arch(Arch.from_json(r["arch_json"])).latency_ms
+    predicted = {k: model.price(Arch.from_json(r["arch_json"])).latency_ms
                  for k, r in sessions[0].items()}
-    recalibrated = {k: calibrated.predict_arch(Arch.from_json(r["arch_json"])).latency_ms
+    recalibrated = {k: calibrated.price(Arch.from_json(r["arch_json"])).latency_ms
                     for k, r in sessions[0].items()}
     pairs = [("session 1 against session 2 (this machine)", ms[0], ms[1]),
              ("session 1 here against the committed measurements", ms[0], committed),

@@ -256,7 +256,7 @@ def main(argv: list[str]) -> int:
     calib = np.sort(rng.choice(len(table), args.calibration, replace=False))
     test = np.setdiff1d(np.arange(len(table)), calib)
     base = DeviceModel.load(MODEL_DIR / "rpi4.json")
-    raw = np.array([base.predict(o).latency_ms for o in ops])
+    raw = np.array([base.price(o).latency_ms for o in ops])
     every_edge = np.array([all_edge_macs(s) for _, s, _ in table], float)
     results = {"FLOPs of every edge, as published (rank only)": every_edge,
                "FLOPs of the deployed graph (rank only)": macs,
@@ -267,7 +267,7 @@ def main(argv: list[str]) -> int:
         model = DeviceModel("rpi4", base.power_w).transfer(base, [ops[i] for i in calib],
                                                            y[calib])
         results[f"rpi4 model + {args.calibration} calibration nets"] = np.array(
-            [model.predict(o).latency_ms for o in ops])
+            [model.price(o).latency_ms for o in ops])
         a, b = flops_fit(macs[calib], y[calib])
         results[f"FLOPs linear fit on the {args.calibration} nets"] = a * macs / 1e6 + b
 
@@ -299,7 +299,7 @@ def main(argv: list[str]) -> int:
                                                               replace=False))
             rest = np.setdiff1d(np.arange(len(table)), cal)
             m = DeviceModel("rpi4", base.power_w).transfer(base, [ops[i] for i in cal], y[cal])
-            p = np.array([m.predict(o).latency_ms for o in ops])
+            p = np.array([m.price(o).latency_ms for o in ops])
             seeds.append((spearman(p[rest], y[rest]), accuracy(p[rest], y[rest])["within_10pct"]))
         seeds = np.array(seeds)
         summary["other calibration seeds 1-5"] = {"spearman": seeds[:, 0].tolist(),

@@ -3,10 +3,11 @@
     python scripts/latency_speed.py [--n 20000] [--device rpi4]
 
 Samples ``--n`` architectures from the default space (mixed 32/8-bit layers), then prices
-them three ways, single-threaded: the reference path one at a time
-(``DeviceModel.predict(arch_ops(arch))``, what an ONNX file or a single trial uses), and the
-vectorized path (``DeviceModel.predict_archs``) in batches of 1,000 and all at once. Prints
-the medians of 3 repetitions.
+them four ways, single-threaded: op by op (``DeviceModel.price(arch_ops(arch))``, what a
+graph that is no architecture of the space gets), one architecture at a time
+(``DeviceModel.price(arch)``, what a trial gets), and ``DeviceModel.price_many`` in batches
+of 1,000 and all at once (vectorized where that gives the device's own prices). Prints the
+medians of 3 repetitions.
 """
 
 from __future__ import annotations
@@ -53,14 +54,16 @@ def main(argv: list[str]) -> int:
                          bits=[32, 8]) for i in range(args.n)]
     model = DeviceModel.load(MODEL_DIR / f"{args.device}.json")
     few = archs[:2000]
-    one = rate(lambda: [model.predict(arch_ops(a)) for a in few], len(few))
-    batched = rate(lambda: [model.predict_archs(archs[i:i + 1000])
+    ops = rate(lambda: [model.price(arch_ops(a)) for a in few], len(few))
+    one = rate(lambda: [model.price(a) for a in few], len(few))
+    batched = rate(lambda: [model.price_many(archs[i:i + 1000])
                             for i in range(0, len(archs), 1000)], len(archs))
-    whole = rate(lambda: model.predict_archs(archs), len(archs))
+    whole = rate(lambda: model.price_many(archs), len(archs))
     print(f"device {args.device}, {args.n} architectures, one core")
-    print(f"reference path, one at a time: {one:,.0f} predictions/s")
-    print(f"vectorized, batches of 1,000:  {batched:,.0f} predictions/s")
-    print(f"vectorized, one batch:         {whole:,.0f} predictions/s")
+    print(f"op by op, one at a time:       {ops:,.0f} predictions/s")
+    print(f"price(arch), one at a time:    {one:,.0f} predictions/s")
+    print(f"price_many, batches of 1,000:  {batched:,.0f} predictions/s")
+    print(f"price_many, one batch:         {whole:,.0f} predictions/s")
     return 0
 
 

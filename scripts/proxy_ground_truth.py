@@ -50,7 +50,7 @@ def select(n: int, seed: int, pool: int = 4000) -> None:
         if arch.arch_id in seen:
             continue
         seen.add(arch.arch_id)
-        priced.append((model.predict(arch_ops(arch)).latency_ms, arch))
+        priced.append((model.price(arch_ops(arch)).latency_ms, arch))
     priced.sort(key=lambda p: p[0])
     picks = [priced[round(k * (len(priced) - 1) / (n - 1))] for k in range(n)]
     OUT.mkdir(parents=True, exist_ok=True)

@@ -105,7 +105,7 @@ def pack(folder: Path, overrides: list[str], every: bool) -> None:
         select_trials,
         study_names,
     )
-    from search.report import _recorded
+    from search.report import recorded
 
     cfg = compose(overrides)
     dataset, teacher, exports, baselines = context(cfg)
@@ -116,13 +116,13 @@ def pack(folder: Path, overrides: list[str], every: bool) -> None:
     if cfg.study.name in study_names(cfg):
         for t in select_trials(cfg, load_study(cfg)):
             folder_t = exports / f"trial_{t.number}"
-            if every or _recorded(folder_t, "training", "fingerprint") != fingerprint \
-                    or _recorded(folder_t, "arch_id") != t.user_attrs.get("arch_id"):
+            if every or recorded(folder_t, "training", "fingerprint") != fingerprint \
+                    or recorded(folder_t, "arch_id") != t.user_attrs.get("arch_id"):
                 jobs.append({"name": f"trial_{t.number}", "kind": "trial", "trial": t.number,
                              "arch_id": t.user_attrs.get("arch_id"),
                              "arch_json": t.user_attrs["arch_json"]})
     for name in cfg.report.baselines:
-        if every or _recorded(baselines / name, "training", "fingerprint") != fingerprint:
+        if every or recorded(baselines / name, "training", "fingerprint") != fingerprint:
             jobs.append({"name": name, "kind": "baseline"})
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"train_idx": train_idx.contiguous(),

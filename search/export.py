@@ -22,8 +22,7 @@ from omegaconf import DictConfig
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from latency_models.ops import arch_ops, onnx_ops, signature
-from latency_models.profile import all_bits, cpu_name, measure_many
+from latency_models.profile import cpu_name, measure_many
 from search.cli import HydraCommand
 from search.config import Config, load
 from search.data import Dataset, load_dataset, to_float
@@ -209,19 +208,13 @@ ENERGY_WORDS = {"modelled": "modelled (device power x latency), not measured",
 
 def measure_and_predict(cfg: Config, trial: optuna.trial.FrozenTrial, arch: Arch,
                         dataset: Dataset, fp32_path: Path, int8_path: Path) -> dict:
-    import onnx
     import onnxruntime
 
     device_model = load_device_model(cfg)
-    ops_fp32 = onnx_ops(onnx.load(str(fp32_path)))
-    ops_int8 = onnx_ops(onnx.load(str(int8_path)))
-    consistent = (signature(ops_fp32) == signature(arch_ops(all_bits(arch, 32)))
-                  and signature(ops_int8) == signature(arch_ops(arch)))
-    # The search's own path (layer by layer, measured layers looked up) where the exported
-    # graphs are the architecture's; the graphs' ops otherwise.
-    pred32, pred8 = ((device_model.predict_arch(all_bits(arch, 32)),
-                      device_model.predict_arch(arch)) if consistent else
-                     (device_model.predict(ops_fp32), device_model.predict(ops_int8)))
+    # The one pricing path: each graph records its architecture, so it is priced exactly as
+    # the search priced the architecture (at 32 bits for the fp32 file).
+    pred32, pred8 = device_model.price_many([fp32_path, int8_path])
+    consistent = pred32.provenance["path"] == pred8.provenance["path"] == "onnx:arch"
     m32, m8 = measure_many([fp32_path, int8_path], threads=1, rounds=5,
                            runs=max(1, cfg.export.latency_runs // 5))
     return {

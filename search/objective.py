@@ -36,7 +36,7 @@ DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "energy_mj": "mi
 
 def costs(arch: Arch, device_model: DeviceModel) -> dict:
     """Predicted latency and energy, size, parameters and MACs of the deployed network."""
-    pred = device_model.predict_arch(arch)
+    pred = device_model.price(arch)  # the one pricing path (also that of its ONNX files)
     return {"latency_ms": pred.latency_ms, "energy_mj": pred.energy_mj,
             "size_kib": arch.size_kib(), "params": arch.params(), "macs": arch.macs(),
             "provenance": pred.provenance}

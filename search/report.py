@@ -62,8 +62,8 @@ def found_models(cfg: Config, exports: Path, dataset, teacher) -> list[dict]:
             # Exported with this recipe, and this trial's architecture (a study deleted and
             # run again under the same name numbers other architectures alike).
             folder = exports / f"trial_{trial.number}"
-            return (_recorded(folder, "training", "fingerprint") == fingerprint
-                    and _recorded(folder, "arch_id") == trial.user_attrs.get("arch_id"))
+            return (recorded(folder, "training", "fingerprint") == fingerprint
+                    and recorded(folder, "arch_id") == trial.user_attrs.get("arch_id"))
 
         todo = {f"trial {t.number}": t for t in trials if not up_to_date(t)}
         each_with_progress(todo, f"exporting {len(todo)} of the {len(trials)} chosen trials "
@@ -95,7 +95,7 @@ def baseline_models(cfg: Config, out: Path, dataset, teacher) -> list[dict]:
 
     fingerprint = recipe_fingerprint(cfg, teacher)
     todo = {f"baseline {name}": name for name in cfg.report.baselines
-            if _recorded(out / "baselines" / name, "training", "fingerprint") != fingerprint}
+            if recorded(out / "baselines" / name, "training", "fingerprint") != fingerprint}
     each_with_progress(todo, f"training {len(todo)} baselines ({cfg.export.epochs} epochs "
                        "each)", "training baselines", "training",
                        lambda name: export_baseline(cfg, name, dataset, teacher,
@@ -127,7 +127,7 @@ def each_with_progress(todo: dict[str, Any], header: str, desc: str, verb: str,
             bar.update()
 
 
-def _recorded(folder: Path, *keys: str) -> Any:
+def recorded(folder: Path, *keys: str) -> Any:
     """``metrics.json[keys[0]][keys[1]]...`` of an exported model's folder; None where the
     folder, the file or the entry is missing or unreadable."""
     try:
@@ -165,7 +165,7 @@ def score(cfg: Config, models: list[dict], dataset) -> dict:
             path = m["folder"] / file
             graph = onnx.load(str(path))
             ops = onnx_ops(graph)
-            pred = device_model.predict(ops)
+            pred = device_model.price(path)  # a found model as its architecture
             timing = next(timings)
             m["files"][precision] = str(path)
             m["accuracy"][precision] = onnx_accuracy(path, dataset.test_x, dataset.test_y)
@@ -174,7 +174,8 @@ def score(cfg: Config, models: list[dict], dataset) -> dict:
             m["device_ms"][precision] = pred.latency_ms
             m["device_energy_mj"][precision] = pred.energy_mj
             m["provenance"][precision] = {k: pred.provenance.get(k) for k in
-                                          ("latency", "energy", "extrapolated", "model_hash")}
+                                          ("latency", "energy", "extrapolated", "model_hash",
+                                           "path")}
             if precision == "fp32":
                 m["macs"] = sum(op.macs for op in ops
                                 if op.kind in ("conv", "dwconv", "pwconv", "fc"))

@@ -305,3 +305,11 @@ class Arch:
         from dataclasses import replace
 
         return replace(self, stages=tuple(replace(s, prune_ratio=0.0) for s in self.stages))
+
+
+def all_bits(arch: Arch, bits: int) -> Arch:
+    """The architecture with every layer at ``bits`` (e.g. 32: what its fp32 export runs)."""
+    from dataclasses import replace
+
+    stages = tuple(replace(st, bits=(bits,) * st.depth) for st in arch.stages)
+    return replace(arch, stages=stages, stem_bits=bits, head_bits=bits, classifier_bits=bits)

@@ -12,25 +12,52 @@ import numpy as np
 import onnx
 import torch
 
-from spaces.arch import Arch
+from spaces.arch import Arch, all_bits
 from spaces.build import EdgeNet, onnx_scopes
 from spaces.files import atomic_path, write_bytes
 
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+# The metadata entry that holds the architecture a graph was exported from (as JSON, at the
+# bit-widths the graph runs), so that it is priced exactly as the architecture is.
+ARCH_KEY = "edgenas.arch"
 
 
 def export_fp32(model: EdgeNet, arch: Arch, path: str | os.PathLike) -> None:
-    """Export ``model`` (eval mode, batch norm folded) to ``path`` with a dynamic batch axis."""
+    """Export ``model`` (eval mode, batch norm folded) to ``path`` with a dynamic batch axis;
+    the graph records its architecture (every layer at 32 bits) under :data:`ARCH_KEY`."""
     export_module(model, (arch.in_chans, arch.input_size, arch.input_size), path,
-                  doc=f"arch_id {arch.arch_id}")
+                  doc=f"arch_id {arch.arch_id}", arch=all_bits(arch, 32))
+
+
+def _tag(graph: onnx.ModelProto, arch: Arch) -> None:
+    """Record ``arch`` in the graph's metadata under :data:`ARCH_KEY` (replacing any)."""
+    kept = [p for p in graph.metadata_props if p.key != ARCH_KEY]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
+    graph.metadata_props.add(key=ARCH_KEY, value=arch.to_json(indent=None))
+
+
+def recorded_arch(graph: onnx.ModelProto) -> Arch | None:
+    """The architecture a graph records under :data:`ARCH_KEY` (None where it records none
+    or an unreadable one)."""
+    from spaces.arch import ArchError
+
+    for prop in graph.metadata_props:
+        if prop.key == ARCH_KEY:
+            try:
+                return Arch.from_json(prop.value)
+            except (ArchError, TypeError, KeyError, ValueError):
+                return None
+    return None
 
 
 def export_module(model: torch.nn.Module, shape: tuple[int, int, int],
-                  path: str | os.PathLike, doc: str = "") -> None:
+                  path: str | os.PathLike, doc: str = "", arch: Arch | None = None) -> None:
     """Export any image classifier taking float32 (N, C, H, W) to ``path`` (fp32, opset 17,
-    dynamic batch axis, input ``image``, output ``logits``); the file is written atomically."""
+    dynamic batch axis, input ``image``, output ``logits``); the file is written atomically.
+    ``arch``: the architecture the graph runs, recorded in its metadata."""
     model = model.eval()
     x = torch.rand(1, *shape)
     buf = io.BytesIO()
@@ -42,6 +69,8 @@ def export_module(model: torch.nn.Module, shape: tuple[int, int, int],
                           do_constant_folding=True)
     graph = onnx.load_from_string(buf.getvalue())
     graph.doc_string = doc
+    if arch is not None:
+        _tag(graph, arch)
     onnx.checker.check_model(graph)
     write_bytes(path, graph.SerializeToString())
 
@@ -76,14 +105,16 @@ def export_int8(fp32_path: str | os.PathLike, arch: Arch, path: str | os.PathLik
     8.6 points of accuracy (U8U8: 0.04; same speed). See scripts/proxy_int8_check.py.
 
     Layers at other bit-widths stay in float. Returns the quantized node names (empty when no
-    layer is at 8 bits; the file is then the fp32 graph).
+    layer is at 8 bits; the file is then the fp32 graph). The graph records ``arch`` under
+    :data:`ARCH_KEY`.
     """
     graph = onnx.load(str(fp32_path))
     nodes = int8_nodes(graph, arch)
-    if not nodes:
-        write_bytes(path, graph.SerializeToString())
-        return []
-    quantize_qdq(fp32_path, path, calibration, nodes)
+    if nodes:
+        quantize_qdq(fp32_path, path, calibration, nodes)
+        graph = onnx.load(str(path))
+    _tag(graph, arch)
+    write_bytes(path, graph.SerializeToString())
     return nodes
 
 

@@ -169,13 +169,13 @@ def test_transfer_calibrates_a_rich_model_with_few_measurements():
     source = DeviceModel("a", 1.0).fit(rich, [cost(u, 1.0, 0.5) for u in rich])
     few, test = units(12, 1), units(40, 2)
     target = DeviceModel("b", 2.0).transfer(source, few, [cost(u, 3.0, 0.5) for u in few])
-    pred = np.array([target.predict(u).latency_ms for u in test])
+    pred = np.array([target.price(u).latency_ms for u in test])
     true = np.array([cost(u, 3.0, 0.5) for u in test])
     assert np.max(np.abs(pred / true - 1)) < 0.05
-    assert target.predict(test[0]).provenance["latency"] == "transferred"
+    assert target.price(test[0]).provenance["latency"] == "transferred"
     assert target.meta["transferred_from"]["device"] == "a"
     # without the transfer, the source's model is off by the conv cost ratio
-    assert np.median(np.array([source.predict(u).latency_ms for u in test]) / true) < 0.6
+    assert np.median(np.array([source.price(u).latency_ms for u in test]) / true) < 0.6
 
 
 def test_transfer_of_a_profiled_device_keeps_its_layer_model():
@@ -186,21 +186,21 @@ def test_transfer_of_a_profiled_device_keeps_its_layer_model():
 
     host = DeviceModel.load(MODEL_DIR / "host.json")
     archs = [sample(s, bits=(32, 8)) for s in range(40)]
-    truth = [0.5 * host.predict_arch(a).latency_ms for a in archs]
+    truth = [0.5 * host.price(a).latency_ms for a in archs]
     few = archs[:12]
     target = DeviceModel("fast", 15.0).transfer(
         host, [arch_ops(a) for a in few], truth[:12],
         units=[arch_units(a, tuple(host.native_bits)) for a in few])
     assert target.layer_model_ == host.layer_model_ and not target.lookup_
     assert "kept" in target.meta["transferred_from"]["layer_model"]
-    err = np.abs([target.predict_arch(a).latency_ms / t - 1 for a, t in
+    err = np.abs([target.price(a).latency_ms / t - 1 for a, t in
                   zip(archs[12:], truth[12:])])
     # (host's own prices use its measured layers, which are not carried over)
     assert np.median(err) < 0.03 and np.max(err) < 0.2, err
-    assert target.predict_arch(archs[20]).provenance["latency"] == "transferred"
+    assert target.price(archs[20]).provenance["latency"] == "transferred"
     # the linear transfer alone (no units) follows host's layer model less closely
     linear = DeviceModel("fast", 15.0).transfer(host, [arch_ops(a) for a in few], truth[:12])
-    lin = np.abs([linear.predict_arch(a).latency_ms / t - 1 for a, t in
+    lin = np.abs([linear.price(a).latency_ms / t - 1 for a, t in
                   zip(archs[12:], truth[12:])])
     assert np.median(lin) > 2 * np.median(err), (np.median(lin), np.median(err))
 
@@ -212,11 +212,11 @@ def test_measured_energy_is_fitted_and_labelled():
     model = DeviceModel("tx", 6.0, energy_source="measured").fit(rich[:50], lat[:50],
                                                                  energy_mj=energy[:50])
     for u, e in zip(rich[50:], energy[50:]):
-        p = model.predict(u)
+        p = model.price(u)
         assert p.energy_mj == pytest.approx(e, rel=0.02)
         assert p.provenance["energy"] == "measured"
     plain = DeviceModel("pi", 5.0).fit(rich, lat)
-    p = plain.predict(rich[0])
+    p = plain.price(rich[0])
     assert p.provenance["energy"] == "modelled" and p.energy_mj == pytest.approx(
         5.0 * p.latency_ms)
 
@@ -262,14 +262,14 @@ def test_layer_model_learns_what_the_linear_model_cannot_and_composes_networks()
                      [net_ms(n) for n in networks])
     assert len(model.compose_) == 5 and model.layer_linear_
     fresh = [[layer(rng) for _ in range(6)] for _ in range(30)]
-    pred = np.array([model.predict_units(n).latency_ms for n in fresh])
+    pred = np.array([model.price(n).latency_ms for n in fresh])
     true = np.array([net_ms(n) for n in fresh])
     assert np.median(np.abs(pred / true - 1)) < 0.05
     # the linear op model alone cannot see the alignment step
-    flat = np.array([model.predict([op for u in n for op in u]).latency_ms for n in fresh])
+    flat = np.array([model.price([op for u in n for op in u]).latency_ms for n in fresh])
     assert np.median(np.abs(flat / true - 1)) > np.median(np.abs(pred / true - 1))
     # layers measured alone are looked up
-    seen = model.predict_units(layers[:5])
+    seen = model.price(layers[:5])
     assert seen.provenance["measured_share"] == 1.0 and seen.provenance["latency"] == "measured"
 
 
@@ -298,9 +298,9 @@ def test_composition_prices_precision_changes_between_layers():
     assert model.compose_[4] == pytest.approx(0.006, rel=0.2)
     fresh = [[mixed() for _ in range(6)] for _ in range(30)]
     true = np.array([net_ms(n) for n in fresh])
-    pred = np.array([model.predict_units(n).latency_ms for n in fresh])
+    pred = np.array([model.price(n).latency_ms for n in fresh])
     model.compose_ = model.compose_[:4]  # as a file written before the term: t = 0
-    without = np.array([model.predict_units(n).latency_ms for n in fresh])
+    without = np.array([model.price(n).latency_ms for n in fresh])
     assert np.median(np.abs(pred / true - 1)) < 0.02 < np.median(np.abs(without / true - 1))
 
 
@@ -314,8 +314,8 @@ def test_layer_model_round_trips_through_json(tmp_path):
     model.save(tmp_path / "m.json")
     again = DeviceModel.load(tmp_path / "m.json")
     probe = [layer(rng) for _ in range(5)]
-    assert again.predict_units(probe).latency_ms == pytest.approx(
-        model.predict_units(probe).latency_ms, rel=1e-9)
+    assert again.price(probe).latency_ms == pytest.approx(
+        model.price(probe).latency_ms, rel=1e-9)
     assert "pickle" not in (tmp_path / "m.json").read_text()
 
 
@@ -386,7 +386,7 @@ def test_energy_counter_on_the_device_makes_energy_measured(tmp_path, monkeypatc
     manifest = json.loads((folder / "manifest.json").read_text())
     arch = Arch.from_json(next(u["arch_json"] for u in manifest["models"]
                                if u["unit"] == "network"))
-    assert model.predict_arch(arch).provenance["energy"] == "measured"
+    assert model.price(arch).provenance["energy"] == "measured"
 
 
 def test_profile_measures_a_chunk_caught_in_a_slow_spell_again(monkeypatch):
@@ -448,8 +448,8 @@ def test_the_shipped_host_model_corrects_whole_networks_alike_one_by_one_and_in_
     host = DeviceModel.load(MODEL_DIR / "host.json")
     assert host.network_model_["rounds"] > 0
     archs = [sample(1000 + s, bits=(32, 8)) for s in range(20)]
-    one = [host.predict_arch(a) for a in archs]
-    bulk = host.predict_archs(archs)["latency_ms"]
+    one = [host.price(a) for a in archs]
+    bulk = [p.latency_ms for p in host.price_many(archs)]
     assert np.allclose([p.latency_ms for p in one], bulk)
     assert all(p.provenance["network_correction"] > 0 for p in one)
     assert len({p.provenance["network_correction"] for p in one}) > 1

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from latency_models import fast
 from latency_models.model import DeviceModel
 from latency_models.ops import arch_ops
 from search.config import MODEL_DIR
@@ -17,26 +18,32 @@ def archs(n, seed=0, **space):
 @pytest.mark.parametrize("device", ["rpi4", "host", "jetson_tx2", "bitfusion"])
 def test_vectorized_prices_equal_the_reference_path(device):
     model = DeviceModel.load(MODEL_DIR / f"{device}.json")
-    model.lookup_ = {}  # the fast path is the regressor; compare like with like
-    model.layer_model_, model.compose_ = "", []
+    # the vectorized path is the regressor: compare like with like
+    model.lookup_, model.layer_model_, model.compose_, model.network_model_ = {}, "", [], {}
+    assert fast.exact_for(model)
     batch = archs(150) + [tiny_arch(), tiny_arch(bits=8), tiny_arch(resolution=32, prune=0.5)]
-    fast = model.predict_archs(batch)
-    ref = [model.predict(arch_ops(a)) for a in batch]
-    assert np.allclose(fast["latency_ms"], [p.latency_ms for p in ref], rtol=1e-9)
-    assert np.allclose(fast["energy_mj"], [p.energy_mj for p in ref], rtol=1e-9)
-    assert list(fast["extrapolated"]) == [p.provenance["extrapolated"] for p in ref]
-    assert fast["provenance"]["latency"] in {p.provenance["latency"] for p in ref}
-    assert fast["provenance"]["energy"] == ref[0].provenance["energy"]
+    got = model.price_many(batch)  # vectorized: more than a handful of architectures
+    ref = [model.price(arch_ops(a)) for a in batch]  # op by op
+    assert np.allclose([p.latency_ms for p in got], [p.latency_ms for p in ref], rtol=1e-9)
+    assert np.allclose([p.energy_mj for p in got], [p.energy_mj for p in ref], rtol=1e-9)
+    for g, r in zip(got, ref):  # each architecture its own provenance
+        assert {k: v for k, v in g.provenance.items() if k != "path"} == {
+            k: v for k, v in r.provenance.items() if k != "path"}
 
 
 def test_vectorized_prices_an_empty_batch():
     model = DeviceModel.load(MODEL_DIR / "rpi4.json")
-    assert len(model.predict_archs([])["latency_ms"]) == 0
+    assert model.price_many([]) == []
+    assert len(fast.predict_archs(model, [])["latency_ms"]) == 0
 
 
-def test_devices_with_a_layer_model_are_priced_as_the_search_prices_them():
-    model = DeviceModel.load(MODEL_DIR / "host.json")
-    assert model.layer_model_
-    batch = archs(5)
-    fast = model.predict_archs(batch)
-    assert np.allclose(fast["latency_ms"], [model.predict_arch(a).latency_ms for a in batch])
+@pytest.mark.parametrize("device", ["host", "rpi4"])
+def test_many_at_once_is_each_alone(device):
+    """A batch (vectorized where exact, layer by layer otherwise) prices each architecture
+    as it is priced alone."""
+    model = DeviceModel.load(MODEL_DIR / f"{device}.json")
+    batch = archs(40)
+    many = model.price_many(batch)
+    assert [p.latency_ms for p in many] == pytest.approx(
+        [model.price(a).latency_ms for a in batch], rel=1e-12)
+    assert [p.provenance for p in many] == [model.price(a).provenance for a in batch]

@@ -29,7 +29,7 @@ def test_fit_recovers_known_costs_and_predicts_unseen():
     samples, ys = synthetic_samples()
     model = DeviceModel("dev", power_w=2.0).fit(samples[:50], ys[:50])
     for ops, y in zip(samples[50:], ys[50:]):
-        pred = model.predict(ops)
+        pred = model.price(ops)
         assert pred.latency_ms == pytest.approx(y, rel=1e-3)
         assert pred.energy_mj == pytest.approx(2.0 * pred.latency_ms)
         assert pred.provenance["latency"] == "regressed"
@@ -40,7 +40,7 @@ def test_measured_networks_are_looked_up():
     samples, ys = synthetic_samples()
     model = DeviceModel("dev", power_w=1.0).fit(samples, ys)
     model.add_measurements(samples[:1], [123.0])
-    pred = model.predict(samples[0])
+    pred = model.price(samples[0])
     assert pred.latency_ms == 123.0 and pred.provenance["latency"] == "measured"
 
 
@@ -48,19 +48,19 @@ def test_missing_precision_uses_labelled_fallback_or_fails():
     samples, ys = synthetic_samples()
     int8 = [Op(o.kind, o.macs, o.elems, 8) for o in samples[0]]
     model = DeviceModel("dev", power_w=1.0, fallback={"8": 32}).fit(samples, ys)
-    pred = model.predict(int8)
+    pred = model.price(int8)
     assert pred.provenance["latency"] == "modelled" and "8-bit ops priced as 32-bit" in \
         pred.provenance["note"]
     with pytest.raises(DeviceModelError, match="no latency model for 8-bit"):
-        DeviceModel("dev", power_w=1.0).fit(samples, ys).predict(int8)
+        DeviceModel("dev", power_w=1.0).fit(samples, ys).price(int8)
 
 
 def test_extrapolation_is_flagged():
     samples, ys = synthetic_samples()
     model = DeviceModel("dev", power_w=1.0).fit(samples, ys)
-    assert not model.predict(samples[0]).provenance["extrapolated"]
+    assert not model.price(samples[0]).provenance["extrapolated"]
     huge = samples[0] + [Op("dwconv", 10**9, 10**7)]
-    assert model.predict(huge).provenance["extrapolated"]
+    assert model.price(huge).provenance["extrapolated"]
 
 
 def test_save_load_round_trip_and_tamper_checks(tmp_path):
@@ -70,7 +70,7 @@ def test_save_load_round_trip_and_tamper_checks(tmp_path):
     model.save(path)
     again = DeviceModel.load(path)
     assert again.hash == model.hash
-    assert again.predict(samples[3]).latency_ms == model.predict(samples[3]).latency_ms
+    assert again.price(samples[3]).latency_ms == model.price(samples[3]).latency_ms
     data = json.loads(path.read_text())
     data["power_w"] = 99
     path.write_text(json.dumps(data))
@@ -92,10 +92,10 @@ def test_save_load_round_trip_and_tamper_checks(tmp_path):
                                     "bitfusion"])
 def test_shipped_device_models_load_and_price_the_space(device):
     model = DeviceModel.load(MODEL_DIR / f"{device}.json")
-    lat = [model.predict(arch_ops(sample(s, bits=(32, 8)))).latency_ms for s in range(20)]
+    lat = [model.price(arch_ops(sample(s, bits=(32, 8)))).latency_ms for s in range(20)]
     assert all(0 < v < 100 for v in lat)
     small, big = tiny_arch(), sample(17)
-    assert model.predict(arch_ops(small)).latency_ms < model.predict(arch_ops(big)).latency_ms
+    assert model.price(arch_ops(small)).latency_ms < model.price(arch_ops(big)).latency_ms
 
 
 def test_fbnet_table_reads_and_rejects_bad_files(tmp_path):
@@ -120,12 +120,12 @@ def test_bitfusion_runs_4_and_6_bits_natively_and_says_simulated():
 
     model = DeviceModel.load(MODEL_DIR / "bitfusion.json")
     arch = sample(5, bits=(8,))
-    p8, p6, p4 = (model.predict_arch(all_bits(arch, b)) for b in (8, 6, 4))
+    p8, p6, p4 = (model.price(all_bits(arch, b)) for b in (8, 6, 4))
     assert p4.latency_ms < p6.latency_ms < p8.latency_ms
     assert p4.energy_mj < p8.energy_mj
     assert p8.provenance["latency"] == "simulated" and p8.provenance["energy"] == "simulated"
     # a float layer has no BitFusion price: it is priced as 8-bit and says so
-    mixed = model.predict_arch(all_bits(arch, 32))
+    mixed = model.price(all_bits(arch, 32))
     assert mixed.provenance["latency"] == "modelled" and "32-bit ops priced as 8-bit" in \
         mixed.provenance["note"]
 
@@ -134,7 +134,7 @@ def test_int8_is_priced_per_op_not_as_a_fixed_speed_up():
     from latency_models.profile import all_bits
 
     model = DeviceModel.load(MODEL_DIR / "host.json")
-    ratios = {round(model.predict_arch(arch).latency_ms
-                    / model.predict_arch(all_bits(arch, 32)).latency_ms, 3)
+    ratios = {round(model.price(arch).latency_ms
+                    / model.price(all_bits(arch, 32)).latency_ms, 3)
               for arch in (all_bits(sample(s), 8) for s in range(6))}
     assert len(ratios) > 3  # each network gets its own int8/fp32 ratio from its ops

@@ -82,9 +82,9 @@ def test_exported_architectures_get_the_same_prediction_from_either_path(tmp_pat
     export_fp32(build_model(fp32_arch).eval(), fp32_arch, tmp_path / "m.onnx")
     export_int8(tmp_path / "m.onnx", arch, tmp_path / "m8.onnx", calib)
     for a, path in ((fp32_arch, "m.onnx"), (arch, "m8.onnx")):
-        from_onnx = model.predict(onnx_ops(onnx.load(str(tmp_path / path))))
-        assert from_onnx.latency_ms == pytest.approx(model.predict_arch(a).latency_ms, rel=1e-9)
-        assert from_onnx.energy_mj == pytest.approx(model.predict(arch_ops(a)).energy_mj,
+        from_onnx = model.price(onnx_ops(onnx.load(str(tmp_path / path))))
+        assert from_onnx.latency_ms == pytest.approx(model.price(a).latency_ms, rel=1e-9)
+        assert from_onnx.energy_mj == pytest.approx(model.price(arch_ops(a)).energy_mj,
                                                     rel=1e-9)
 
 

@@ -93,7 +93,7 @@ def test_baselines_export_and_the_device_model_prices_their_graphs(name, tmp_pat
     device = DeviceModel.load(MODEL_DIR / "rpi4.json")
     ops32, ops8 = onnx_ops(onnx.load(str(fp32))), onnx_ops(onnx.load(str(int8)))
     assert any(op.bits == 8 for op in ops8) and not any(op.bits == 8 for op in ops32)
-    assert device.predict(ops32).latency_ms > 0 and device.predict(ops8).latency_ms > 0
+    assert device.price(ops32).latency_ms > 0 and device.price(ops8).latency_ms > 0
 
 
 def test_every_baseline_builds_and_keeps_the_first_stride_at_one():
