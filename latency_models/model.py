@@ -34,8 +34,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -247,6 +249,35 @@ class Prediction:
     latency_ms: float
     energy_mj: float
     provenance: dict = field(default_factory=dict)
+
+
+class Predictions(Sequence):
+    """The prices of many networks (:meth:`DeviceModel.price_many`): a sequence of
+    :class:`Prediction` (each made when it is read), with every latency and energy at once as
+    arrays (``latency_ms``, ``energy_mj``) for bulk screening."""
+
+    def __init__(self, latency_ms, energy_mj, provenance: Callable[[int], dict]) -> None:
+        self.latency_ms = np.asarray(latency_ms, dtype=float)
+        self.energy_mj = np.asarray(energy_mj, dtype=float)
+        self._provenance = provenance
+
+    @classmethod
+    def of(cls, preds: list[Prediction]) -> Predictions:
+        return cls([p.latency_ms for p in preds], [p.energy_mj for p in preds],
+                   lambda i: preds[i].provenance)
+
+    def __len__(self) -> int:
+        return len(self.latency_ms)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return Prediction(float(self.latency_ms[i]), float(self.energy_mj[i]),
+                          self._provenance(i))
 
 
 @dataclass
@@ -646,12 +677,14 @@ class DeviceModel:
         """
         return self.price_many([network])[0]
 
-    def price_many(self, networks: list) -> list[Prediction]:
+    def price_many(self, networks: list) -> Predictions:
         """:meth:`price` of each network; architectures are priced together (the network
-        correction in one batch)."""
+        correction in one batch; vectorized where that gives the same prices)."""
         from latency_models.ops import Op
         from spaces.arch import Arch
 
+        if networks and all(isinstance(n, Arch) for n in networks):
+            return self._price_archs(list(networks))
         resolved, paths = [], []
         for net in networks:
             if isinstance(net, (str, os.PathLike)) or type(net).__name__ == "ModelProto":
@@ -679,21 +712,23 @@ class DeviceModel:
                 out[i] = self._predict_units(resolved[i])
         for pred, p in zip(out, paths):
             pred.provenance["path"] = p
-        return out
+        return Predictions.of(out)
 
-    def _price_archs(self, archs: list) -> list[Prediction]:
+    def _price_archs(self, archs: list) -> Predictions:
         """Architectures priced layer by layer (:meth:`_predict_each`), or, for many of them on
         a device priced by its linear regressor alone, the same prices vectorized."""
         from latency_models import fast
 
         if len(archs) < 16 or not fast.exact_for(self):
-            return self._predict_each(archs)
+            preds = self._predict_each(archs)
+            for p in preds:
+                p.provenance["path"] = "arch"
+            return Predictions.of(preds)
         got = fast.predict_archs(self, archs)
-        latency = got["latency_ms"].tolist()
         energy = (got["energy_mj"] if got["energy_mj"] is not None
-                  else got["latency_ms"] * self.power_w).tolist()
-        extrapolated = got["extrapolated"].tolist()
-        # archs with the same stand-in precisions share one provenance, copied per arch
+                  else got["latency_ms"] * self.power_w)
+        extrapolated = got["extrapolated"]
+        # archs with the same stand-in precisions share one provenance, copied when read
         stand_bits = sorted(got["standins"])
         codes = np.zeros(len(archs), np.int64)
         for j, b in enumerate(stand_bits):
@@ -701,14 +736,13 @@ class DeviceModel:
         base = {}
         for code in np.unique(codes).tolist():
             key = {b for j, b in enumerate(stand_bits) if code >> j & 1}
-            base[code] = self._finish(1.0, None if got["energy_mj"] is None else 1.0, 0, 1,
-                                      key, False).provenance
-        preds = []
-        for ms, mj, ext, code in zip(latency, energy, extrapolated, codes.tolist()):
-            prov = base[code].copy()
-            prov["extrapolated"] = ext
-            preds.append(Prediction(ms, mj, prov))
-        return preds
+            base[code] = dict(self._finish(1.0, None if got["energy_mj"] is None else 1.0, 0,
+                                           1, key, False).provenance, path="arch")
+
+        def provenance(i: int) -> dict:
+            return dict(base[int(codes[i])], extrapolated=bool(extrapolated[i]))
+
+        return Predictions(got["latency_ms"], energy, provenance)
 
     def _predict_ops(self, ops: list[Op]) -> Prediction:
         """Latency (ms) and energy (mJ) of one network given as a flat op list."""

@@ -54,11 +54,14 @@ def main(argv: list[str]) -> int:
                          bits=[32, 8]) for i in range(args.n)]
     model = DeviceModel.load(MODEL_DIR / f"{args.device}.json")
     few = archs[:2000]
-    ops = rate(lambda: [model.price(arch_ops(a)) for a in few], len(few))
-    one = rate(lambda: [model.price(a) for a in few], len(few))
+    # the batches first: pricing one at a time fills the model's per-layer memo, whose
+    # hundreds of thousands of objects then slow every allocation-heavy step (garbage
+    # collection), which would charge the batches for it
     batched = rate(lambda: [model.price_many(archs[i:i + 1000])
                             for i in range(0, len(archs), 1000)], len(archs))
     whole = rate(lambda: model.price_many(archs), len(archs))
+    ops = rate(lambda: [model.price(arch_ops(a)) for a in few], len(few))
+    one = rate(lambda: [model.price(a) for a in few], len(few))
     print(f"device {args.device}, {args.n} architectures, one core")
     print(f"op by op, one at a time:       {ops:,.0f} predictions/s")
     print(f"price(arch), one at a time:    {one:,.0f} predictions/s")
