@@ -23,7 +23,10 @@ from search.errors import UserError
 from search.objective import DIRECTIONS
 from search.storage import open_storage, redact, storage_error  # noqa: F401 (re-exported)
 
-STUDY_FORMAT = 1
+# The study format: what a study records and how (its setup hashes). A study of another
+# format is refused on resume with what to do (CHANGELOG.md says what each changed).
+# 2: the proxy's settings hashed whole (format 1 left proxy.score=accuracy out).
+STUDY_FORMAT = 2
 
 
 def _hash(obj: Any) -> str:
@@ -31,26 +34,22 @@ def _hash(obj: Any) -> str:
 
 
 def proxy_hash(cfg: Config) -> str:
-    """The proxy's settings as a hash. ``proxy.score=accuracy`` hashes as before the score
-    existed (2026-11-27), and ``calibration_archs`` counts only for the score that uses it, so
-    older studies resume with their settings spelled out."""
+    """The proxy's settings as a hash; ``calibration_archs`` counts only for the score that
+    uses it."""
     settings = asdict(cfg.proxy)
-    if settings["score"] != COMBINED_SCORE:  # the studies made before it hash as then
+    if settings["score"] != COMBINED_SCORE:
         del settings["calibration_archs"]
-    if settings["score"] == "accuracy":
-        del settings["score"]
     return _hash(settings)
 
 
 def score_hint(cfg: Config, recorded: dict) -> str:
-    """Where a study's proxy settings differ from ``cfg``'s only by ``proxy.score`` (studies
-    made before fidelity+naswot became the default, say), the override that resumes it."""
+    """Where a study's proxy settings differ from ``cfg``'s only by ``proxy.score`` (a study
+    made under another default, say), the override that resumes it."""
     for score in PROXY_SCORES:
         if score != cfg.proxy.score and proxy_hash(
                 replace(cfg, proxy=replace(cfg.proxy, score=score))) == recorded["proxy_hash"]:
-            return (f"; it was scored with proxy.score={score}"
-                    + (" (the default before 2026-11-27)" if score == "fidelity" else "")
-                    + f": add proxy.score={score} to resume it")
+            return (f"; it was scored with proxy.score={score}: add proxy.score={score} to "
+                    "resume it")
     return ""
 
 
@@ -162,7 +161,12 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, meta: dict,
             if diff or foreign:
                 what = "; ".join(f"{k}: study has {recorded.get(k)!r}, now {meta[k]!r}"
                                  for k in diff) or "it was not created by this tool"
-                what += score_hint(cfg, recorded) if "proxy_hash" in diff else ""
+                if "edgenas_study_format" in diff:  # its hashes mean something else
+                    what = (f"it was written in study format {recorded['edgenas_study_format']} "
+                            f"by an earlier edgenas; this version writes format {STUDY_FORMAT}, "
+                            "whose setup hashes differ (CHANGELOG.md)")
+                elif "proxy_hash" in diff:
+                    what += score_hint(cfg, recorded)
                 unforceable = {"objectives", "space_hash", "device_bits"} & set(diff)
                 if not cfg.study.force or foreign or unforceable:
                     raise UserError(

@@ -84,27 +84,24 @@ def test_missing_device_is_a_user_error():
         make()
 
 
-def test_studies_made_before_the_proxy_score_existed_resume_with_accuracy_spelled_out():
+def test_the_proxy_hash_covers_every_setting_but_an_unused_calibration():
     from dataclasses import asdict
 
     from search.study import _hash, proxy_hash
 
-    old = make("+device=rpi4", "proxy.batch=128", "proxy.score=accuracy")
-    before = {k: v for k, v in asdict(old.proxy).items()  # no such fields then
-              if k not in ("score", "calibration_archs")}
-    assert proxy_hash(old) == _hash(before)
-    assert proxy_hash(make("+device=rpi4", "proxy.batch=128", "proxy.score=fidelity")
-                      ) != _hash(before)
-    # Studies scored by fidelity before calibration_archs existed resume too; the score that
-    # uses it hashes it.
-    fidelity = make("+device=rpi4", "proxy.score=fidelity")
+    scores = [make("+device=rpi4", f"proxy.score={s}")
+              for s in ("accuracy", "fidelity", "fidelity+naswot")]
+    assert len({proxy_hash(c) for c in scores}) == 3
+    fidelity = scores[1]
     assert proxy_hash(fidelity) == _hash({k: v for k, v in asdict(fidelity.proxy).items()
                                           if k != "calibration_archs"})
+    # calibration_archs counts only for the score that uses it
     assert proxy_hash(make("+device=rpi4", "proxy.score=fidelity", "proxy.calibration_archs=4")
                       ) == proxy_hash(fidelity)
     combined = [make("+device=rpi4", "proxy.score=fidelity+naswot", f"proxy.calibration_archs={n}")
                 for n in (4, 8)]
     assert len({proxy_hash(c) for c in combined} | {proxy_hash(fidelity)}) == 3
+    assert proxy_hash(make("+device=rpi4", "proxy.batch=128")) != proxy_hash(scores[2])
 
 
 def test_the_combined_score_needs_at_least_two_calibration_architectures():

@@ -175,6 +175,25 @@ def test_resuming_with_another_setup_is_refused_and_the_db_untouched(tmp_path):
     assert len(complete(db)) == 4
 
 
+def test_a_study_of_an_earlier_format_is_refused_with_what_to_do(tmp_path):
+    from search.study import STUDY_FORMAT
+
+    assert run_here(*search_args(tmp_path, "search.n_trials=1")).returncode == 0
+    db = tmp_path / "study.db"
+    study = optuna.load_study(study_name="rpi4-synthetic-mobilenet", storage=f"sqlite:///{db}")
+    study.set_user_attr("edgenas_study_format", STUDY_FORMAT - 1)
+    study.set_user_attr("proxy_hash", "an-old-scheme")
+    before = digest(db)
+    refused = run_here(*search_args(tmp_path, "search.n_trials=2"))
+    assert_clean_error(refused, f"study format {STUDY_FORMAT - 1}", "earlier edgenas",
+                       "CHANGELOG.md", "study.name=NEW_NAME", "study.force=true")
+    assert "proxy.score" not in refused.stderr  # no hint read from hashes of another scheme
+    assert digest(db) == before
+    forced = run_here(*search_args(tmp_path, "search.n_trials=2", "study.force=true"))
+    assert forced.returncode == 0, forced.stderr
+    assert len(complete(db)) == 2
+
+
 def test_corrupt_or_foreign_sqlite_file_is_never_overwritten(tmp_path):
     db = tmp_path / "study.db"
     db.write_bytes(b"this is not sqlite" * 10)
