@@ -59,6 +59,20 @@ N_FEATURES = _n
 FEATURE_NAMES = [f"{k}.{f}" for k in KINDS for f in FEATURES[k]]
 LATENCY_SOURCES = ("measured", "simulated", "transferred")
 ENERGY_SOURCES = ("measured", "simulated", "modelled")
+# What a prediction's provenance words mean, for people (outputs keep the words themselves).
+LATENCY_WORDS = {
+    "measured": "looked up from measurements of the same layers on the device",
+    "regressed": "predicted by the model learned from the device's measurements",
+    "transferred": "another device's model calibrated to this one with a few measurements",
+    "simulated": "from a simulator's table, not a device",
+    "modelled": "a precision the device has no measurements for, priced as another",
+}
+ENERGY_WORDS = {
+    "measured": "fitted per op to the device's energy measurements",
+    "simulated": "from a simulator's per-op table, not measured",
+    "modelled": "the device's power (an assumption, see its conf/device file) x latency, "
+                "not measured",
+}
 
 
 class DeviceModelError(ValueError):
@@ -222,9 +236,10 @@ def network_of(source) -> tuple:
             return Arch.from_json(path.read_text()), "arch"
         try:
             source = onnx.load(str(path))
+            onnx.checker.check_model(source)
         except FileNotFoundError:
             raise DeviceModelError(f"{path} does not exist") from None
-        except Exception as exc:  # onnx raises protobuf's DecodeError, among others
+        except Exception as exc:  # protobuf's DecodeError, onnx's ValidationError, ...
             raise DeviceModelError(f"{path} is not a valid ONNX model "
                                    f"({exc.__class__.__name__}); pass an .onnx file, an "
                                    "arch.json or a folder") from None
@@ -762,20 +777,25 @@ class DeviceModel:
         measurement."""
         from latency_models.ops import arch_units
 
-        parts, whole = [], {}
+        out: list[Prediction | None] = [None] * len(archs)
+        composed, parts = [], []
         for i, arch in enumerate(archs):
             units = arch_units(arch, tuple(self.native_bits))
-            if self.lookup_:
-                hit = self.lookup_.get(signature([op for u in units for op in u]))
-                if hit is not None:
-                    whole[i] = self._finish(hit[0] - self.overhead_ms_, None if hit[1] is None
-                                            else hit[1] - self.overhead_mj_, 1, 1, set(), False)
+            hit = self.lookup_.get(signature([op for u in units for op in u])) \
+                if self.lookup_ else None
+            if hit is not None:
+                out[i] = self._finish(hit[0] - self.overhead_ms_, None if hit[1] is None
+                                      else hit[1] - self.overhead_mj_, 1, 1, set(), False)
+                continue
             keys = [("input", arch.in_chans, arch.input_size, arch.resolution),
                     *arch.layers(pruned=True)]
+            composed.append(i)
             parts.append(self._compose(units, cache_keys=keys))
-        factors = self.network_factor(archs, [p[0] + self.overhead_ms_ for p in parts])
-        return [whole.get(i) or self._finish(*p, factor=float(f))
-                for i, (p, f) in enumerate(zip(parts, factors))]
+        factors = self.network_factor([archs[i] for i in composed],
+                                      [p[0] + self.overhead_ms_ for p in parts])
+        for i, p, f in zip(composed, parts, factors):
+            out[i] = self._finish(*p, factor=float(f))
+        return out
 
     def _finish(self, ms: float, mj: float | None, n_hit: int, n_units: int, standins: set,
                 extrapolated: bool, factor: float = 1.0) -> Prediction:

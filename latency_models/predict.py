@@ -20,14 +20,13 @@ class PredictError(ValueError):
 
 
 def device_file(name: str) -> Path:
-    from search.config import CONF_DIR
+    from search.config import CONF_DIR, known_devices
 
     for base in (Path.cwd() / "conf" / "device", CONF_DIR / "device"):
         if (base / f"{name}.yaml").is_file():
             return base / f"{name}.yaml"
-    known = sorted({p.stem for base in (Path.cwd() / "conf" / "device", CONF_DIR / "device")
-                    if base.is_dir() for p in base.glob("*.yaml")})
-    raise PredictError(f"unknown device {name!r}; known devices: {', '.join(known)}")
+    raise PredictError(f"unknown device {name!r}; known devices: "
+                       f"{', '.join(known_devices())}")
 
 
 def load_device(name: str):
@@ -58,22 +57,6 @@ def targets(path: Path) -> list[Path]:
     return [path]
 
 
-def ops_of(path: Path):
-    """The ops of an ONNX file."""
-    import onnx
-    from onnx.onnx_cpp2py_export.checker import ValidationError
-
-    from latency_models.ops import onnx_ops
-
-    try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except (ValidationError, OSError, ValueError, Exception) as exc:  # onnx raises DecodeError
-        raise PredictError(f"{path} is not a valid ONNX model ({exc.__class__.__name__}); "
-                           "pass an .onnx file, an arch.json or a folder") from None
-    return onnx_ops(model)
-
-
 COMMAND = Command(
     module="latency_models.predict",
     summary="Price ONNX files or architectures (arch.json) on a device: predicted latency\n"
@@ -89,14 +72,6 @@ COMMAND = Command(
     required=("device", "model"),
 )
 
-# What the provenance words mean, for people (the JSON keeps the words).
-LATENCY_WORDS = {
-    "measured": "looked up from measurements of the same layers on the device",
-    "regressed": "predicted by the model learned from the device's measurements",
-    "transferred": "another device's model calibrated to this one with a few measurements",
-    "simulated": "from a simulator's table, not a device",
-    "modelled": "a precision the device has no measurements for, priced as another",
-}
 PATH_WORDS = {"arch": "architecture", "onnx:arch": "architecture (from the graph)",
               "onnx:ops": "graph ops"}
 PATH_NOTES = {
@@ -105,16 +80,13 @@ PATH_NOTES = {
     "onnx:ops": "a graph that is no architecture of the space: priced by its ops as one "
                 "network (no per-layer lookup or network correction)",
 }
-ENERGY_WORDS = {
-    "measured": "fitted per op to the device's energy measurements",
-    "simulated": "from a simulator's per-op table, not measured",
-    "modelled": "the device's power (an assumption, see its conf/device file) x latency",
-}
 
 
 def print_table(rows: list[dict], device: str) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from latency_models.model import ENERGY_WORDS, LATENCY_WORDS
 
     table = Table(title=f"predicted for {device} (batch 1)")
     for col in ("model", "latency ms", "energy mJ", "latency from", "energy from",
@@ -161,8 +133,6 @@ def main(argv: list[str]) -> int:
     try:
         device = load_device(args["device"])
         for path in targets(Path(args["model"])):
-            if path.suffix != ".json":
-                ops_of(path)  # a clear error for a file that is not a valid ONNX graph
             pred = device.price(path)  # as the search prices it wherever it can
             row = {"path": str(path), "latency_ms": round(pred.latency_ms, 6),
                    "energy_mj": round(pred.energy_mj, 6), "provenance": pred.provenance}

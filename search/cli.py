@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 from typing import Callable
 
-from search.config import CONF_DIR, Config, redact
+from search.config import CONF_DIR, Config, group_options, redact
 from search.errors import UserError, report_and_exit, silence_library_warnings
 from spaces.cli import closest, python_cmd, shell_join
 
@@ -35,16 +34,6 @@ def known_keys() -> list[str]:
 
     walk(OmegaConf.to_container(OmegaConf.structured(Config)), "")
     return keys
-
-
-def group_options(group: str) -> list[str]:
-    """The options of a config group: shipped (``conf/GROUP``) and the user's
-    (``./conf/GROUP``)."""
-    found = set()
-    for base in (CONF_DIR / group, Path.cwd() / "conf" / group):
-        if base.is_dir():
-            found.update(p.stem for p in base.glob("*.yaml"))
-    return sorted(found)
 
 
 def _quoting_hint(arg: str) -> str:

@@ -212,8 +212,18 @@ class Config:
     debug: bool = False
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group: shipped (``conf/GROUP``) and the user's
+    (``./conf/GROUP``, where Hydra finds them too)."""
+    found = set()
+    for base in (CONF_DIR / group, Path.cwd() / "conf" / group):
+        if base.is_dir():
+            found.update(p.stem for p in base.glob("*.yaml"))
+    return sorted(found)
+
+
 def known_devices() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "device").glob("*.yaml"))
+    return group_options("device")
 
 
 def load(cfg: DictConfig) -> Config:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from latency_models.model import ENERGY_WORDS
 from latency_models.profile import cpu_name, measure_many
 from search.cli import HydraCommand
 from search.config import Config, load
@@ -201,11 +202,6 @@ def training_record(cfg: Config, teacher: TeacherCache, seconds: float, device: 
             "teacher_test_accuracy": teacher.meta.get("test_accuracy")}
 
 
-ENERGY_WORDS = {"modelled": "modelled (device power x latency), not measured",
-                "measured": "fitted per op to the device's energy measurements",
-                "simulated": "simulated per op (a simulator's table), not measured"}
-
-
 def measure_and_predict(cfg: Config, trial: optuna.trial.FrozenTrial, arch: Arch,
                         dataset: Dataset, fp32_path: Path, int8_path: Path) -> dict:
     import onnxruntime
@@ -318,7 +314,7 @@ Predicted for `{cfg.device.name}` by its device model
 | model.onnx | {p['model.onnx']['latency_ms']:.3f} | {p['model.onnx']['energy_mj']:.3f} |
 | model.int8.onnx | {p['model.int8.onnx']['latency_ms']:.3f} | {p['model.int8.onnx']['energy_mj']:.3f} |
 
-Energy is {ENERGY_WORDS.get(p['model.onnx']['provenance']['energy'], '')}. Where the latency
+Energy is {p['model.onnx']['provenance']['energy']}: {ENERGY_WORDS.get(p['model.onnx']['provenance']['energy'], '')}. Where the latency
 source reads "modelled", the device has no measurements for that precision (see
 `conf/device/`).
 

@@ -17,7 +17,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from latency_models.model import DeviceModel
+from latency_models.model import LATENCY_WORDS, DeviceModel
 from search.budget import SURPLUS_ATTR, check_slot, wait_for_slot
 from search.cli import suggested_command
 from search.config import Config
@@ -128,10 +128,9 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
         console.print("proxy acc: validation accuracy after the proxy's brief training, a "
                       "ranking signal; the export trains longer and measures test accuracy.",
                       highlight=False)
-    console.print("latency from: measured | regressed | transferred (another device's model "
-                  "calibrated to this one) | simulated | modelled (a precision the device "
-                  "model has no measurements for, priced as another); * = outside the "
-                  f"measured range.\nEnergy is {energy_note} (see "
+    console.print("latency from: " + " | ".join(f"{word} ({meaning})" for word, meaning
+                                                in LATENCY_WORDS.items())
+                  + f"; * = outside the measured range.\nEnergy is {energy_note} (see "
                   f"conf/device/{cfg.device.name}.yaml).")
     console.print(f"study: {study.study_name} in {redact(cfg.storage.url)}")
     console.print(f"outputs: {out_dir} (pareto.csv, summary.json, config.json)")

@@ -72,7 +72,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield work
         user_mode(work, folder=True)
-        for inner in work.rglob("*"):  # files written there by libraries (e.g. temp files)
+        for inner in work.rglob("*"):  # libraries write some files private (safetensors: 0600)
             if inner.is_dir() or inner.is_file():
                 user_mode(inner, folder=inner.is_dir())
         if path.exists():
