@@ -208,7 +208,7 @@ def size_note(dataset: Dataset, val_images: int, train_images: int | None = None
     """A line for the user where the data is smaller than the settings assume (None where
     it is not): the validation split is at most a fifth of the training images."""
     n = len(dataset.train_y)
-    val = min(val_images, n // 5)
+    val = len(dataset.split(val_images)[1])  # the split's own rule: at most a fifth
     notes = []
     if val < val_images:
         notes.append(f"data.val_images={val_images} validation images are asked for, but only "
