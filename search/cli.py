@@ -6,11 +6,10 @@ Hydra's own flags stay available (``--cfg job``, ``--hydra-help``, ``--multirun`
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Callable
 
-from search.config import CONF_DIR, Config, group_options, redact
+from search.config import CONF_DIR, Config, group_options, without_password
 from search.errors import UserError, report_and_exit, silence_library_warnings
 from spaces.cli import closest, python_cmd, shell_join
 
@@ -104,8 +103,8 @@ def suggested_command(module: str, *extra: str) -> str:
         key = arg.lstrip("+~").split("=", 1)[0]
         if key in ("select", "out"):
             continue
-        if key == "storage.url" and redact(arg) != arg:  # never print a password
-            arg, hidden = re.sub(r"(://[^:/@]+):[^@]*@", r"\1@", arg), True
+        if key == "storage.url" and without_password(arg) != arg:  # never print a password
+            arg, hidden = without_password(arg), True
         words.append(_requote(arg))
     return shell_join(words + list(extra)) + (
         "   # with PGPASSWORD set (the password is not printed)" if hidden else "")

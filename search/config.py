@@ -252,9 +252,18 @@ STORAGE_SCHEMES = ("sqlite:///", "journal:", "postgresql://", "postgresql+", "my
                    "mysql+")
 
 
+PASSWORD = re.compile(r"(://[^:/@]+):[^@]*@")  # the password of USER:PASSWORD@HOST
+
+
 def redact(url: str) -> str:
     """The storage URL with any password replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    return PASSWORD.sub(r"\1:***@", url)
+
+
+def without_password(url: str) -> str:
+    """The storage URL with any password left out (the server then asks PGPASSWORD or
+    ~/.pgpass)."""
+    return PASSWORD.sub(r"\1@", url)
 
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
