@@ -48,20 +48,20 @@ D := latency_models/data
 FIT := $(PY) -m latency_models.fit
 devices:
 	$(FIT) device=rpi4 fbnet=$(D)/hwnasbench_fbnet_blocks.csv column=raspi4_latency \
-		power_w=5.25 power_source="published Raspberry Pi 4 draw at full CPU load, 5.1-5.4 W (hobbyist measurements)" \
+		power_w=5.25 power_source='"published Raspberry Pi 4 draw at full CPU load, 5.1-5.4 W (hobbyist measurements)"' \
 		out=$(D)/rpi4.json conf=/tmp/edgenas-conf/rpi4.yaml
 	$(FIT) device=pixel3 fbnet=$(D)/hwnasbench_fbnet_blocks.csv column=pixel3_latency \
-		power_w=3.0 power_source="assumed draw of a Snapdragon 845 phone running one model on its big cores, about 3 W (not measured)" \
+		power_w=3.0 power_source='"assumed draw of a Snapdragon 845 phone running one model on its big cores, about 3 W (not measured)"' \
 		out=$(D)/pixel3.json conf=/tmp/edgenas-conf/pixel3.yaml
 	$(FIT) device=jetson_tx2 fbnet=$(D)/hwnasbench_fbnet_blocks.csv column=edgegpu_latency \
-		energy=edgegpu_energy power_w=6.0 power_source="HW-NAS-Bench's measured TX2 energy / latency, about 6 W" \
+		energy=edgegpu_energy power_w=6.0 power_source="\"HW-NAS-Bench's measured TX2 energy / latency, about 6 W\"" \
 		out=$(D)/jetson_tx2.json conf=/tmp/edgenas-conf/jetson_tx2.yaml
 	$(FIT) device=note10 ofa=$(D)/ofa_note10_lut power_w=3.5 \
-		power_source="assumed draw of a phone SoC running one model on its big cores, about 3.5 W (not measured)" \
+		power_source='"assumed draw of a phone SoC running one model on its big cores, about 3.5 W (not measured)"' \
 		out=$(D)/note10.json conf=/tmp/edgenas-conf/note10.yaml
-	$(FIT) device=bitfusion apq=$(D)/apq_bitfusion_lut.json power_w=1 bits=8,6,4 \
-		power_source="not used: energy is simulated per op by APQ's table" \
+	$(FIT) device=bitfusion apq=$(D)/apq_bitfusion_lut.json power_w=1 bits=[8,6,4] \
+		power_source="\"not used: energy is simulated per op by APQ's table\"" \
 		out=$(D)/bitfusion.json conf=/tmp/edgenas-conf/bitfusion.yaml
 	$(FIT) device=host bundle=$(D)/host-bundle power_w=15 \
-		power_source="assumed active power of one x86 server core, 15 W (not measured: no RAPL on this machine)" \
+		power_source='"assumed active power of one x86 server core, 15 W (not measured: no RAPL on this machine)"' \
 		out=$(D)/host.json conf=/tmp/edgenas-conf/host.yaml

@@ -10,7 +10,7 @@
         power_w=3.5 out=latency_models/data/note10.json
     # BitFusion accelerator, from APQ's simulated 4/6/8-bit table (latency and energy)
     python -m latency_models.fit device=bitfusion apq=latency_models/data/apq_bitfusion_lut.json \
-        power_w=1 bits=8,6,4 out=latency_models/data/bitfusion.json
+        power_w=1 bits=[8,6,4] out=latency_models/data/bitfusion.json
     # Raspberry Pi 4, from HW-NAS-Bench's FBNet block table
     python -m latency_models.fit device=rpi4 \
         fbnet=latency_models/data/hwnasbench_fbnet_blocks.csv \
@@ -31,7 +31,9 @@ command writes ``conf/device/NAME.yaml`` (``conf=`` to put it elsewhere), so tha
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -46,36 +48,50 @@ from latency_models.sources import (
     read_profile,
     read_profile_units,
 )
-from spaces.cli import CliError, Command
+from spaces.cli import HydraApp, arg
 from spaces.files import write_text
 
-COMMAND = Command(
+
+@dataclass
+class FitConfig:
+    """``python -m latency_models.fit``: one source of measurements, the device's name and
+    power."""
+
+    device: str = arg(help="the new device's name")
+    power_w: float = arg(help="the device's active power in watts (energy = power x latency "
+                              "where not measured)")
+    bundle: Optional[str] = arg(None, "source: a profiling bundle measured on the device "
+                                      "(run_on_device.py)")
+    measurements: Optional[str] = arg(None, "source: a CSV from `python -m "
+                                            "latency_models.profile out=FILE.csv`")
+    fbnet: Optional[str] = arg(None, "source: HW-NAS-Bench's FBNet block table (with "
+                                     "column=)")
+    column: str = arg("raspi4_latency", "fbnet: the latency column")
+    energy: Optional[str] = arg(None, "fbnet: the energy column, where the table has one")
+    ofa: Optional[str] = arg(None, "source: a folder of Once-for-All latency lookup tables")
+    apq: Optional[str] = arg(None, "source: APQ's BitFusion table (simulated latency and "
+                                   "energy)")
+    base: Optional[str] = arg(None, "a richer device's model JSON to transfer from (few "
+                                    "measurements)")
+    power_source: str = arg("", "where power_w comes from, in words (shown in outputs)")
+    power_log: Optional[str] = arg(None, "a power meter's CSV (timestamp,watts) logged while "
+                                         "measuring")
+    out: Optional[str] = arg(None, "the model JSON to write (null: conf/device/NAME.json)")
+    conf: Optional[str] = arg(None, "the device YAML to write (null: conf/device/NAME.yaml)")
+    bits: list[int] = arg([32, 8], "bit-widths the search may use on it")
+    description: Optional[str] = arg(None, "a line describing the device (null: its name)")
+
+
+COMMAND = HydraApp(
     module="latency_models.fit",
     summary="Fit a device's latency (and energy) model from its measurements, print its\n"
             "held-out accuracy (5-fold), and write the model JSON and conf/device/NAME.yaml,\n"
             "so that `python -m search +device=NAME` finds the device. Give one source.",
-    keys={"device": "the new device's name (required)",
-          "bundle": "source: a profiling bundle measured on the device (run_on_device.py)",
-          "measurements": "source: a CSV from `python -m latency_models.profile out=FILE.csv`",
-          "fbnet": "source: HW-NAS-Bench's FBNet block table (with column=)",
-          "column": "fbnet: the latency column, e.g. raspi4_latency",
-          "energy": "fbnet: the energy column, where the table has one",
-          "ofa": "source: a folder of Once-for-All latency lookup tables",
-          "apq": "source: APQ's BitFusion table (simulated latency and energy)",
-          "base": "a richer device's model JSON to transfer from (few measurements)",
-          "power_w": "the device's active power in watts (required; energy = power x latency "
-                     "where not measured)",
-          "power_source": "where power_w comes from, in words (shown in outputs)",
-          "power_log": "a power meter's CSV (timestamp,watts) logged while measuring",
-          "out": "the model JSON to write (default conf/device/NAME.json)",
-          "conf": "the device YAML to write (default conf/device/NAME.yaml)",
-          "bits": "bit-widths the search may use on it (default 32,8)",
-          "description": "a line describing the device"},
+    schema=FitConfig,
     examples=["device=mypi bundle=pi-bundle power_w=5",
               "device=mine measurements=host_measurements.csv power_w=15",
               "device=myboard measurements=results.csv base=latency_models/data/rpi4.json "
               "power_w=4"],
-    required=("device", "power_w"),
     usage_args="device=NAME (bundle=DIR | measurements=FILE.csv | ...) power_w=WATTS",
 )
 SOURCES = ("bundle", "measurements", "fbnet", "ofa", "apq")
@@ -204,31 +220,29 @@ def device_yaml(name: str, model_ref: str, bits: list[int], description: str,
             f"provenance: {provenance}\n")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.run(fit, argv)
+
+
+def fit(cfg: FitConfig) -> int:
+    """Fit, print and write the device model ``cfg`` asks for. Returns the exit status."""
     from search.config import MODEL_DIR
 
-    try:
-        args = COMMAND.parse(argv)
-        sources = [k for k in SOURCES if k in args]
-        if len(sources) != 1:
-            raise CliError(f"give exactly one source of measurements ({', '.join(SOURCES)}); "
-                           f"got {len(sources)}. {COMMAND.usage()}")
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    args = {k: v for k, v in vars(cfg).items() if v is not None}
+    sources = [k for k in SOURCES if k in args]
+    problems = []
+    if len(sources) != 1:
+        problems.append(f"give exactly one source of measurements ({', '.join(SOURCES)}); "
+                        f"got {len(sources)}")
+    if not cfg.power_w > 0:
+        problems.append(f"power_w={cfg.power_w} must be a positive number of watts")
+    if not cfg.bits:
+        problems.append("bits=[] must list at least one bit-width")
+    if problems:
+        print(f"error: {'; '.join(problems)}. {COMMAND.usage()}", file=sys.stderr)
         return 2
-    name = args["device"]
-    out = Path(args.get("out", f"conf/device/{name}.json"))
-    try:
-        power_w = float(args["power_w"])
-        bits = [int(b) for b in args.get("bits", "32,8").split(",")]
-        if not power_w > 0:
-            raise ValueError
-    except ValueError:
-        print(f"error: power_w={args['power_w']!r} and bits={args.get('bits')!r} must be a "
-              "positive number of watts and a comma-separated list of bit-widths. "
-              + COMMAND.usage(),
-              file=sys.stderr)
-        return 2
+    name, power_w, bits = cfg.device, cfg.power_w, list(cfg.bits)
+    out = Path(cfg.out or f"conf/device/{name}.json")
     groups, evaluate, device_info, simulated = None, None, {}, False
     try:
         energy = None
@@ -249,7 +263,7 @@ def main(argv: list[str]) -> int:
             samples, ys, _ = read_ofa_luts(args["ofa"])
             source = f"Once-for-All lookup tables in {args['ofa']}"
         elif "fbnet" in args:
-            column = args.get("column", "raspi4_latency")
+            column = cfg.column
             samples, ys, _, energy = read_fbnet(args["fbnet"], column, args.get("energy"))
             source = f"{args['fbnet']} column {column}"
         else:
@@ -271,7 +285,7 @@ def main(argv: list[str]) -> int:
         fallback = {"32": 8, "16": 8}
     energy_source = "modelled" if energy is None else ("simulated" if simulated else
                                                        "measured")
-    power_source = args.get("power_source", "")
+    power_source = cfg.power_source
 
     def make() -> DeviceModel:
         return DeviceModel(device=name, power_w=power_w, power_source=power_source,
@@ -314,12 +328,12 @@ def main(argv: list[str]) -> int:
               else "network correction: none (too few networks, or it did not help in "
               "cross-validation)")
     print(f"wrote {out} (hash {model.hash})")
-    conf = Path(args.get("conf", f"conf/device/{name}.yaml"))
+    conf = Path(cfg.conf or f"conf/device/{name}.yaml")
     try:
         model_ref = str(out.resolve().relative_to(MODEL_DIR))
     except ValueError:
         model_ref = str(out)
-    write_text(conf, device_yaml(name, model_ref, bits, args.get("description", name),
+    write_text(conf, device_yaml(name, model_ref, bits, cfg.description or name,
                                  f"fitted from {source}; energy {energy_source}"))
     print(f"wrote {conf}: run `python -m search +device={name}` from this folder")
     return 0
@@ -347,4 +361,4 @@ class TransferFit:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

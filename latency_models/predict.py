@@ -10,40 +10,28 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
-from spaces.cli import CliError, Command
+from search.config import CONF_DIR, DeviceConfig, known_devices
+from spaces.cli import HydraApp, arg
+
+__all__ = ["COMMAND", "PredictConfig", "PredictError", "main", "predict"]
 
 
 class PredictError(ValueError):
     pass
 
 
-def device_file(name: str) -> Path:
-    from search.config import CONF_DIR, known_devices
+@dataclass
+class PredictConfig:
+    """``python -m latency_models.predict``: what to price, on which device."""
 
-    for base in (Path.cwd() / "conf" / "device", CONF_DIR / "device"):
-        if (base / f"{name}.yaml").is_file():
-            return base / f"{name}.yaml"
-    raise PredictError(f"unknown device {name!r}; known devices: "
-                       f"{', '.join(known_devices())}")
-
-
-def load_device(name: str):
-    import yaml
-
-    from latency_models.model import DeviceModel
-
-    path = device_file(name)
-    try:
-        conf = yaml.safe_load(path.read_text())
-        model_name = conf["model"]
-    except (yaml.YAMLError, KeyError, TypeError) as exc:
-        raise PredictError(f"device file {path} is not valid (needs a 'model' entry): "
-                           f"{exc}") from None
-    from search.config import device_model_file
-
-    return DeviceModel.load(device_model_file(name, str(model_name)))
+    device: DeviceConfig = field(default_factory=DeviceConfig)  # +device=NAME (conf/device/)
+    model: str = arg(help="an .onnx file, an arch.json, or a folder (every .onnx below it)")
+    format: Optional[str] = arg(None, "table | jsonl (default: table on a terminal, jsonl "
+                                      "when piped)")
 
 
 def targets(path: Path) -> list[Path]:
@@ -57,19 +45,18 @@ def targets(path: Path) -> list[Path]:
     return [path]
 
 
-COMMAND = Command(
+COMMAND = HydraApp(
     module="latency_models.predict",
     summary="Price ONNX files or architectures (arch.json) on a device: predicted latency\n"
             "(ms) and energy (mJ) per image at batch 1, from the device's learned model.\n"
             "On a terminal it prints a table; piped, or with format=jsonl, one JSON object\n"
             "per model.",
+    schema=PredictConfig,
     usage_args="+device=NAME model=PATH",
-    keys={"device": "a device of conf/device/ (or ./conf/device/ here), e.g. rpi4, host",
-          "model": "an .onnx file, an arch.json, or a folder (every .onnx below it)",
-          "format": "table | jsonl (default: table on a terminal, jsonl when piped)"},
+    groups={"device": known_devices}, add_groups=("device",), hidden=("device",),
+    searchpath=(str(CONF_DIR), "conf"),
     examples=["+device=rpi4 model=outputs/rpi4-fashion_mnist-mobilenet/export/",
               "+device=host model=arch.json format=jsonl"],
-    required=("device", "model"),
 )
 
 PATH_WORDS = {"arch": "architecture", "onnx:arch": "architecture (from the graph)",
@@ -116,23 +103,21 @@ def print_table(rows: list[dict], device: str) -> None:
                   "format=jsonl for machine-readable lines", highlight=False, soft_wrap=True)
 
 
-def main(argv: list[str]) -> int:
-    from latency_models.model import DeviceModelError
+def predict(cfg: PredictConfig) -> int:
+    """Price ``cfg.model`` on ``cfg.device``; prints a table or JSON lines. Returns the exit
+    status."""
+    from latency_models.model import DeviceModel, DeviceModelError
     from latency_models.ops import UnknownOpError
     from spaces.arch import ArchError
 
-    try:
-        args = COMMAND.parse(argv)
-        fmt = args.get("format") or ("table" if sys.stdout.isatty() else "jsonl")
-        if fmt not in ("table", "jsonl"):
-            raise CliError(f"format={fmt!r} is not table or jsonl")
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    fmt = cfg.format or ("table" if sys.stdout.isatty() else "jsonl")
+    if fmt not in ("table", "jsonl"):
+        print(f"error: format={fmt!r} is not table or jsonl", file=sys.stderr)
         return 2
     rows = []
     try:
-        device = load_device(args["device"])
-        for path in targets(Path(args["model"])):
+        device = DeviceModel.load(cfg.device.model_path())
+        for path in targets(Path(cfg.model).expanduser()):
             pred = device.price(path)  # as the search prices it wherever it can
             row = {"path": str(path), "latency_ms": round(pred.latency_ms, 6),
                    "energy_mj": round(pred.energy_mj, 6), "provenance": pred.provenance}
@@ -143,9 +128,13 @@ def main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if fmt == "table":
-        print_table(rows, args["device"])
+        print_table(rows, cfg.device.name)
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.run(predict, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -29,6 +29,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from latency_models.sources import BUNDLE_FORMAT, BUNDLE_VERSION
 from spaces.arch import Arch, all_bits  # noqa: F401 (all_bits: kept importable here)
-from spaces.cli import CliError, Command
+from spaces.cli import HydraApp, arg
 from spaces.files import atomic_path
 
 FIELDS = ("arch_id", "precision", "median_ms", "p10_ms", "p90_ms", "runs", "threads",
@@ -270,48 +271,58 @@ Back on the machine with edgenas:
 """
 
 
-COMMAND = Command(
+@dataclass
+class ProfileConfig:
+    """``python -m latency_models.profile``: measure here (``out=``) or write a bundle for
+    another device (``bundle=``)."""
+
+    out: str = arg("host_measurements.csv", "measure here: the CSV to write")
+    n: int = arg(200, "measure here: networks to sample")
+    threads: int = arg(1, "measure here: onnxruntime threads")
+    rounds: int = arg(7, "measure here: interleaved rounds, median over them")
+    runs: int = arg(20, "measure here: runs per round")
+    bundle: Optional[str] = arg(None, "another device: the new bundle folder to write")
+    networks: int = arg(60, "bundle: networks to sample")
+    fp16: int = arg(8, "bundle: how many of them also in fp16")
+    seed: int = arg(0, "the sampling seed")
+
+
+COMMAND = HydraApp(
     module="latency_models.profile",
     summary="Profile a device. Here: measure networks sampled from the search space and write\n"
             "a CSV for `latency_models.fit measurements=`. For another device: write a bundle\n"
             "of ONNX files and the script that measures them there (bundle=DIR).",
-    keys={"out": "measure here: the CSV to write (default host_measurements.csv)",
-          "n": "measure here: networks to sample (default 200)",
-          "threads": "measure here: onnxruntime threads (default 1)",
-          "rounds": "measure here: interleaved rounds, median over them (default 7)",
-          "runs": "measure here: runs per round (default 20)",
-          "bundle": "another device: the new bundle folder to write",
-          "networks": "bundle: networks to sample (default 60)",
-          "fp16": "bundle: how many of them also in fp16 (default 8)",
-          "seed": "the sampling seed (default 0)"},
+    schema=ProfileConfig,
     examples=["out=host_measurements.csv n=200 seed=0", "bundle=pi-bundle networks=60"],
     usage_args="(out=FILE.csv | bundle=DIR)",
 )
 
 
-def main(argv: list[str]) -> int:
-    try:
-        args = COMMAND.parse(argv)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+def run(cfg: ProfileConfig) -> int:
+    """Measure here, or write a bundle. Returns the exit status."""
+    if min(cfg.n, cfg.threads, cfg.rounds, cfg.runs, cfg.networks) < 1 or cfg.fp16 < 0:
+        print("error: n, threads, rounds, runs and networks must be at least 1, fp16 at least "
+              f"0. {COMMAND.usage()}", file=sys.stderr)
         return 2
-    if "bundle" in args:
+    if cfg.bundle:
         try:
-            manifest = write_bundle(args["bundle"], networks=int(args.get("networks", 60)),
-                                    seed=int(args.get("seed", 0)), fp16=int(args.get("fp16", 8)))
+            manifest = write_bundle(cfg.bundle, networks=cfg.networks, seed=cfg.seed,
+                                    fp16=cfg.fp16)
         except (FileExistsError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(f"wrote {args['bundle']}: {len(manifest['models'])} ONNX files, manifest.json, "
+        print(f"wrote {cfg.bundle}: {len(manifest['models'])} ONNX files, manifest.json, "
               "run_on_device.py; copy the folder to the device and run "
               "`python3 run_on_device.py` there")
         return 0
-    profile(n=int(args.get("n", 200)), seed=int(args.get("seed", 0)),
-            out=args.get("out", "host_measurements.csv"),
-            threads=int(args.get("threads", 1)), rounds=int(args.get("rounds", 7)),
-            runs=int(args.get("runs", 20)))
+    profile(n=cfg.n, seed=cfg.seed, out=cfg.out, threads=cfg.threads, rounds=cfg.rounds,
+            runs=cfg.runs)
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.run(run, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

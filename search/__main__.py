@@ -1,11 +1,9 @@
 """python -m search +device=NAME [overrides]: run (or resume) the architecture search."""
 
-import hydra
 from omegaconf import DictConfig
 
 from search.cli import HydraCommand
 from search.config import load
-from search.errors import guarded
 
 COMMAND = HydraCommand(
     "search",
@@ -17,15 +15,11 @@ COMMAND = HydraCommand(
      "+device=rpi4 data=imagefolder data.root=~/photos data.size=32"])
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(dc: DictConfig) -> None:
-    def go() -> None:
-        cfg = load(dc)  # config errors are reported before the heavy imports
-        from search.run import run_search
+    cfg = load(dc)  # config errors are reported before the heavy imports
+    from search.run import run_search
 
-        run_search(cfg)
-
-    guarded(go)
+    run_search(cfg)
 
 
 if __name__ == "__main__":

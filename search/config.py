@@ -1,5 +1,7 @@
-"""Typed configuration. Hydra's ``DictConfig`` stops here: entry points call :func:`load` and
-library code only sees these dataclasses."""
+"""Typed configuration: every setting and its default, once. The dataclasses are registered
+in Hydra's ``ConfigStore`` (as ``edgenas``, the first entry of ``conf/config.yaml``'s defaults
+list); the YAML files of ``conf/`` hold only what an option changes. Hydra's ``DictConfig``
+stops here: entry points call :func:`load` and library code only sees these dataclasses."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -50,25 +53,31 @@ def device_model_file(device: str, model: str) -> Path:
     return shipped
 
 
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # where Debian's package puts it
+
+
 @dataclass
 class DataConfig:
+    """The dataset (``data=``). The defaults are Fashion-MNIST's."""
+
     name: str = "fashion_mnist"
     kind: str = "fashion_mnist"  # fashion_mnist | imagefolder | synthetic
-    root: Optional[str] = None
-    in_chans: int = 1
-    size: int = 28
-    num_classes: int = 10
+    root: Optional[str] = FASHION_MNIST_ROOT  # imagefolder: DIR/<class>/<image>
+    in_chans: int = 1  # images are converted to this many channels
+    size: int = 28  # and resized to size x size
+    num_classes: int = 10  # imagefolder: 0, read from the folder
     val_images: int = 5000  # carved from the training set; the search never sees the test set
-    synthetic_images: int = 512
+    synthetic_images: int = 512  # synthetic only
 
 
 @dataclass
 class TeacherConfig:
-    model: str = "resnet10t"  # a timm model name, trained from scratch on the dataset
-    epochs: int = 2
+    model: str = "resnet10t"  # a timm model name, trained from scratch once per dataset, cached
+    epochs: int = 2  # the teacher's own training, once per dataset
     batch: int = 128
     lr: float = 0.05
-    checkpoint: Optional[str] = None  # the user's own teacher (safetensors or torch weights)
+    # your own teacher: a .safetensors file (or torch weights, loaded with weights_only)
+    checkpoint: Optional[str] = None
 
 
 @dataclass
@@ -100,18 +109,23 @@ class PrefilterConfig:
 
 @dataclass
 class ProxyConfig:
-    kind: str = "distill"  # distill | zero_cost
-    train_images: int = 12000
-    val_images: int = 5000
-    epochs: int = 4
-    batch: int = 64
-    lr: float = 0.05
-    temperature: float = 4.0
+    """The accuracy proxy (``proxy=``). The defaults are the distilled proxy's
+    (``proxy=distill``); what each setting costs and how well it ranks: docs/results/proxy.md."""
+
+    kind: str = "distill"  # distill | zero_cost (NASWOT of the untrained network, no training)
+    train_images: int = 12000  # fixed training subset
+    val_images: int = 5000  # held-out validation images (from the training split)
+    epochs: int = 4  # the first half dense, then pruned and fine-tuned
+    batch: int = 64  # twice the steps of batch 128 at about the same cost; ranks better
+    lr: float = 0.05  # SGD with momentum, cosine schedule
+    temperature: float = 4.0  # of the teacher's and the candidate's softened predictions
     alpha: float = 0.7  # weight of the distillation term; 1 - alpha on the hard labels
-    # fidelity+naswot | fidelity | accuracy: the value of the accuracy objective
+    # The value of the accuracy objective. fidelity+naswot: fidelity plus the zero-cost NASWOT
+    # score, each standardized over `calibration_archs` architectures sampled from the space
+    # (trained once and cached), equal weights; it ranks best. fidelity: exp(-KL(teacher ||
+    # candidate)) on the validation images. accuracy: validation accuracy. All are recorded.
     score: str = COMBINED_SCORE
-    # fidelity+naswot only: architectures sampled from the space to put both on one scale
-    calibration_archs: int = 8
+    calibration_archs: int = 8  # fidelity+naswot: architectures that set both scales
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     prefilter: PrefilterConfig = field(default_factory=PrefilterConfig)
@@ -119,21 +133,24 @@ class ProxyConfig:
 
 @dataclass
 class BudgetConfig:
-    latency_ms: Optional[float] = None
-    energy_mj: Optional[float] = None
-    size_kib: Optional[float] = None
+    """Optuna constraints: a candidate over budget is not trained."""
+
+    latency_ms: Optional[float] = None  # predicted latency on the device (ms); null: none
+    energy_mj: Optional[float] = None  # predicted energy per image (mJ); null: none
+    size_kib: Optional[float] = None  # weights at their bit-widths (KiB); null: none
 
 
 @dataclass
 class SearchConfig:
-    sampler: str = "tpe"  # multi-objective TPE (Optuna 5's own default)
+    sampler: str = "tpe"  # tpe (multi-objective TPE, Optuna 5's default) | nsga2 | random
     n_trials: int = 32  # the study's total; a resumed study only runs what is missing
-    threads: int = 2
+    threads: int = 2  # torch threads for the proxy's training
+    # accuracy plus any of latency_ms, energy_mj, size_kib
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency_ms"])
-    population: int = 10
-    heartbeat_s: int = 30
+    population: int = 10  # NSGA-II population size
+    heartbeat_s: int = 30  # a trial silent this long (killed worker) is failed and re-run
     device: str = "auto"  # where the proxy trains: auto (a GPU when present) | cpu | cuda
-    # The sampler's own seed (null: ``seed``), to repeat a search with other proposals on the
+    # The sampler's own seed (null: seed), to repeat a search with other proposals on the
     # same data split, teacher and proxy training.
     sampler_seed: Optional[int] = None
 
@@ -147,23 +164,27 @@ class SearchConfig:
 
 @dataclass
 class StorageConfig:
-    url: str = "sqlite:///studies/edgenas.db"
+    url: str = "sqlite:///studies/edgenas.db"  # relative to where you run
     retry_s: float = 600  # how long a worker retries a database server that went away
 
 
 @dataclass
 class StudyConfig:
-    name: str = "???"
+    # One study per device, dataset and space: the same command resumes it.
+    name: str = "${device.name}-${data.name}-${space.name}"
     force: bool = False  # resume even if the setup changed (recorded in the study)
 
 
 @dataclass
 class ExportConfig:
-    epochs: int = 4
+    """``python -m search.export``: the final training of each exported model (knowledge
+    distillation), its int8 calibration and its host latency measurement."""
+
+    epochs: int = 4  # distillation from the teacher, then the weights are written
     batch: int = 128
     lr: float = 0.05
-    calibration_images: int = 256
-    latency_runs: int = 100
+    calibration_images: int = 256  # training images that set the int8 model's scales
+    latency_runs: int = 100  # onnxruntime runs per model on this machine (median)
 
 
 # Hand-designed edge models that ``python -m search.report`` compares the found models with:
@@ -186,7 +207,8 @@ BASELINES = {
 class ReportConfig:
     """``python -m search.report``: the found models against hand-designed baselines."""
 
-    exports: Optional[str] = None  # exported trials (default <out_dir>/export; made if missing)
+    # exported trials (default <out_dir>/export; the Pareto front is exported if missing)
+    exports: Optional[str] = None
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     latency_rounds: int = 7  # interleaved rounds of host measurement (median over rounds)
     plotly_js: str = "inline"  # inline: the page works offline (about 4 MB) | cdn: small
@@ -204,12 +226,24 @@ class Config:
     study: StudyConfig = field(default_factory=StudyConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-    seed: int = 0
-    out_dir: str = "outputs"
-    cache_dir: str = ".cache/edgenas"
-    select: str = "pareto"
-    out: Optional[str] = None
-    debug: bool = False
+    seed: int = 0  # the data split, the teacher, the proxy's training and the sampler
+    out_dir: str = "outputs/${study.name}"
+    cache_dir: str = ".cache/edgenas"  # teachers and calibrations, reused across studies
+    select: str = "pareto"  # export: pareto | best | <trial number>
+    out: Optional[str] = None  # export: its folder (default <out_dir>/export); report: its own
+    debug: bool = False  # true: show tracebacks
+
+
+SCHEMA = "edgenas"  # the ConfigStore name of Config, first in conf/config.yaml's defaults
+
+
+def register() -> None:
+    """Register :class:`Config` in Hydra's ``ConfigStore`` (idempotent). Done on import, so
+    that every composition (the commands, tests, scripts) sees the same schema."""
+    ConfigStore.instance().store(name=SCHEMA, node=Config)
+
+
+register()
 
 
 def group_options(group: str) -> list[str]:
@@ -232,7 +266,7 @@ def load(cfg: DictConfig) -> Config:
     Raises:
         UserError: with a message that says what is wrong and how to fix it.
     """
-    if "device" not in cfg:
+    if "device" not in cfg or OmegaConf.is_missing(cfg.device, "name"):
         raise UserError("no device chosen: add +device=NAME to the command; known devices: "
                         + ", ".join(known_devices()))
     try:

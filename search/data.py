@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from search.config import DataConfig
+from search.config import FASHION_MNIST_ROOT, DataConfig
 from search.errors import UserError
 
 FMNIST_FILES = {
@@ -104,7 +104,7 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
 
 
 def load_fashion_mnist(root: str | None) -> Dataset:
-    base = Path(root or "/usr/share/datasets/fashion-mnist").expanduser()
+    base = Path(root or FASHION_MNIST_ROOT).expanduser()
     missing = [n for n in FMNIST_FILES.values() if not (base / n).is_file()]
     if missing:
         raise UserError(f"Fashion-MNIST is not in {base} (missing {', '.join(missing)}): "

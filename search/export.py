@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import hydra
 import numpy as np
 import optuna
 import torch
@@ -27,7 +26,7 @@ from latency_models.profile import cpu_name, measure_many
 from search.cli import HydraCommand
 from search.config import Config, load
 from search.data import Dataset, load_dataset, to_float
-from search.errors import UserError, guarded
+from search.errors import UserError
 from search.run import load_device_model
 from search.study import (
     SCORE_MEANING,
@@ -414,9 +413,8 @@ def print_summary(cfg: Config, metrics: list[dict], out_root: Path) -> None:
                   "   # against hand-designed models", highlight=False, soft_wrap=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(dc: DictConfig) -> None:
-    guarded(lambda: run_export(load(dc)))
+    run_export(load(dc))
 
 
 COMMAND = HydraCommand(

@@ -24,14 +24,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-import hydra
 import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from search.cli import HydraCommand
 from search.config import BASELINES, CONF_DIR, Config, load
-from search.errors import UserError, guarded
+from search.errors import UserError
 from spaces.files import write_bytes, write_text
 
 DEFAULT_DEVICE = "rpi4"
@@ -503,15 +502,15 @@ def run_report(cfg: Config) -> dict:
 
 def with_default_device(dc: DictConfig) -> DictConfig:
     """The composed config with ``device`` set to :data:`DEFAULT_DEVICE` when none was given."""
-    if "device" not in dc:
+    if OmegaConf.is_missing(dc.device, "name"):
         with open_dict(dc):
-            dc.device = OmegaConf.load(CONF_DIR / "device" / f"{DEFAULT_DEVICE}.yaml")
+            dc.device = OmegaConf.merge(dc.device, OmegaConf.load(
+                CONF_DIR / "device" / f"{DEFAULT_DEVICE}.yaml"))
     return dc
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(dc: DictConfig) -> None:
-    guarded(lambda: run_report(load(with_default_device(dc))))
+    run_report(load(with_default_device(dc)))
 
 
 COMMAND = HydraCommand(

@@ -1,4 +1,4 @@
-"""python -m spaces.sample n=N seed=S out=DIR [bits=32,8] [input=1x28x28] [classes=10]
+"""python -m spaces.sample n=N seed=S out=DIR [bits=[32,8]] [input=1x28x28] [classes=10]
 
 Writes ``DIR/<i>/arch.json`` and ``DIR/<i>/model.onnx`` for N architectures sampled uniformly
 from the default space: random weights, int8 QDQ on the layers the architecture puts at 8 bits
@@ -9,40 +9,49 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from spaces.cli import CliError, Command
+from spaces.cli import HydraApp, arg
 
-COMMAND = Command(
+
+@dataclass
+class SampleConfig:
+    """``python -m spaces.sample``: how many architectures, for which input, where."""
+
+    out: str = arg(help="the folder to write")
+    n: int = arg(10, "how many")
+    seed: int = arg(0, "the sampling seed")
+    bits: list[int] = arg([32, 8], "bit-widths to choose from")
+    input: str = arg("1x28x28", "input shape CxSxS")
+    classes: int = arg(10, "number of classes")
+
+
+COMMAND = HydraApp(
     module="spaces.sample",
     summary="Sample architectures uniformly from the default space and write each as\n"
             "DIR/<i>/arch.json and DIR/<i>/model.onnx (random weights, int8 QDQ on its 8-bit\n"
             "layers): networks to time or price, not to use.",
-    keys={"out": "the folder to write (required)", "n": "how many (default 10)",
-          "seed": "the sampling seed (default 0)",
-          "bits": "bit-widths to choose from (default 32,8)",
-          "input": "input shape CxSxS (default 1x28x28)",
-          "classes": "number of classes (default 10)"},
-    examples=["n=20 seed=0 out=samples/"],
-    required=("out",),
+    schema=SampleConfig,
+    examples=["n=20 seed=0 out=samples/", "n=5 bits=[32] input=3x32x32 out=samples/"],
     usage_args="n=N seed=S out=DIR",
 )
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.run(sample, argv)
+
+
+def sample(cfg: SampleConfig) -> int:
+    """Write the architectures ``cfg`` asks for. Returns the exit status."""
     try:
-        args = COMMAND.parse(argv)
-        n, seed = int(args.get("n", 10)), int(args.get("seed", 0))
-        bits = [int(b) for b in args.get("bits", "32,8").split(",")]
-        chans, height, width = (int(v) for v in args.get("input", "1x28x28").split("x"))
-        classes = int(args.get("classes", 10))
+        n, seed, bits, classes = cfg.n, cfg.seed, list(cfg.bits), cfg.classes
+        chans, height, width = (int(v) for v in cfg.input.split("x"))
         if n < 1 or height != width or min(chans, height, classes) < 1:
-            raise ValueError("n must be at least 1 and the input square (CxSxS)")
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"error: {exc}. {COMMAND.usage()}", file=sys.stderr)
+            raise ValueError
+    except ValueError:
+        print(f"error: n={cfg.n} must be at least 1 and input={cfg.input!r} a square shape "
+              f"CxSxS such as 1x28x28. {COMMAND.usage()}", file=sys.stderr)
         return 2
 
     import numpy as np
@@ -53,7 +62,7 @@ def main(argv: list[str]) -> int:
     from spaces.onnx_io import export_fp32, export_int8
     from spaces.space import RandomChoices, SpaceConfig, SpaceError, sample_arch
 
-    out = Path(args["out"])
+    out = Path(cfg.out)
     torch.manual_seed(seed)
     calib = np.random.default_rng(seed).random((32, chans, height, height), dtype=np.float32)
     try:
@@ -77,4 +86,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

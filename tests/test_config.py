@@ -27,15 +27,32 @@ def test_defaults_compose_into_typed_dataclasses():
     assert len(cfg.space.stages) == 4 and cfg.space.stages[1].stride == 2
 
 
+def test_each_default_lives_once_config_files_hold_only_what_they_change():
+    import yaml
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.structured(Config), resolve=False)
+    defaults.pop("device")  # a device's file names it; its only default is bits
+    for path in sorted(CONF_DIR.glob("*/*.yaml")):
+        group = path.parent.name
+        values = yaml.safe_load(path.read_text()) or {}
+        base = {"bits": [32, 8]} if group == "device" else defaults.get(group, {})
+        same = [k for k, v in values.items()
+                if k not in ("name", "kind", "defaults") and base.get(k, object()) == v]
+        assert not same, f"{path} restates defaults of search/config.py: {same}"
+    top = yaml.safe_load((CONF_DIR / "config.yaml").read_text())
+    assert set(top) == {"defaults", "hydra"} and top["defaults"][0] == "edgenas"
+
+
 def test_a_stray_file_in_the_working_folder_never_replaces_a_shipped_device_model(
         tmp_path, monkeypatch):
-    from latency_models.predict import load_device
+    from latency_models.model import DeviceModel
     from search.config import MODEL_DIR, device_model_file
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "rpi4.json").write_text("{an old model}")
     assert device_model_file("rpi4", "rpi4.json") == MODEL_DIR / "rpi4.json"
-    assert load_device("rpi4").device == "rpi4"
+    assert DeviceModel.load(make("+device=rpi4").device.model_path()).device == "rpi4"
     # A device of the user's own (conf/device/NAME.yaml here): its model path is relative to
     # this folder, as latency_models.fit wrote it.
     (tmp_path / "conf" / "device").mkdir(parents=True)

@@ -149,7 +149,31 @@ def test_predict_prints_a_table_or_json_lines(tmp_path):
                    "format=csv")
     assert bad.returncode == 2 and "table or jsonl" in bad.stderr
     typo = run_here("-m", "latency_models.predict", "+device=host", f"modle={arch}")
-    assert typo.returncode == 2 and "did you mean model=" in typo.stderr
+    assert typo.returncode == 2 and "did you mean model?" in typo.stderr
+
+
+def test_helper_commands_are_hydra_apps_with_the_search_syntax_and_messages(tmp_path):
+    from latency_models.fit import COMMAND as FIT
+    from spaces.sample import COMMAND as SAMPLE
+
+    # Hydra's syntax: lists in brackets, typed values, `+` on a plain setting is the setting
+    cfg = SAMPLE.compose(["n=3", "bits=[8]", f"+out={tmp_path}"])
+    assert (cfg.n, cfg.bits, cfg.out) == (3, [8], str(tmp_path))
+    assert FIT.compose(["device=b", "power_w=2", "bits=[8,4]"]).bits == [8, 4]
+    # the same messages as the search: a list without brackets, a wrong type, a typo
+    lst = run_here("-m", "spaces.sample", f"out={tmp_path}", "bits=32,8")
+    assert lst.returncode == 2 and "bits=[32,8]" in lst.stderr, lst.stderr
+    typed = run_here("-m", "spaces.sample", f"out={tmp_path}", "n=many")
+    assert typed.returncode == 2 and "bad configuration at n" in typed.stderr
+    missing = run_here("-m", "latency_models.fit", "device=b")
+    assert missing.returncode == 2 and "missing power_w=" in missing.stderr
+    plus = run_here("-m", "latency_models.predict", "device=host", "model=x")
+    assert plus.returncode == 2 and "+device=host" in plus.stderr
+    # Hydra's own flags work: the composed configuration of a helper command
+    shown = run_here("-m", "latency_models.predict", "+device=rpi4", "model=a.onnx",
+                     "--cfg", "job")
+    assert shown.returncode == 0 and "model: rpi4.json" in shown.stdout, shown.stderr
+    assert not list(tmp_path.iterdir())  # nothing ran
 
 
 def test_a_small_image_folder_is_said_once(tmp_path):
