@@ -36,6 +36,9 @@ import platform
 import sys
 import time
 
+__all__ = ["cpu_flags", "cpu_model", "damaged_files", "feed", "FORMAT", "governor", "ISA_FLAGS",
+           "main", "measure_chunk", "RAPL", "read_energy_uj", "session", "settle", "unsteady"]
+
 FORMAT = "edgenas-profile-bundle"
 
 

@@ -51,6 +51,10 @@ from latency_models.sources import (
 from spaces.cli import HydraApp, arg
 from spaces.files import write_text
 
+__all__ = ["accuracy", "COMMAND", "cross_validate", "cross_validate_bundle", "device_yaml", "fit",
+           "fit_bundle", "FitConfig", "flops_fit", "main", "priced_out_of_fold", "SOURCES",
+           "spearman", "TransferFit"]
+
 
 @dataclass
 class FitConfig:

@@ -44,6 +44,13 @@ import numpy as np
 from latency_models.ops import KINDS, Op, signature
 from spaces.files import write_text
 
+__all__ = ["DeviceModel", "DeviceModelError", "ENERGY_SOURCES", "ENERGY_WORDS", "FEATURE_NAMES",
+           "FEATURES", "featurize", "FORMAT", "FORMAT_VERSION", "kind_matrix", "LATENCY_SOURCES",
+           "LATENCY_WORDS", "LAYER_MODEL_PARAMS", "LAYER_MODEL_ROUNDS", "N_FEATURES",
+           "network_features", "NETWORK_MODEL_MIN", "NETWORK_MODEL_PARAMS", "NETWORK_MODEL_ROUNDS",
+           "network_of", "nnls", "OFFSETS", "op_features", "op_ranges", "outside",
+           "precision_transitions", "Prediction", "Predictions", "unit_features", "UNIT_SLOTS"]
+
 FORMAT = "edgenas-device-model"
 FORMAT_VERSION = 2
 _CONV = ("calls", "macs", "elems", "weights", "misaligned")
@@ -126,7 +133,7 @@ def _low_precision(ops: list[Op]) -> bool:
     return any(op.bits <= 8 for op in ops)
 
 
-def _transitions(units: list[list[Op]]) -> int:
+def precision_transitions(units: list[list[Op]]) -> int:
     """Precision changes between consecutive units of a network (float to 8 bits or back).
 
     A layer measured alone in int8 quantizes its input and dequantizes its output. Inside a
@@ -137,7 +144,7 @@ def _transitions(units: list[list[Op]]) -> int:
 
 
 def _changes(low: list[bool]) -> int:
-    """How often consecutive flags differ (see :func:`_transitions`)."""
+    """How often consecutive flags differ (see :func:`precision_transitions`)."""
     return sum(x != y for x, y in zip(low, low[1:]))
 
 
@@ -492,7 +499,8 @@ class DeviceModel:
         precision changes between consecutive units)."""
         self.compose_ = []  # layer prices alone while the composition is fitted
         sums = np.array([self._layer_sums(units) for units in networks])  # (n, 2)
-        a = np.hstack([sums, np.array([[len(u), 1.0, _transitions(u)] for u in networks])])
+        a = np.hstack([sums, np.array([[len(u), 1.0, precision_transitions(u)]
+                                       for u in networks])])
         self.compose_ = [float(v) for v in np.linalg.lstsq(
             a / network_ms[:, None], np.ones(len(network_ms)), rcond=None)[0]]
 

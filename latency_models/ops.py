@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 from spaces.arch import Arch, Layer
 
+__all__ = ["arch_ops", "arch_units", "conv_op", "gpool_op", "input_ops", "KINDS", "layer_ops",
+           "onnx_ops", "Op", "op_key", "run_bits", "signature", "UnknownOpError"]
+
 KINDS = ("conv", "dwconv", "pwconv", "fc", "pool", "add", "eltwise")
 
 

@@ -17,6 +17,8 @@ import numpy as np
 
 from latency_models.sources import MeasurementError, read_rows
 
+__all__ = ["energy_from_log", "read_power_log", "write_power_log"]
+
 
 def read_power_log(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Timestamps (s) and watts of a power log, sorted by time."""

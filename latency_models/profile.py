@@ -36,9 +36,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from latency_models.sources import BUNDLE_FORMAT, BUNDLE_VERSION
-from spaces.arch import Arch, all_bits  # noqa: F401 (all_bits: kept importable here)
+from spaces.arch import all_bits
 from spaces.cli import HydraApp, arg
 from spaces.files import atomic_path
+
+__all__ = ["BUNDLE_README", "COMMAND", "cpu_name", "FIELDS", "main", "measure_chunked",
+           "measure_many", "measure_onnx", "ops_json", "profile", "ProfileConfig", "run",
+           "write_bundle"]
 
 FIELDS = ("arch_id", "precision", "median_ms", "p10_ms", "p90_ms", "runs", "threads",
           "onnxruntime", "cpu", "arch_json")

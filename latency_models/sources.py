@@ -19,6 +19,10 @@ import os
 from latency_models.ops import Op, arch_ops, conv_op, gpool_op
 from spaces.arch import Arch, ArchError, conv_out_size
 
+__all__ = ["bundle_file", "BUNDLE_FORMAT", "BUNDLE_VERSION", "COLUMNS", "fbnet_row_ops",
+           "MeasurementError", "ofa_entry_ops", "read_apq_lut", "read_bundle", "read_fbnet",
+           "read_ofa_luts", "read_profile", "read_profile_units", "read_rows"]
+
 # What ``latency_models.profile`` writes and :func:`read_bundle` reads. Version 2: networks
 # exported as_trained (in version 1 shared zero biases kept many int8 convolutions in float).
 BUNDLE_FORMAT = "edgenas-profile-bundle"

@@ -46,6 +46,8 @@ from spaces.files import atomic_dir
 from spaces.onnx_io import export_module, quantize_qdq
 from spaces.quant import clean_dead_channels, detach_fake_quant, fake_quantize
 
+__all__ = ["BaselineNet", "build_baseline", "export_baseline", "train_baseline", "write_baseline"]
+
 
 class BaselineNet(nn.Module):
     """Normalize inside the graph, then the hand-designed network."""

@@ -18,6 +18,9 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+__all__ = ["check_slot", "counts", "fail_stale", "HOLDS_SLOT", "holds_slot", "is_surplus",
+           "SURPLUS_ATTR", "SurplusTrial", "wait_for_slot"]
+
 SURPLUS_ATTR = "edgenas:surplus"
 HOLDS_SLOT = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
 

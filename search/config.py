@@ -18,6 +18,14 @@ from search.errors import UserError
 from spaces.arch import ALL_BITS
 from spaces.space import SpaceConfig, SpaceError
 
+__all__ = ["BASELINES", "BudgetConfig", "COMBINED_SCORE", "CONF_DIR", "Config", "DataConfig",
+           "device_model_file", "DeviceConfig", "EarlyStopConfig", "ExportConfig",
+           "FASHION_MNIST_ROOT", "group_options", "known_devices", "load", "MODEL_DIR",
+           "OBJECTIVES", "PASSWORD", "PrefilterConfig", "PROXY_SCORES", "ProxyConfig", "redact",
+           "register", "ReportConfig", "SAFE_NAME", "SAMPLERS", "SCHEMA", "SearchConfig",
+           "STORAGE_SCHEMES", "StorageConfig", "StudyConfig", "TeacherConfig", "validate",
+           "without_password", "ZERO_COST_SCORES"]
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_DIR = Path(__file__).resolve().parent.parent / "latency_models" / "data"
 OBJECTIVES = ("accuracy", "latency_ms", "energy_mj", "size_kib")

@@ -17,6 +17,10 @@ import torch
 from search.config import FASHION_MNIST_ROOT, DataConfig
 from search.errors import UserError
 
+__all__ = ["Dataset", "FMNIST_CLASS_NAMES", "FMNIST_FILES", "FMNIST_INSTALL", "IMAGE_SUFFIXES",
+           "load_dataset", "load_fashion_mnist", "load_image_folder", "make_synthetic",
+           "size_note", "to_float"]
+
 FMNIST_FILES = {
     "train_x": "train-images-idx3-ubyte.gz", "train_y": "train-labels-idx1-ubyte.gz",
     "test_x": "t10k-images-idx3-ubyte.gz", "test_y": "t10k-labels-idx1-ubyte.gz",

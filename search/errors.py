@@ -6,6 +6,9 @@ import os
 import sys
 from typing import Callable
 
+__all__ = ["debug_enabled", "guarded", "interrupted", "report_and_exit",
+           "silence_library_warnings", "UserError"]
+
 
 class UserError(Exception):
     """Something the user can fix; the message says what was wrong and how to fix it."""

@@ -24,19 +24,18 @@ from tqdm import tqdm
 from latency_models.model import ENERGY_WORDS
 from latency_models.profile import cpu_name, measure_many
 from search.cli import HydraCommand
-from search.config import Config, load
+from search.config import Config, load, redact
 from search.data import Dataset, load_dataset, to_float
 from search.errors import UserError
 from search.run import load_device_model
+from search.storage import open_storage
 from search.study import (
     SCORE_MEANING,
     complete_trials,
     feasible,
-    open_storage,
     pareto_trials,
     proxy_accuracy,
     proxy_score_name,
-    redact,
 )
 from search.teacher import TeacherCache
 from search.train import Recipe
@@ -45,6 +44,12 @@ from spaces.build import arch_def
 from spaces.files import atomic_dir
 from spaces.onnx_io import export_fp32, export_int8, ort_session
 from spaces.quant import clean_dead_channels
+
+__all__ = ["calibration_images", "check_fp32", "COMMAND", "export_trial", "EXPORT_VERSION",
+           "ExportError", "final_recipe", "FP32_TOLERANCE", "load_study", "main",
+           "measure_and_predict", "model_card", "onnx_accuracy", "print_summary",
+           "recipe_fingerprint", "RECIPE_WORDS", "run_export", "select_trials", "study_names",
+           "training_record", "write_trial"]
 
 FP32_TOLERANCE = 1e-4
 

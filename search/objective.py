@@ -30,6 +30,9 @@ from search.storage import batched_writes
 from spaces.arch import Arch
 from spaces.space import sample_arch
 
+__all__ = ["constraint_values", "costs", "DIRECTIONS", "early_stopper", "fastest_possible",
+           "Objective", "prefilter_reason"]
+
 DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "energy_mj": "minimize",
               "size_kib": "minimize"}
 

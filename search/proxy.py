@@ -27,6 +27,11 @@ from spaces.build import build_model
 from spaces.prune import prune_model
 from spaces.quant import attach_fake_quant, detach_fake_quant
 
+__all__ = ["calibrate", "calibration_steps", "CALIBRATION_VERSION", "COMBINED", "combined_score",
+           "distilled_proxy", "naswot", "prepare_proxy_data", "proxy_recipe", "proxy_score",
+           "ProxyData", "synflow", "teacher_kl", "to_device", "train_candidate", "train_final",
+           "validation_measures", "zero_cost_proxy", "zero_cost_scores"]
+
 
 @dataclass
 class ProxyData:

@@ -33,6 +33,12 @@ from search.config import BASELINES, CONF_DIR, Config, load
 from search.errors import UserError
 from spaces.files import write_bytes, write_text
 
+__all__ = ["baseline_models", "beaten_words", "CHANCE_MARGIN", "COMMAND", "DEFAULT_DEVICE",
+           "dominance", "each_with_progress", "entry", "found_models", "front", "GAIN_POINTS",
+           "hypervolume", "LATENCIES", "main", "markdown", "minor_log_label", "modelled_words",
+           "plot_html", "plot_png", "PRECISIONS", "recorded", "run_report", "score", "SPEEDUP",
+           "summary", "trained_where", "with_default_device"]
+
 DEFAULT_DEVICE = "rpi4"
 PRECISIONS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 LATENCIES = {"host_ms": "measured here", "device_ms": "predicted for the device"}
@@ -332,7 +338,7 @@ def _floor(pts: dict) -> float:
     return max(0.0, min(near) - 2)
 
 
-def _minor_label(value: float, _pos) -> str:
+def minor_log_label(value: float, _pos) -> str:
     """A log axis' minor tick label at 2, 3 and 5 times a power of ten only (all nine crowd
     each other where a panel spans one decade)."""
     mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
@@ -373,7 +379,7 @@ def plot_png(report: dict, path: Path) -> None:
         ax.set_ylim(floor, None)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
+        ax.xaxis.set_minor_formatter(FuncFormatter(minor_log_label))
         ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("latency, ms (log)")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from latency_models.model import LATENCY_WORDS, DeviceModel
 from search.budget import SURPLUS_ATTR, check_slot, wait_for_slot
 from search.cli import suggested_command
-from search.config import Config
+from search.config import Config, redact
 from search.data import load_dataset, size_note
 from search.errors import UserError
 from search.objective import Objective, fastest_possible
@@ -31,20 +31,22 @@ from search.proxy import (
     prepare_proxy_data,
     to_device,
 )
-from search.storage import storage_error
+from search.storage import open_storage, storage_error
 from search.study import (
     SCORE_MEANING,
     FrontTracker,
     complete_trials,
-    open_storage,
     open_study,
     pareto_trials,
     proxy_accuracy,
-    redact,
     study_meta,
 )
 from search.teacher import TeacherCache
 from spaces.files import write_text
+
+__all__ = ["bits_summary", "check_budgets", "energy_note", "load_device_model", "MAX_FAILURES",
+           "pareto_rows", "print_table", "run_search", "run_trials", "score_name",
+           "study_calibration", "write_outputs"]
 
 
 def load_device_model(cfg: Config) -> DeviceModel:

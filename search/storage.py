@@ -37,6 +37,10 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config import redact
 from search.errors import UserError
 
+__all__ = ["batched_writes", "dead_worker_trials", "DeadWorkerCheck", "MAX_RETRY", "open_storage",
+           "ResilientRDBStorage", "storage_error", "StorageLostError", "this_host", "this_worker",
+           "WORKER_ATTR", "worker_dead", "WorkerJournalStorage"]
+
 WORKER_ATTR = "edgenas:worker"
 MAX_RETRY = 3  # a trial cut off this many times in a row is not run again
 

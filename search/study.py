@@ -21,7 +21,12 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config import COMBINED_SCORE, PROXY_SCORES, Config
 from search.errors import UserError
 from search.objective import DIRECTIONS
-from search.storage import open_storage, redact, storage_error  # noqa: F401 (re-exported)
+from search.storage import storage_error
+
+__all__ = ["complete_trials", "feasible", "FrontTracker", "make_sampler", "open_study",
+           "pareto_trials", "proxy_accuracy", "proxy_hash", "proxy_score_name", "score_hint",
+           "SCORE_MEANING", "SETUP_WAIT_S", "stable_hash", "STUDY_FORMAT", "study_meta",
+           "worker_seed", "WorkerSeededSampler"]
 
 # The study format: what a study records and how (its setup hashes). A study of another
 # format is refused on resume with what to do (CHANGELOG.md says what each changed).
@@ -29,7 +34,8 @@ from search.storage import open_storage, redact, storage_error  # noqa: F401 (re
 STUDY_FORMAT = 2
 
 
-def _hash(obj: Any) -> str:
+def stable_hash(obj: Any) -> str:
+    """A short hash of a JSON-able object that does not depend on key order."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -39,7 +45,7 @@ def proxy_hash(cfg: Config) -> str:
     settings = asdict(cfg.proxy)
     if settings["score"] != COMBINED_SCORE:
         del settings["calibration_archs"]
-    return _hash(settings)
+    return stable_hash(settings)
 
 
 def score_hint(cfg: Config, recorded: dict) -> str:
@@ -57,7 +63,7 @@ def study_meta(cfg: Config, data_fingerprint: str, device_model_hash: str) -> di
     """What a study is tied to; stored as study user attributes and checked on resume."""
     return {
         "edgenas_study_format": STUDY_FORMAT,
-        "space": cfg.space.name, "space_hash": _hash(asdict(cfg.space)),
+        "space": cfg.space.name, "space_hash": stable_hash(asdict(cfg.space)),
         "data": cfg.data.name, "data_fingerprint": data_fingerprint,
         "device": cfg.device.name, "device_bits": list(cfg.device.bits),
         "device_model_hash": device_model_hash,

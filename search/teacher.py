@@ -27,6 +27,8 @@ from search.errors import UserError
 from search.train import Recipe, Trainer, accuracy, predict_logits
 from spaces.files import atomic_path, write_text
 
+__all__ = ["build_teacher", "load_weights", "TEACHER_VERSION", "TeacherCache"]
+
 TEACHER_VERSION = 1
 
 

@@ -17,6 +17,8 @@ from torch import nn
 
 from search.data import to_float
 
+__all__ = ["accuracy", "kd_loss", "predict_logits", "Recipe", "Trainer"]
+
 
 @dataclass
 class Recipe:

@@ -16,6 +16,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+__all__ = ["ACTIVATIONS", "ALL_BITS", "all_bits", "Arch", "ARCH_VERSION", "ArchError",
+           "BLOCK_KINDS", "conv_out_size", "kept_channels", "KERNELS", "Layer", "REAL_BITS",
+           "se_channels", "SIMULATED_BITS", "Stage", "STEM_KERNEL", "STEM_STRIDE"]
+
 ARCH_VERSION = 1
 BLOCK_KINDS = ("ds", "ir")
 ACTIVATIONS = ("relu", "hswish")

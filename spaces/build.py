@@ -22,6 +22,9 @@ from torch import nn
 
 from spaces.arch import STEM_KERNEL, Arch
 
+__all__ = ["arch_def", "as_trained", "build_model", "built_channels", "EdgeNet", "layer_modules",
+           "onnx_scopes", "resize_scale"]
+
 _ACT_FLAG = {"relu": "nre", "hswish": "nhs"}
 _BUILD_LOCK = threading.Lock()
 

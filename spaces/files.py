@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+__all__ = ["atomic_dir", "atomic_path", "user_mode", "write_bytes", "write_text"]
+
 
 def _umask() -> int:
     mask = os.umask(0o022)

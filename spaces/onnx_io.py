@@ -16,6 +16,10 @@ from spaces.arch import Arch, all_bits
 from spaces.build import EdgeNet, onnx_scopes
 from spaces.files import atomic_path, write_bytes
 
+__all__ = ["ARCH_KEY", "export_fp32", "export_int8", "export_module", "extract_layers",
+           "INPUT_NAME", "int8_nodes", "OPSET", "ort_session", "OUTPUT_NAME", "quantize_qdq",
+           "recorded_arch"]
+
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"

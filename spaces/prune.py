@@ -17,6 +17,8 @@ from torch import nn
 from spaces.arch import Arch
 from spaces.build import EdgeNet, build_model
 
+__all__ = ["Index", "prune_model"]
+
 Index = torch.Tensor | None  # None: keep every channel
 
 

@@ -21,6 +21,9 @@ from torch.nn.utils import parametrize
 from spaces.arch import Arch
 from spaces.build import EdgeNet, layer_modules
 
+__all__ = ["ActFakeQuant", "attach_fake_quant", "clean_dead_channels", "detach_fake_quant",
+           "fake_quantize", "WeightFakeQuant"]
+
 
 def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return x + (q - x).detach()

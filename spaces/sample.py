@@ -14,6 +14,8 @@ from pathlib import Path
 
 from spaces.cli import HydraApp, arg
 
+__all__ = ["COMMAND", "main", "sample", "SampleConfig"]
+
 
 @dataclass
 class SampleConfig:

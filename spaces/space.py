@@ -13,6 +13,9 @@ from typing import Any, Protocol, Sequence
 
 from spaces.arch import ACTIVATIONS, ALL_BITS, BLOCK_KINDS, KERNELS, Arch, Stage
 
+__all__ = ["RandomChoices", "sample_arch", "SpaceConfig", "SpaceError", "StageChoices",
+           "Suggester"]
+
 
 class SpaceError(ValueError):
     """A search-space configuration that cannot be sampled."""

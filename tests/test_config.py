@@ -104,13 +104,13 @@ def test_missing_device_is_a_user_error():
 def test_the_proxy_hash_covers_every_setting_but_an_unused_calibration():
     from dataclasses import asdict
 
-    from search.study import _hash, proxy_hash
+    from search.study import proxy_hash, stable_hash
 
     scores = [make("+device=rpi4", f"proxy.score={s}")
               for s in ("accuracy", "fidelity", "fidelity+naswot")]
     assert len({proxy_hash(c) for c in scores}) == 3
     fidelity = scores[1]
-    assert proxy_hash(fidelity) == _hash({k: v for k, v in asdict(fidelity.proxy).items()
+    assert proxy_hash(fidelity) == stable_hash({k: v for k, v in asdict(fidelity.proxy).items()
                                           if k != "calibration_archs"})
     # calibration_archs counts only for the score that uses it
     assert proxy_hash(make("+device=rpi4", "proxy.score=fidelity", "proxy.calibration_archs=4")

@@ -11,11 +11,12 @@ import onnx
 import pytest
 
 from latency_models import device_script, fit
-from latency_models.model import DeviceModel, _transitions
+from latency_models.model import DeviceModel, precision_transitions
 from latency_models.ops import Op, arch_ops, layer_ops, onnx_ops, signature
 from latency_models.power import energy_from_log, write_power_log
-from latency_models.profile import all_bits, write_bundle
+from latency_models.profile import write_bundle
 from latency_models.sources import MeasurementError, read_bundle
+from spaces.arch import all_bits
 from spaces.build import build_model
 from spaces.onnx_io import export_fp32, export_int8, extract_layers, ort_session
 from tests.conftest import ROOT, cli_env
@@ -289,7 +290,7 @@ def test_composition_prices_precision_changes_between_layers():
     networks = [[mixed() for _ in range(int(rng.integers(3, 9)))] for _ in range(80)]
 
     def net_ms(units):
-        return sum(layer_ms(u) for u in units) + 0.006 * _transitions(units)
+        return sum(layer_ms(u) for u in units) + 0.006 * precision_transitions(units)
 
     flat = [[op for u in n for op in u] for n in networks]
     model = DeviceModel("dev", 1.0, fallback={"8": 32}).fit(flat, [net_ms(n) for n in networks])

@@ -116,7 +116,7 @@ def test_fbnet_table_reads_and_rejects_bad_files(tmp_path):
 
 
 def test_bitfusion_runs_4_and_6_bits_natively_and_says_simulated():
-    from latency_models.profile import all_bits
+    from spaces.arch import all_bits
 
     model = DeviceModel.load(MODEL_DIR / "bitfusion.json")
     arch = sample(5, bits=(8,))
@@ -131,7 +131,7 @@ def test_bitfusion_runs_4_and_6_bits_natively_and_says_simulated():
 
 
 def test_int8_is_priced_per_op_not_as_a_fixed_speed_up():
-    from latency_models.profile import all_bits
+    from spaces.arch import all_bits
 
     model = DeviceModel.load(MODEL_DIR / "host.json")
     ratios = {round(model.price(arch).latency_ms

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from latency_models.ops import UnknownOpError, arch_ops, onnx_ops, signature
-from latency_models.profile import all_bits
+from spaces.arch import all_bits
 from spaces.build import build_model
 from spaces.onnx_io import export_fp32, export_int8, int8_nodes, ort_session
 from tests.conftest import tiny_arch
