@@ -572,10 +572,7 @@ class DeviceModel:
         return sum(ms for ms, _ in prices) - low, low
 
     def _layer_base(self, ops: list[Op]) -> float:
-        """The linear price of a layer that the layer model's trees correct (1 in files
-        written before ``layer_linear_``: the trees priced the layer alone)."""
-        if not self.layer_linear_:
-            return 1.0
+        """The linear price of a layer that the layer model's trees correct."""
         coef = self.layer_linear_["coef"]
         ms = float(self.layer_linear_["overhead_ms"])
         for bits in {op.bits for op in ops}:
@@ -680,7 +677,7 @@ class DeviceModel:
             standins |= u_standins
             extrapolated |= u_ext
         if self.compose_:
-            a, a8, b, c, t = (list(self.compose_) + [0.0])[:5]  # files before t: 4 terms
+            a, a8, b, c, t = self.compose_
             ms = (a * (ms - low_ms) + a8 * low_ms + b * len(units) + c
                   + t * _changes(lows) - self.overhead_ms_)
         return ms, mj, n_hit, len(units), standins, extrapolated
@@ -916,6 +913,11 @@ class DeviceModel:
                 + list(model.energy_coef_.values())):
             raise DeviceModelError(f"device model file {path} was fitted for other op kinds "
                                    f"or features ({data['kinds']}); refit it")
+        if (model.layer_model_ and not model.layer_linear_) or len(model.compose_) not in (0, 5):
+            raise DeviceModelError(
+                f"device model file {path} was written by an earlier edgenas (its layer model "
+                "has no linear base, or its composition another number of terms); refit it "
+                "with `python -m latency_models.fit`")
         if data.get("hash") not in (None, model.hash):
             raise DeviceModelError(f"device model file {path} was edited after fitting (its "
                                    "hash does not match its content); refit it")

@@ -119,7 +119,7 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
     for r in rows:
         acc = [] if name == "accuracy" else [f"{r['proxy_score']:.4f}"]
         if trained:
-            acc.append(f"{100 * r['proxy_accuracy']:.2f}%")
+            acc.append("-" if r["proxy_accuracy"] is None else f"{100 * r['proxy_accuracy']:.2f}%")
         table.add_row(str(r["trial"]), *acc, f"{r['latency_ms']:.3f}", f"{r['energy_mj']:.3f}",
                       f"{r['params']:,}", f"{r['macs']:,}", f"{r['size_kib']:.1f}", r["bits"],
                       r["latency_source"])

@@ -234,11 +234,10 @@ def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def proxy_accuracy(trial: FrozenTrial) -> Optional[float]:
     """The trial's proxy validation accuracy; None where the proxy trained nothing
-    (``proxy=zero_cost``). Trials recorded before the proxy had a score of its own held it
-    as their accuracy objective only."""
+    (``proxy=zero_cost``, or a study of format 1, which recorded none)."""
     if trial.user_attrs.get("proxy") == "zero_cost":
         return None
-    return trial.user_attrs.get("proxy_accuracy", trial.values[0])
+    return trial.user_attrs.get("proxy_accuracy")
 
 
 # What each score of the accuracy objective means, in a line (tables, model cards).

@@ -138,3 +138,19 @@ def test_int8_is_priced_per_op_not_as_a_fixed_speed_up():
                     / model.price(all_bits(arch, 32)).latency_ms, 3)
               for arch in (all_bits(sample(s), 8) for s in range(6))}
     assert len(ratios) > 3  # each network gets its own int8/fp32 ratio from its ops
+
+
+def test_a_device_model_of_an_earlier_shape_is_refused_with_how_to_refit(tmp_path):
+    import json
+
+    from latency_models.model import DeviceModel, DeviceModelError
+    from search.config import MODEL_DIR
+
+    data = json.loads((MODEL_DIR / "host.json").read_text())
+    for edit in ({"layer_linear": None}, {"compose": data["compose"][:4]}):
+        old = {k: v for k, v in data.items() if k != "hash"}
+        old.update(edit)
+        old = {k: v for k, v in old.items() if v is not None}
+        (tmp_path / "old.json").write_text(json.dumps(old))
+        with pytest.raises(DeviceModelError, match="earlier edgenas.*latency_models.fit"):
+            DeviceModel.load(tmp_path / "old.json")
