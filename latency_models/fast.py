@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from latency_models.model import FEATURES, N_FEATURES, OFFSETS, DeviceModel
+from latency_models.features import FEATURES, N_FEATURES, OFFSETS
+from latency_models.model import DeviceModel
 from latency_models.ops import KINDS
 from spaces.arch import Arch
 
@@ -110,8 +111,9 @@ def layer_features(cols: dict, align: int) -> _Slots:
 def exact_for(model: DeviceModel) -> bool:
     """Whether :func:`predict_archs` gives ``model``'s own prices: a device priced by its
     linear regressor alone (no measured units to look up, no layer model, no composition)."""
-    return not (model.lookup_ or model.layer_model_ or model.compose_
-                or (model.network_model_ or {}).get("model"))
+    return not (len(model.lookup) or model.layers is not None
+                or model.composition is not None
+                or (model.correction is not None and model.correction.trees_))
 
 
 def predict_archs(model: DeviceModel, archs: list[Arch]) -> dict:
@@ -128,6 +130,7 @@ def predict_archs(model: DeviceModel, archs: list[Arch]) -> dict:
         return {"latency_ms": np.zeros(0), "energy_mj": None,
                 "extrapolated": np.zeros(0, bool), "standins": {}}
     cols, owner, pre = _table(archs)
+    ops = model.ops
     native = np.asarray(model.native_bits or [0])
     raw = cols["bits"]
     cols["prec"] = np.where(np.isin(raw, native), raw, np.where(raw <= 8, 8, 32))
@@ -146,34 +149,34 @@ def predict_archs(model: DeviceModel, archs: list[Arch]) -> dict:
             np.bincount(owner, hit, minlength=n) > 0)
 
     for b in np.unique(bits):
-        key, standin = model.coefficient_set(int(b))
+        key, standin = ops.coefficient_set(int(b))
         low_keys[int(b)] = key
         rows = bits == b
-        coef = np.asarray(model.coef_[key])
+        coef = np.asarray(ops.coef_[key])
         part = s.low[rows] @ coef
         if standin:
             stood_in(int(b), rows, part)
         lat_layer[rows] += part
-        if model.energy_coef_:
-            en_layer[rows] += s.low[rows] @ np.asarray(model.energy_coef_[key])
-    key32, standin32 = model.coefficient_set(32)
-    part = s.f32 @ np.asarray(model.coef_[key32])
+        if ops.energy_coef_:
+            en_layer[rows] += s.low[rows] @ np.asarray(ops.energy_coef_[key])
+    key32, standin32 = ops.coefficient_set(32)
+    part = s.f32 @ np.asarray(ops.coef_[key32])
     if standin32:
         stood_in(32, np.ones(len(bits), bool), part)
     lat_layer += part
-    if model.energy_coef_:
-        en_layer += s.f32 @ np.asarray(model.energy_coef_[key32])
+    if ops.energy_coef_:
+        en_layer += s.f32 @ np.asarray(ops.energy_coef_[key32])
     latency = np.bincount(owner, lat_layer, minlength=n)
     # preprocessing: optional resize, then (x - 0.5) / 0.5
     pre_ops = np.zeros((n, N_FEATURES))
     i = OFFSETS["eltwise"]
     pre_ops[:, i] = (pre[:, 0] > 0) + 2
     pre_ops[:, i + 1] = (pre[:, 0] + 4 * pre[:, 1]) / 1e6
-    latency += pre_ops @ np.asarray(model.coef_[key32]) + model.overhead_ms_
+    latency += pre_ops @ np.asarray(ops.coef_[key32]) + ops.overhead_ms_
     energy = None
-    if model.energy_coef_:
+    if ops.energy_coef_:
         energy = np.bincount(owner, en_layer, minlength=n) + pre_ops @ np.asarray(
-            model.energy_coef_[key32]) + model.overhead_mj_
+            ops.energy_coef_[key32]) + ops.overhead_mj_
     extrapolated = np.zeros(len(bits), bool)
     by_bits = [(int(b), bits == b) for b in np.unique(bits)]
     for kind, macs, elems, present, at_low in s.ops:
@@ -182,7 +185,7 @@ def predict_archs(model: DeviceModel, archs: list[Arch]) -> dict:
             if not sel.any():
                 continue
             kb = low_keys[b] if at_low else key32
-            r = model.ranges_.get(f"{kind}/{kb}")
+            r = ops.ranges_.get(f"{kind}/{kb}")
             if r is None:
                 extrapolated |= sel
             else:

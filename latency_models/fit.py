@@ -37,7 +37,8 @@ from typing import Optional
 
 import numpy as np
 
-from latency_models.model import DeviceModel, DeviceModelError, nnls
+from latency_models.estimators import nnls
+from latency_models.model import DeviceModel, DeviceModelError
 from latency_models.ops import Op, signature
 from latency_models.sources import (
     MeasurementError,
@@ -307,7 +308,7 @@ def fit(cfg: FitConfig) -> int:
         # A profiled base (layer model) keeps its layer model when the measurements are whole
         # networks of the search space: only the composition is refitted.
         units = None
-        if base.layer_model_ and "measurements" in args and "bundle" not in args:
+        if base.layers is not None and "measurements" in args and "bundle" not in args:
             units = read_profile_units(args["measurements"], tuple(base.native_bits))
         cv = cross_validate(lambda: TransferFit(make(), base, samples, units), samples, ys,
                             groups=groups, evaluate=evaluate)
@@ -325,7 +326,7 @@ def fit(cfg: FitConfig) -> int:
           + (f"; energy {cv['energy']['within_10pct']:.1%} within +-10%" if "energy" in cv
              else ""))
     if base is None and "bundle" in args:
-        nm = model.network_model_
+        nm = model.correction.to_dict() if model.correction is not None else {}
         print(f"network correction: {nm['rounds']} rounds on {nm['networks']} networks "
               f"(their share within +-10%, cross-validated: {nm['cv_within_10pct']['0']:.1%} "
               f"uncorrected, {nm['cv_within_10pct'][str(nm['rounds'])]:.1%} corrected)" if nm

@@ -97,10 +97,9 @@ def main(argv: list[str]) -> int:
     make = lambda: DeviceModel("host", 15.0, fallback={"8": 32, "16": 32})  # noqa: E731
     cv = cross_validate_bundle(make, bundle)
     model = fit_bundle(make, bundle)
-    linear = DeviceModel("host", 15.0, coef_=model.coef_, overhead_ms_=model.overhead_ms_,
-                         ranges_=model.ranges_)  # what a graph outside the space gets
+    linear = DeviceModel("host", 15.0, ops=model.ops)  # what a graph outside the space gets
     uncorrected = copy.copy(model)
-    uncorrected.network_model_ = {}  # (a fresh price cache too)
+    uncorrected.correction = None  # (a fresh price cache too)
 
     archs, y, precision = read_test_set(test_csv)
     test_ops = [arch_ops(a) for a in archs]

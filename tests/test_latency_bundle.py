@@ -11,7 +11,8 @@ import onnx
 import pytest
 
 from latency_models import device_script, fit
-from latency_models.model import DeviceModel, precision_transitions
+from latency_models.features import precision_transitions
+from latency_models.model import DeviceModel
 from latency_models.ops import Op, arch_ops, layer_ops, onnx_ops, signature
 from latency_models.power import energy_from_log, write_power_log
 from latency_models.profile import write_bundle
@@ -94,9 +95,9 @@ def test_fit_from_bundle_writes_model_and_device_config(measured_bundle, tmp_pat
     # a bundle this small has too few networks for the network correction, and says so
     assert "network correction: none (too few networks" in out
     model = DeviceModel.load(tmp_path / "conf" / "device" / "myboard.json")
-    assert model.network_model_ == {}
-    assert model.meta["measured_on"]["threads"] == 1 and model.lookup_
-    assert {"32", "8", "16"} <= set(model.coef_)
+    assert model.correction is None
+    assert model.meta["measured_on"]["threads"] == 1 and len(model.lookup)
+    assert {"32", "8", "16"} <= set(model.ops.coef_)
     conf = (tmp_path / "conf" / "device" / "myboard.yaml").read_text()
     assert "name: myboard" in conf and "model: conf/device/myboard.json" in conf
     pred = subprocess.run([sys.executable, "-m", "latency_models.predict", "+device=myboard",
@@ -192,7 +193,7 @@ def test_transfer_of_a_profiled_device_keeps_its_layer_model():
     target = DeviceModel("fast", 15.0).transfer(
         host, [arch_ops(a) for a in few], truth[:12],
         units=[arch_units(a, tuple(host.native_bits)) for a in few])
-    assert target.layer_model_ == host.layer_model_ and not target.lookup_
+    assert target.layers is host.layers and not len(target.lookup)
     assert "kept" in target.meta["transferred_from"]["layer_model"]
     err = np.abs([target.price(a).latency_ms / t - 1 for a, t in
                   zip(archs[12:], truth[12:])])
@@ -261,7 +262,7 @@ def test_layer_model_learns_what_the_linear_model_cannot_and_composes_networks()
                                         [net_ms(n) for n in networks])
     model.fit_layers(layers, [layer_ms(u) for u in layers], networks,
                      [net_ms(n) for n in networks])
-    assert len(model.compose_) == 5 and model.layer_linear_
+    assert len(model.composition.terms_) == 5 and model.layers.linear_.coef_
     fresh = [[layer(rng) for _ in range(6)] for _ in range(30)]
     pred = np.array([model.price(n).latency_ms for n in fresh])
     true = np.array([net_ms(n) for n in fresh])
@@ -296,11 +297,12 @@ def test_composition_prices_precision_changes_between_layers():
     model = DeviceModel("dev", 1.0, fallback={"8": 32}).fit(flat, [net_ms(n) for n in networks])
     model.fit_layers(layers, [layer_ms(u) for u in layers], networks,
                      [net_ms(n) for n in networks])
-    assert model.compose_[4] == pytest.approx(0.006, rel=0.2)
+    assert model.composition.terms_[4] == pytest.approx(0.006, rel=0.2)
     fresh = [[mixed() for _ in range(6)] for _ in range(30)]
     true = np.array([net_ms(n) for n in fresh])
     pred = np.array([model.price(n).latency_ms for n in fresh])
-    model.compose_ = model.compose_[:4]  # as a file written before the term: t = 0
+    model.composition.terms_[4] = 0.0  # without the term
+    model.composition = model.composition  # (a fresh price cache)
     without = np.array([model.price(n).latency_ms for n in fresh])
     assert np.median(np.abs(pred / true - 1)) < 0.02 < np.median(np.abs(without / true - 1))
 
@@ -381,7 +383,7 @@ def test_energy_counter_on_the_device_makes_energy_measured(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert fit.main(["device=rapl", f"bundle={folder}", "power_w=10"]) == 0
     model = DeviceModel.load(tmp_path / "conf" / "device" / "rapl.json")
-    assert model.energy_source == "measured" and model.energy_coef_
+    assert model.energy_source == "measured" and model.ops.energy_coef_
     from spaces.arch import Arch
 
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -417,8 +419,8 @@ def test_network_correction_learns_what_adding_up_layers_misses_and_only_when_it
     measured = composed * effect * rng.normal(1.0, 0.01, len(archs))
     model = DeviceModel("dev", 1.0)
     cv = model.fit_network_model(archs[:200], composed[:200], measured[:200])
-    rounds = model.network_model_["rounds"]
-    assert rounds > 0 and cv[str(rounds)] > cv["0"] and model.network_model_["stages"] == 4
+    rounds = model.correction.rounds_
+    assert rounds > 0 and cv[str(rounds)] > cv["0"] and model.correction.stages_ == 4
     fixed = composed[200:] * model.network_factor(archs[200:], composed[200:])
 
     def miss(p):
@@ -427,27 +429,27 @@ def test_network_correction_learns_what_adding_up_layers_misses_and_only_when_it
     assert miss(fixed) < 0.03 < 0.1 < miss(composed[200:])
     model.save(tmp_path / "m.json")  # stored as LightGBM's text model inside the JSON
     again = DeviceModel.load(tmp_path / "m.json")
-    assert again.network_model_["rounds"] == rounds and again.hash == model.hash
+    assert again.correction.rounds_ == rounds and again.hash == model.hash
     assert np.allclose(again.network_factor(archs[200:], composed[200:]),
                        model.network_factor(archs[200:], composed[200:]))
     # noise alone: no number of rounds beats none, so nothing is stored and nothing changes
     noise = DeviceModel("dev", 1.0)
     noise.fit_network_model(archs[:200], composed[:200],
                             composed[:200] * rng.normal(1.0, 0.02, 200))
-    assert noise.network_model_ == {}
+    assert not noise.correction.trees_
     assert np.all(noise.network_factor(archs[:5], composed[:5]) == 1.0)
     assert "network_model" not in noise.to_dict()  # older models keep their hashes
     # too few networks to fit it
     few = DeviceModel("dev", 1.0)
     assert few.fit_network_model(archs[:20], composed[:20], measured[:20]) == {}
-    assert few.network_model_ == {}
+    assert not few.correction.trees_
 
 
 def test_the_shipped_host_model_corrects_whole_networks_alike_one_by_one_and_in_bulk():
     from search.config import MODEL_DIR
 
     host = DeviceModel.load(MODEL_DIR / "host.json")
-    assert host.network_model_["rounds"] > 0
+    assert host.correction.rounds_ > 0
     archs = [sample(1000 + s, bits=(32, 8)) for s in range(20)]
     one = [host.price(a) for a in archs]
     bulk = [p.latency_ms for p in host.price_many(archs)]

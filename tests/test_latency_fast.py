@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from latency_models import fast
+from latency_models.estimators import Lookup
 from latency_models.model import DeviceModel
 from latency_models.ops import arch_ops
 from search.config import MODEL_DIR
@@ -19,7 +20,7 @@ def archs(n, seed=0, **space):
 def test_vectorized_prices_equal_the_reference_path(device):
     model = DeviceModel.load(MODEL_DIR / f"{device}.json")
     # the vectorized path is the regressor: compare like with like
-    model.lookup_, model.layer_model_, model.compose_, model.network_model_ = {}, "", [], {}
+    model.lookup, model.layers, model.composition, model.correction = Lookup(), None, None, None
     assert fast.exact_for(model)
     batch = archs(150) + [tiny_arch(), tiny_arch(bits=8), tiny_arch(resolution=32, prune=0.5)]
     got = model.price_many(batch)  # vectorized: more than a handful of architectures
