@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -248,6 +247,10 @@ SCHEMA = "edgenas"  # the ConfigStore name of Config, first in conf/config.yaml'
 def register() -> None:
     """Register :class:`Config` in Hydra's ``ConfigStore`` (idempotent). Done on import, so
     that every composition (the commands, tests, scripts) sees the same schema."""
+    try:
+        from hydra.core.config_store import ConfigStore
+    except ImportError:  # a training machine without Hydra (scripts/report_training.py)
+        return
     ConfigStore.instance().store(name=SCHEMA, node=Config)
 
 
