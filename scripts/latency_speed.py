@@ -3,11 +3,11 @@
     python scripts/latency_speed.py [--n 20000] [--device rpi4]
 
 Samples ``--n`` architectures from the default space (mixed 32/8-bit layers), then prices
-them four ways, single-threaded, timed in CPU time: op by op (``DeviceModel.price(arch_ops(arch))``, what a
-graph that is no architecture of the space gets), one architecture at a time
-(``DeviceModel.price(arch)``, what a trial gets), and ``DeviceModel.price_many`` in batches
-of 1,000 and all at once (vectorized where that gives the device's own prices). Prints the
-medians of 3 repetitions.
+them four ways, single-threaded, timed in CPU time: op by op
+(``DeviceModel.price(arch_ops(arch))``, what a graph that is no architecture of the space
+gets), one architecture at a time (``DeviceModel.price(arch)``, what a trial gets), and
+``DeviceModel.price_many`` in batches of 1,000 and all at once (vectorized where that gives
+the device's own prices). Prints the medians of 3 repetitions.
 """
 
 from __future__ import annotations
