@@ -20,10 +20,10 @@ from spaces.space import SpaceConfig, SpaceError
 __all__ = ["BASELINES", "BudgetConfig", "COMBINED_SCORE", "CONF_DIR", "Config", "DataConfig",
            "device_model_file", "DeviceConfig", "EarlyStopConfig", "ExportConfig",
            "FASHION_MNIST_ROOT", "group_options", "known_devices", "load", "MODEL_DIR",
-           "OBJECTIVES", "PASSWORD", "PrefilterConfig", "PROXY_SCORES", "ProxyConfig", "redact",
-           "register", "ReportConfig", "SAFE_NAME", "SAMPLERS", "SCHEMA", "SearchConfig",
-           "STORAGE_SCHEMES", "StorageConfig", "StudyConfig", "TeacherConfig", "validate",
-           "without_password", "ZERO_COST_SCORES"]
+           "OBJECTIVES", "PASSWORD", "PrefilterConfig", "PROXY_KINDS", "PROXY_SCORES",
+           "ProxyConfig", "redact", "register", "ReportConfig", "SAFE_NAME", "SAMPLERS", "SCHEMA",
+           "SearchConfig", "STORAGE_SCHEMES", "StorageConfig", "StudyConfig", "SupernetConfig",
+           "TeacherConfig", "validate", "without_password", "ZERO_COST_SCORES"]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_DIR = Path(__file__).resolve().parent.parent / "latency_models" / "data"
@@ -103,6 +103,7 @@ ZERO_COST_SCORES = ("naswot", "synflow", "params")
 # 1 = the teacher's predictions exactly), which ranks architectures more like full training.
 COMBINED_SCORE = "fidelity+naswot"  # search.proxy.combined_score
 PROXY_SCORES = ("fidelity", "accuracy", COMBINED_SCORE)
+PROXY_KINDS = ("distill", "supernet", "zero_cost")
 
 
 @dataclass
@@ -115,11 +116,29 @@ class PrefilterConfig:
 
 
 @dataclass
+class SupernetConfig:
+    """``proxy=supernet``: one weight-sharing supernet of the space, trained once per dataset,
+    space, teacher and recipe by distillation (sandwich rule), scores each trial's
+    sub-network after recalibrating its batch norm."""
+
+    epochs: int = 12  # over proxy.train_images, the first `warmup_epochs` the largest only
+    warmup_epochs: int = 1  # the largest sub-network alone, then channels sorted by importance
+    batch: int = 64
+    lr: float = 0.05
+    random_archs: int = 2  # sampled sub-networks per step, beside the largest and smallest
+    calibration_images: int = 256  # training images that recalibrate a sub-network's norms
+    # a trained supernet (its .safetensors, a manifest .json beside it); null: the cache's
+    file: Optional[str] = None
+
+
+@dataclass
 class ProxyConfig:
     """The accuracy proxy (``proxy=``). The defaults are the distilled proxy's
     (``proxy=distill``); what each setting costs and how well it ranks: docs/results/proxy.md."""
 
-    kind: str = "distill"  # distill | zero_cost (NASWOT of the untrained network, no training)
+    # distill | supernet (a weight-sharing supernet scores each trial in about a second) |
+    # zero_cost (NASWOT of the untrained network, no training)
+    kind: str = "distill"
     train_images: int = 12000  # fixed training subset
     val_images: int = 5000  # held-out validation images (from the training split)
     epochs: int = 4  # the first half dense, then pruned and fine-tuned
@@ -136,6 +155,7 @@ class ProxyConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     prefilter: PrefilterConfig = field(default_factory=PrefilterConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
 
 
 @dataclass
@@ -356,8 +376,13 @@ def validate(c: Config) -> None:
     if bad_bits or not c.device.bits:
         problems.append(f"device.bits={c.device.bits} must be a non-empty subset of "
                         f"{list(ALL_BITS)}")
-    if c.proxy.kind not in ("distill", "zero_cost"):
-        problems.append(f"proxy.kind={c.proxy.kind!r} is not 'distill' or 'zero_cost'")
+    if c.proxy.kind not in PROXY_KINDS:
+        problems.append(f"proxy.kind={c.proxy.kind!r} is not one of {list(PROXY_KINDS)}")
+    sn = c.proxy.supernet
+    if min(sn.epochs, sn.batch, sn.calibration_images) < 1 or sn.random_archs < 0 or not (
+            0 <= sn.warmup_epochs < sn.epochs):
+        problems.append("proxy.supernet: epochs, batch and calibration_images must be at "
+                        "least 1, random_archs at least 0, warmup_epochs from 0 to epochs - 1")
     for name in ("train_images", "val_images", "epochs", "batch"):
         if getattr(c.proxy, name) < 1:
             problems.append(f"proxy.{name}={getattr(c.proxy, name)} must be at least 1 "

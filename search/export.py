@@ -253,7 +253,7 @@ def model_card(cfg: Config, arch: Arch, m: dict) -> str:
     score = ("" if name not in SCORE_MEANING or name == "accuracy" else
              f" The search ranked it by its {name}: {m['proxy_score']:.4f} "
              f"({SCORE_MEANING[name]}).")
-    searched = ("Proxy accuracy during the search (validation split): "
+    searched = (f"Proxy accuracy during the search (validation split, {m['proxy']} proxy): "
                 f"{100 * m['proxy_accuracy']:.2f}%." if m.get("proxy_accuracy") is not None
                 else f"The search trained nothing ({m['proxy']} proxy).")
     classes = m.get("classes") or [str(i) for i in range(arch.num_classes)]

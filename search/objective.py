@@ -18,14 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from latency_models.model import DeviceModel
 from search.config import Config
-from search.proxy import (
-    COMBINED,
-    ProxyData,
-    combined_score,
-    distilled_proxy,
-    zero_cost_proxy,
-    zero_cost_scores,
-)
+from search.proxies import Proxy, TrialInfo, make_proxy
+from search.proxy import zero_cost_scores
 from search.storage import batched_writes
 from spaces.arch import Arch
 from spaces.space import sample_arch
@@ -103,21 +97,20 @@ def prefilter_reason(finished: list[FrozenTrial], c: dict, scores: dict,
 class Objective:
     """Called by Optuna once per trial; returns the objective values in config order.
 
-    ``images``: a fixed minibatch (uint8, N C H W) of the proxy's training images, for NASWOT.
+    ``proxy``: the accuracy proxy (:mod:`search.proxies`; by default the one ``proxy.kind``
+    names, prepared by the caller). ``images``: a fixed minibatch (uint8, N C H W) of the
+    proxy's training images, for NASWOT.
     """
 
     def __init__(self, cfg: Config, in_chans: int, input_size: int, num_classes: int,
-                 device_model: DeviceModel, proxy_data: ProxyData | None,
+                 device_model: DeviceModel, proxy: Proxy | None,
                  images: torch.Tensor) -> None:
         self.cfg = cfg
         self.shape = dict(in_chans=in_chans, input_size=input_size, num_classes=num_classes)
         self.device_model = device_model
-        self.proxy_data = proxy_data
+        self.proxy = proxy if proxy is not None else make_proxy(cfg)
         self.images = images
         self.cost_objectives = [o for o in cfg.search.objectives if o != "accuracy"]
-        # proxy.score=fidelity+naswot: the scales of search.proxy.combined_score (set by
-        # search.run from the study, or calibrated and recorded there)
-        self.calibration: dict | None = None
 
     def sample(self, trial: optuna.trial.BaseTrial) -> Arch:
         return sample_arch(trial, self.cfg.space, bits=self.cfg.device.bits, **self.shape)
@@ -138,49 +131,32 @@ class Objective:
         over = constraint_values(self.cfg, c)
         for key, value in over.items():
             trial.set_constraint(key, value)
-        p = self.cfg.proxy
-        finished: list[FrozenTrial] = []
-        if p.kind == "distill" and (p.early_stop.at is not None
-                                    or p.prefilter.dominated_by is not None):
-            finished = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        hopeless = None
-        if p.kind == "distill" and p.prefilter.dominated_by is not None:
-            hopeless = prefilter_reason(finished, c, scores, self.cost_objectives,
-                                        p.prefilter.score, p.prefilter.dominated_by)
-        # A candidate that is not trained gets the lowest score a trained one could: 0 of
-        # fidelity or accuracy (for fidelity+naswot, fidelity 0 with its own NASWOT).
-        floor = (combined_score(0.0, scores["naswot"], self.calibration)
-                 if p.kind == "distill" and p.score == COMBINED and self.calibration else 0.0)
+        finished: list[FrozenTrial] | None = None
+
+        def read_finished() -> list[FrozenTrial]:
+            nonlocal finished
+            if finished is None:
+                finished = trial.study.get_trials(deepcopy=False,
+                                                  states=(TrialState.COMPLETE,))
+            return finished
+
+        info = TrialInfo(scores, c, read_finished)
+        proxy = self.proxy
         if any(v > 0 for v in over.values()):
-            result = {"score": floor, "accuracy": 0.0, "cost_s": 0.0}
+            result = {"score": proxy.floor(info), "accuracy": 0.0, "cost_s": 0.0}
             trial.set_user_attr("skipped", "over budget: " + ", ".join(
                 f"{k} {c[k]:.3g} > {getattr(self.cfg.budget, k):.3g}" for k, v in over.items()
                 if v > 0))
-        elif hopeless:
-            result = {"score": floor, "accuracy": 0.0, "cost_s": 0.0}
+        elif hopeless := proxy.prefilter(info):
+            result = {"score": proxy.floor(info), "accuracy": 0.0, "cost_s": 0.0}
             trial.set_user_attr("skipped", hopeless)
-        elif p.kind == "zero_cost":
-            result = zero_cost_proxy(scores)
         else:
-            margin, rescore = p.early_stop.margin, None
-            if p.score == COMBINED:
-                cal = self.calibration
-                if cal is None:
-                    raise RuntimeError("proxy.score=fidelity+naswot needs the calibration "
-                                       "(search.run sets it before the trials)")
-                margin = margin / cal["fidelity"]["std"]  # the same margin, in the new units
-                rescore = lambda f: combined_score(f, scores["naswot"], cal)  # noqa: E731
-                trial.set_user_attr("score_calibration", cal["key"])
-            stop = (early_stopper(finished, c, self.cost_objectives, margin,
-                                  self.cfg.search.objectives.index("accuracy"))
-                    if p.early_stop.at is not None else None)
-            result = distilled_proxy(arch, self.proxy_data, self.cfg, stop_check=stop,
-                                     rescore=rescore)
+            if proxy.calibration is not None:
+                trial.set_user_attr("score_calibration", proxy.calibration["key"])
+            result = proxy.score(arch, info)
         with batched_writes(trial):
-            trial.set_user_attr("proxy", self.cfg.proxy.kind)
-            # what the accuracy objective holds (proxy.score; NASWOT for proxy=zero_cost)
-            trial.set_user_attr("proxy_score_name", self.cfg.proxy.score
-                                if p.kind == "distill" else "naswot")
+            trial.set_user_attr("proxy", proxy.kind)
+            trial.set_user_attr("proxy_score_name", proxy.score_name())  # the objective's
             for key, value in result.items():
                 trial.set_user_attr(f"proxy_{key}", value)
         values = {"accuracy": result["score"], **c}

@@ -21,16 +21,10 @@ from latency_models.model import LATENCY_WORDS, DeviceModel
 from search.budget import SURPLUS_ATTR, check_slot, wait_for_slot
 from search.cli import suggested_command
 from search.config import Config, redact
-from search.data import load_dataset, size_note
+from search.data import load_dataset
 from search.errors import UserError
 from search.objective import Objective, fastest_possible
-from search.proxy import (
-    COMBINED,
-    calibrate,
-    calibration_steps,
-    prepare_proxy_data,
-    to_device,
-)
+from search.proxies import make_proxy
 from search.storage import open_storage, storage_error
 from search.study import (
     SCORE_MEANING,
@@ -41,12 +35,11 @@ from search.study import (
     proxy_accuracy,
     study_meta,
 )
-from search.teacher import TeacherCache
 from spaces.files import write_text
 
 __all__ = ["bits_summary", "check_budgets", "energy_note", "load_device_model", "MAX_FAILURES",
            "pareto_rows", "print_table", "run_search", "run_trials", "score_name",
-           "study_calibration", "write_outputs"]
+           "write_outputs"]
 
 
 def load_device_model(cfg: Config) -> DeviceModel:
@@ -102,13 +95,14 @@ def pareto_rows(study: optuna.Study) -> list[dict]:
 def score_name(cfg: Config) -> str:
     """What the study's accuracy objective holds: ``proxy.score``, or NASWOT for
     ``proxy=zero_cost``."""
-    return "naswot" if cfg.proxy.kind == "zero_cost" else cfg.proxy.score
+    return make_proxy(cfg).score_name()
 
 
 def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Path,
                 console: Console, energy_note: str) -> None:
     name = score_name(cfg)
-    trained = cfg.proxy.kind != "zero_cost"
+    proxy = make_proxy(cfg)
+    trained = proxy.trains
     table = Table(title=f"Pareto-optimal trials of {study.study_name} ({cfg.device.name})")
     columns = ["trial", *([] if name == "accuracy" else [name]),
                *(["proxy acc"] if trained else []), "latency ms", "energy mJ", "params",
@@ -126,10 +120,8 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
     console.print(table)
     if name != "accuracy":
         console.print(f"{name}: {SCORE_MEANING[name]}.", highlight=False)
-    if trained:
-        console.print("proxy acc: validation accuracy after the proxy's brief training, a "
-                      "ranking signal; the export trains longer and measures test accuracy.",
-                      highlight=False)
+    if proxy.trains:
+        console.print(f"proxy acc: {proxy.accuracy_meaning}.", highlight=False)
     console.print("latency from: " + " | ".join(f"{word} ({meaning})" for word, meaning
                                                 in LATENCY_WORDS.items())
                   + f"; * = outside the measured range.\nEnergy is {energy_note} (see "
@@ -151,13 +143,13 @@ def run_search(cfg: Config) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own messages say what failed
     device_model = load_device_model(cfg)
     dataset = load_dataset(cfg.data, cfg.seed)
-    note = size_note(dataset, cfg.data.val_images, cfg.proxy.train_images,
-                     cfg.proxy.val_images) if cfg.proxy.kind == "distill" else None
+    proxy = make_proxy(cfg)
+    note = proxy.size_note(dataset)
     if note:
         console.print(note, style="yellow", highlight=False, soft_wrap=True)
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
     objective = Objective(cfg, dataset.in_chans, dataset.size, dataset.num_classes,
-                          device_model, None, dataset.train_x[train_idx[:64]])
+                          device_model, proxy, dataset.train_x[train_idx[:64]])
     check_budgets(cfg, objective)
     storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s, cfg.storage.retry_s)
     meta = study_meta(cfg, dataset.fingerprint(), device_model.hash)
@@ -173,20 +165,7 @@ def run_search(cfg: Config) -> None:
         if done:
             console.print(f"resuming study {study.study_name}: {done} complete, running "
                           f"{remaining} more")
-        if cfg.proxy.kind == "distill":
-            teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir,
-                                   cfg.data.val_images, cfg.seed)
-            teacher.model()
-            meta_t = teacher.meta
-            console.print(f"teacher {meta_t.get('model')}: test accuracy "
-                          f"{100 * meta_t.get('test_accuracy', 0):.2f}% "
-                          f"(cached in {teacher.dir})")
-            device = cfg.search.torch_device()
-            objective.proxy_data = to_device(prepare_proxy_data(cfg, dataset, teacher), device)
-            if device != "cpu":
-                console.print(f"candidates train on {torch.cuda.get_device_name(0)}")
-            if cfg.proxy.score == COMBINED:
-                objective.calibration = study_calibration(cfg, study, objective, console)
+        proxy.prepare(dataset, study, objective.shape, objective.images, console)
         try:
             run_trials(cfg, study, objective, done, remaining)
         except (StorageInternalError, SQLAlchemyError) as exc:
@@ -195,37 +174,6 @@ def run_search(cfg: Config) -> None:
     note = energy_note(device_model)
     write_outputs(cfg, study, rows, out_dir, time.time() - start, note)
     print_table(cfg, study, rows, out_dir, console, note)
-
-
-def study_calibration(cfg: Config, study: optuna.Study, objective: Objective,
-                      console: Console) -> dict:
-    """The scales of ``proxy.score=fidelity+naswot``: the study's own where it recorded them
-    (a resumed study or another worker scores with exactly those), else calibrated here (or
-    from the cache) and recorded in the study."""
-    recorded = study.user_attrs.get("score_calibration")
-    if recorded:
-        return recorded
-    args = (cfg, objective.proxy_data, objective.images, objective.shape, Path(cfg.cache_dir))
-    cal = calibrate(*args, cached_only=True)
-    if cal is None:
-        console.print(f"proxy.score={COMBINED}: scales from {cfg.proxy.calibration_archs} "
-                      "architectures of the space, trained now to put fidelity and NASWOT on "
-                      "one scale (once per data, teacher and proxy; cached in "
-                      f"{Path(cfg.cache_dir) / 'calibration'})", highlight=False,
-                      soft_wrap=True)
-        with tqdm(total=calibration_steps(cfg, objective.proxy_data), unit="step",
-                  desc="calibrating the score") as bar:
-            cal = calibrate(*args, on_step=lambda _: bar.update())
-    console.print(f"  fidelity {cal['fidelity']['mean']:.4f} +- {cal['fidelity']['std']:.4f}, "
-                  f"NASWOT {cal['naswot']['mean']:.1f} +- {cal['naswot']['std']:.1f} "
-                  f"(their training took {cal['seconds']:.0f} s)")
-    # Workers that started together may each have calibrated: the first recorded wins, so
-    # every trial of the study is scored with one set of scales (each trial records its key).
-    recorded = study.user_attrs.get("score_calibration")  # read from the storage again
-    if recorded:
-        return recorded
-    study.set_user_attr("score_calibration", cal)
-    return cal
 
 
 MAX_FAILURES = 5

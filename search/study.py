@@ -41,10 +41,12 @@ def stable_hash(obj: Any) -> str:
 
 def proxy_hash(cfg: Config) -> str:
     """The proxy's settings as a hash; ``calibration_archs`` counts only for the score that
-    uses it."""
+    uses it, the supernet's settings only for ``proxy=supernet``."""
     settings = asdict(cfg.proxy)
     if settings["score"] != COMBINED_SCORE:
         del settings["calibration_archs"]
+    if settings["kind"] != "supernet":
+        del settings["supernet"]
     return stable_hash(settings)
 
 
@@ -247,7 +249,7 @@ SCORE_MEANING = {
                        "architecture, higher is better, negative = below average",
     "fidelity": "exp(-KL divergence from the teacher's predictions) on the validation images: "
                 "1 = the teacher's predictions exactly, higher is better",
-    "accuracy": "validation accuracy after the proxy's brief training (0-1)",
+    "accuracy": "the validation accuracy the proxy measured (0-1)",
     "naswot": "NASWOT, a zero-cost score of the untrained network (log-determinant of its "
               "activation patterns): higher ranks better; not an accuracy",
 }

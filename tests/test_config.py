@@ -101,7 +101,7 @@ def test_missing_device_is_a_user_error():
         make()
 
 
-def test_the_proxy_hash_covers_every_setting_but_an_unused_calibration():
+def test_the_proxy_hash_covers_every_setting_but_unused_ones():
     from dataclasses import asdict
 
     from search.study import proxy_hash, stable_hash
@@ -111,7 +111,7 @@ def test_the_proxy_hash_covers_every_setting_but_an_unused_calibration():
     assert len({proxy_hash(c) for c in scores}) == 3
     fidelity = scores[1]
     assert proxy_hash(fidelity) == stable_hash({k: v for k, v in asdict(fidelity.proxy).items()
-                                          if k != "calibration_archs"})
+                                          if k not in ("calibration_archs", "supernet")})
     # calibration_archs counts only for the score that uses it
     assert proxy_hash(make("+device=rpi4", "proxy.score=fidelity", "proxy.calibration_archs=4")
                       ) == proxy_hash(fidelity)
@@ -119,6 +119,13 @@ def test_the_proxy_hash_covers_every_setting_but_an_unused_calibration():
                 for n in (4, 8)]
     assert len({proxy_hash(c) for c in combined} | {proxy_hash(fidelity)}) == 3
     assert proxy_hash(make("+device=rpi4", "proxy.batch=128")) != proxy_hash(scores[2])
+    # the supernet's settings count only for proxy=supernet (a distilled study resumes as
+    # it was), and there every one does
+    assert proxy_hash(make("+device=rpi4", "proxy.supernet.epochs=3")) == proxy_hash(scores[2])
+    sn = make("+device=rpi4", "proxy=supernet")
+    assert proxy_hash(sn) != proxy_hash(scores[2])
+    assert proxy_hash(make("+device=rpi4", "proxy=supernet", "proxy.supernet.epochs=3")
+                      ) != proxy_hash(sn)
 
 
 def test_the_combined_score_needs_at_least_two_calibration_architectures():

@@ -103,7 +103,7 @@ def test_every_command_answers_help(module):
 
 def test_search_help_lists_settings_with_their_defaults():
     text = run_here("-m", "search", "--help").stdout
-    assert "search.n_trials=32" in text and "proxy: distill, zero_cost" in text
+    assert "search.n_trials=32" in text and "proxy: distill, supernet, zero_cost" in text
     assert "rpi4" in text and "--cfg job" in text
 
 

@@ -1,0 +1,264 @@
+"""``proxy=supernet``: train the space's weight-sharing supernet once, then score each trial's
+sub-network in about a second.
+
+Training (:func:`train_supernet`) distills the cached teacher's soft labels into the supernet
+(:class:`spaces.supernet.SuperNet`): the first ``warmup_epochs`` train the largest sub-network
+alone; its channels are then sorted by importance, and every later step trains the largest
+and the smallest sub-networks and ``random_archs`` sampled ones on the same batch, their
+gradients summed (the sandwich rule of BigNAS / slimmable networks). It runs where
+``search.device`` says (a GPU when present). After every epoch a checkpoint (safetensors:
+weights and optimizer state, and a JSON manifest) is written atomically, so a killed training
+resumes at its last finished epoch; the finished supernet is ``supernet.safetensors`` and
+``manifest.json`` in a folder of the cache named by the fingerprint of everything it depends
+on (recipe, space, dataset, teacher, bit-widths, seed): another recipe or space trains
+another supernet, never reuses this one.
+
+Scoring (:func:`score_sub_network`): the sub-network's batch-norm statistics are recalibrated
+on a fixed set of training images, then it is evaluated on the validation images; the score
+options of ``proxy=distill`` apply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from search.config import Config
+from search.data import to_float
+from search.errors import UserError
+from search.proxy import ProxyData, proxy_score, validation_measures
+from search.study import stable_hash
+from search.train import kd_loss
+from spaces.arch import Arch
+from spaces.files import atomic_path, write_text
+from spaces.space import RandomChoices, sample_arch
+from spaces.supernet import SuperNet, SuperNetError, extreme_arch
+
+__all__ = ["FORMAT", "load_supernet", "score_sub_network", "supernet_fingerprint",
+           "SUPERNET_VERSION", "train_supernet"]
+
+FORMAT = "edgenas-supernet"
+SUPERNET_VERSION = 1
+
+
+def _hash_tensor(t: Optional[torch.Tensor]) -> Optional[str]:
+    import hashlib
+
+    if t is None:
+        return None
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def supernet_fingerprint(cfg: Config, data: ProxyData, shape: dict) -> dict:
+    """Everything a trained supernet depends on (its manifest records it; a supernet whose
+    fingerprint differs is never used)."""
+    p = cfg.proxy
+    recipe = {k: v for k, v in asdict(p.supernet).items() if k != "file"}
+    recipe.update(train_images=len(data.train_y), temperature=p.temperature, alpha=p.alpha)
+    return {"format": FORMAT, "version": SUPERNET_VERSION, "recipe": recipe,
+            "space": asdict(cfg.space), "shape": shape, "bits": sorted(cfg.device.bits),
+            "seed": cfg.seed, "data": _hash_tensor(data.train_x),
+            "teacher": _hash_tensor(data.train_teacher)}
+
+
+def _new(cfg: Config, shape: dict) -> SuperNet:
+    torch.manual_seed(cfg.seed)
+    return SuperNet(cfg.space, **shape)
+
+
+def load_supernet(path: str | Path, fingerprint: dict, cfg: Config, shape: dict) -> SuperNet:
+    """The finished supernet in ``path`` (its ``.safetensors``, the manifest beside it).
+
+    Raises:
+        UserError: a file that is missing, damaged, cut short, of another format (a
+            pickle), or trained for another recipe, space, dataset or teacher.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    manifest_path = path.with_name("manifest.json")
+    retrain = (f"delete {path.parent} and run the search again with proxy=supernet to "
+               "train it anew")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"supernet manifest {manifest_path} cannot be read ({exc}); "
+                        f"{retrain}") from None
+    if manifest.get("fingerprint_hash") != stable_hash(fingerprint):
+        differs = sorted(k for k in fingerprint
+                         if manifest.get("fingerprint", {}).get(k) != fingerprint[k])
+        raise UserError(f"supernet {path} was trained for another setup (it differs in: "
+                        f"{', '.join(differs) or 'its fingerprint'}); leave proxy.supernet.file "
+                        "unset to use (or train) the one of this setup")
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError, ValueError) as exc:
+        raise UserError(f"supernet weights {path} cannot be read ({exc}: damaged, cut short, "
+                        f"or not a safetensors file); {retrain}") from None
+    if _hash_tensor(torch.cat([t.flatten().float() for _, t in sorted(state.items())])) \
+            != manifest.get("weights_hash"):
+        raise UserError(f"supernet weights {path} do not match their manifest (changed after "
+                        f"training); {retrain}")
+    net = _new(cfg, shape)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"supernet weights {path} do not fit the space "
+                        f"({str(exc).splitlines()[0]}); {retrain}") from None
+    return net.eval()
+
+
+def _weights_hash(net: SuperNet) -> str:
+    state = net.state_dict()
+    return _hash_tensor(torch.cat([state[k].flatten().float().cpu() for k in sorted(state)]))
+
+
+def _sandwich(cfg: Config, shape: dict, rng: RandomChoices, epoch: int) -> list[Arch]:
+    """The sub-networks of one step: the largest alone during the warm-up, then the largest,
+    the smallest and ``random_archs`` sampled ones."""
+    bits = cfg.device.bits
+    largest = extreme_arch(cfg.space, True, bits=[max(bits)], **shape)
+    if epoch < cfg.proxy.supernet.warmup_epochs:
+        return [largest]
+    smallest = extreme_arch(cfg.space, False, bits=[min(bits)], **shape)
+    return [largest, smallest] + [sample_arch(rng, cfg.space, bits=bits, **shape)
+                                  for _ in range(cfg.proxy.supernet.random_archs)]
+
+
+def train_supernet(cfg: Config, data: ProxyData, shape: dict,
+                   on_step: Optional[Callable[[int, int], None]] = None,
+                   device: str = "cpu") -> tuple[SuperNet, Path]:
+    """The supernet of this setup: loaded where the cache has it finished, else trained
+    (resumed from its last checkpoint). ``on_step(step, total)`` after every optimizer step.
+    Returns the supernet (evaluation mode, on ``device``) and the file of its weights."""
+    from safetensors.torch import load_file, save_file
+
+    sn = cfg.proxy.supernet
+    fingerprint = supernet_fingerprint(cfg, data, shape)
+    key = stable_hash(fingerprint)
+    if sn.file:
+        return load_supernet(sn.file, fingerprint, cfg, shape).to(device), Path(sn.file)
+    folder = Path(cfg.cache_dir) / "supernet" / f"{cfg.space.name}-{key}"
+    final = folder / "supernet.safetensors"
+    if final.is_file() and (folder / "manifest.json").is_file():
+        return load_supernet(final, fingerprint, cfg, shape).to(device), final
+    net = _new(cfg, shape).to(device)
+    steps_per_epoch = max(1, math.ceil(len(data.train_y) / sn.batch))
+    total = sn.epochs * steps_per_epoch
+    opt = _optimizer(net, sn.lr)
+    start_epoch = 0
+    ckpt, ckpt_meta = folder / "checkpoint.safetensors", folder / "checkpoint.json"
+    if ckpt.is_file() and ckpt_meta.is_file():
+        try:
+            meta = json.loads(ckpt_meta.read_text())
+            state = load_file(str(ckpt))
+            if meta.get("fingerprint_hash") == key:
+                net.load_state_dict({k[len("net."):]: v for k, v in state.items()
+                                     if k.startswith("net.")})
+                opt = _optimizer(net, sn.lr)
+                _load_momentum(opt, net, state)
+                start_epoch = int(meta["epoch"])
+        except (OSError, ValueError, KeyError, RuntimeError):
+            start_epoch = 0  # an unreadable checkpoint: train from the start
+            net = _new(cfg, shape).to(device)
+            opt = _optimizer(net, sn.lr)
+    x, y, teacher = data.train_x, data.train_y, data.train_teacher
+    began = time.time()
+    for epoch in range(start_epoch, sn.epochs):
+        if epoch == sn.warmup_epochs and epoch > 0:
+            net.sort_channels()  # the largest's important channels first
+            opt = _optimizer(net, sn.lr)  # (momentum of the old order would be wrong)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        rng = RandomChoices(cfg.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(y), generator=gen).to(y.device)
+        net.train()
+        for i in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + i
+            lr = 0.5 * sn.lr * (1 + math.cos(math.pi * step / total))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = order[i * sn.batch:(i + 1) * sn.batch]
+            xb, yb = to_float(x[idx]), y[idx]
+            tb = None if teacher is None else teacher[idx].float()
+            opt.zero_grad(set_to_none=True)
+            archs = _sandwich(cfg, shape, rng, epoch)
+            for arch in archs:
+                loss = kd_loss(net.run(arch, xb), yb, tb, cfg.proxy.temperature,
+                               cfg.proxy.alpha)
+                (loss / len(archs)).backward()
+            opt.step()
+            if on_step is not None:
+                on_step(step + 1, total)
+        _save_checkpoint(folder, net, opt, epoch + 1, key, save_file)
+    net.eval()
+    manifest = {"format": FORMAT, "version": SUPERNET_VERSION, "fingerprint": fingerprint,
+                "fingerprint_hash": key, "weights_hash": _weights_hash(net),
+                "seconds": round(time.time() - began, 1), "device": device,
+                "epochs": sn.epochs}
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(final) as tmp:  # the weights first, then the manifest that vouches
+        save_file(state, str(tmp))
+    write_text(folder / "manifest.json", json.dumps(manifest, indent=1))
+    for f in (ckpt, ckpt_meta):
+        f.unlink(missing_ok=True)
+    return net, final
+
+
+def _optimizer(net: SuperNet, lr: float) -> torch.optim.Optimizer:
+    decay = [p for p in net.parameters() if p.dim() > 1]
+    no_decay = [p for p in net.parameters() if p.dim() <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": 4e-5},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=lr, momentum=0.9, nesterov=True)
+
+
+def _load_momentum(opt: torch.optim.Optimizer, net: SuperNet, state: dict) -> None:
+    for name, p in net.named_parameters():
+        buf = state.get(f"momentum.{name}")
+        if buf is not None:
+            opt.state[p]["momentum_buffer"] = buf.to(p.device).clone()
+
+
+def _save_checkpoint(folder: Path, net: SuperNet, opt: torch.optim.Optimizer, epoch: int,
+                     key: str, save_file) -> None:
+    """Weights and momentum after ``epoch`` epochs, then the JSON that vouches for them (a
+    kill between the two leaves the previous epoch's JSON, which names another epoch's
+    hash and is not trusted)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    for name, p in net.named_parameters():
+        buf = opt.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            state[f"momentum.{name}"] = buf.detach().cpu().contiguous()
+    with atomic_path(folder / "checkpoint.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_text(folder / "checkpoint.json", json.dumps({"epoch": epoch, "fingerprint_hash": key}))
+
+
+@torch.no_grad()
+def score_sub_network(net: SuperNet, arch: Arch, data: ProxyData, score: str,
+                      calibration_x: torch.Tensor, batch: int = 500) -> dict:
+    """A trial's sub-network scored: batch norm recalibrated on ``calibration_x`` (uint8
+    training images), then evaluated on the validation images. The measures of
+    :func:`search.proxy.validation_measures`, ``score`` (``proxy.score``; for
+    fidelity+naswot, its fidelity) and the cost in seconds."""
+    start = time.time()
+    try:
+        weights = net.recalibrate(arch, [to_float(calibration_x[i:i + batch])
+                                         for i in range(0, len(calibration_x), batch)])
+    except SuperNetError as exc:
+        raise UserError(str(exc)) from None
+    net.eval()
+    logits = torch.cat([net.run(arch, to_float(data.val_x[i:i + batch]), weights)
+                        for i in range(0, len(data.val_x), batch)])
+    out = validation_measures(logits, data)
+    out["trained_score"] = proxy_score(out, "accuracy" if score == "accuracy" else "fidelity")
+    out["cost_s"] = time.time() - start
+    return out

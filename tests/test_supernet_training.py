@@ -1,0 +1,113 @@
+"""proxy=supernet: training once (checkpointed, resumable, fingerprinted), loading safely,
+scoring a sub-network."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from search.config import CONF_DIR, Config, load
+from search.data import load_dataset
+from search.errors import UserError
+from search.proxy import prepare_proxy_data
+from search.supernet import load_supernet, score_sub_network, supernet_fingerprint, train_supernet
+from spaces.space import RandomChoices, sample_arch
+
+SMALL_SPACE = ["space.stem_chs=[8]", "space.head_chs=[32,64]", "space.kernel=[3,5]",
+               "space.expansion=[2,3]",
+               "space.stages=[{stride:1,out_chs:[8],depth:[1],block:[ds,ir]},"
+               "{stride:2,out_chs:[8,16],depth:[1,2],block:[ds,ir]}]"]
+
+
+def make(tmp_path, *overrides: str) -> Config:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return load(compose(config_name="config", overrides=[
+            "+device=host", "data=synthetic", "proxy=supernet", "proxy.train_images=96",
+            "proxy.val_images=64", "proxy.supernet.epochs=2", "proxy.supernet.batch=32",
+            "proxy.supernet.calibration_images=32", f"cache_dir={tmp_path}/cache",
+            *SMALL_SPACE, *overrides]))
+
+
+def setup(cfg: Config):
+    dataset = load_dataset(cfg.data, cfg.seed)
+    data = prepare_proxy_data(cfg, dataset, None)
+    # a teacher's logits (any fixed ones) to distill from
+    data.train_teacher = torch.randn(len(data.train_y), dataset.num_classes,
+                                     generator=torch.Generator().manual_seed(1))
+    data.val_teacher = torch.randn(len(data.val_y), dataset.num_classes,
+                                   generator=torch.Generator().manual_seed(2))
+    shape = dict(in_chans=dataset.in_chans, input_size=dataset.size,
+                 num_classes=dataset.num_classes)
+    return data, shape
+
+
+def test_trained_once_then_loaded_and_a_sub_network_scored(tmp_path):
+    cfg = make(tmp_path)
+    data, shape = setup(cfg)
+    steps = []
+    net, path = train_supernet(cfg, data, shape, on_step=lambda s, n: steps.append((s, n)))
+    assert steps[-1] == (2 * 3, 2 * 3) and path.is_file()
+    manifest = json.loads(path.with_name("manifest.json").read_text())
+    assert manifest["fingerprint"] == supernet_fingerprint(cfg, data, shape)
+    assert not (path.parent / "checkpoint.safetensors").exists()
+    again, same = train_supernet(cfg, data, shape, on_step=lambda s, n: 1 / 0)  # no training
+    assert same == path
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                 again.state_dict().values()))
+    arch = sample_arch(RandomChoices(3), cfg.space, bits=cfg.device.bits, **shape)
+    out = score_sub_network(again, arch, data, "fidelity", data.train_x[:32])
+    assert 0 < out["trained_score"] <= 1 and 0 <= out["accuracy"] <= 1
+    assert out["trained_score"] == pytest.approx(
+        torch.exp(torch.tensor(-out["teacher_kl"])).item())
+    # another recipe is another supernet, never this one
+    other = make(tmp_path, "proxy.supernet.lr=0.1")
+    assert supernet_fingerprint(other, data, shape) != manifest["fingerprint"]
+    with pytest.raises(UserError, match="another setup.*recipe"):
+        load_supernet(path, supernet_fingerprint(other, data, shape), other, shape)
+
+
+def test_a_killed_training_resumes_at_its_last_epoch_to_the_same_weights(tmp_path):
+    cfg = make(tmp_path / "a")
+    data, shape = setup(cfg)
+    whole, _ = train_supernet(cfg, data, shape)
+
+    cut = make(tmp_path / "b")
+
+    def kill(step: int, total: int) -> None:
+        if step == 4:  # during the second epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet(cut, data, shape, on_step=kill)
+    folder = next((tmp_path / "b" / "cache" / "supernet").iterdir())
+    assert json.loads((folder / "checkpoint.json").read_text())["epoch"] == 1
+    assert not (folder / "supernet.safetensors").exists()  # nothing that loads as complete
+    seen = []
+    resumed, _ = train_supernet(cut, data, shape, on_step=lambda s, n: seen.append(s))
+    assert seen[0] == 4  # the second epoch again, not the first
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+
+
+@pytest.mark.parametrize("damage", ["cut", "pickle", "edited"])
+def test_a_damaged_supernet_file_is_named_with_what_to_do(tmp_path, damage):
+    cfg = make(tmp_path)
+    data, shape = setup(cfg)
+    _, path = train_supernet(cfg, data, shape)
+    good = path.read_bytes()
+    if damage == "cut":
+        path.write_bytes(good[:len(good) // 2])
+    elif damage == "pickle":
+        torch.save({"w": torch.zeros(2)}, path)
+    else:
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(path))
+        key = next(iter(state))
+        state[key] = state[key] + 1
+        save_file(state, str(path))
+    with pytest.raises(UserError, match=f"{path}.*delete .* and run the search again"):
+        load_supernet(path, supernet_fingerprint(cfg, data, shape), cfg, shape)
