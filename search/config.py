@@ -125,7 +125,10 @@ class SupernetConfig:
     warmup_epochs: int = 1  # the largest sub-network alone, then channels sorted by importance
     batch: int = 64
     lr: float = 0.05
-    random_archs: int = 2  # sampled sub-networks per step, beside the largest and smallest
+    random_archs: int = 3  # sampled sub-networks per step, beside the largest (and smallest)
+    # true: the sandwich rule, the smallest sub-network every step too (it ranked worse here:
+    # docs/results/supernet.md)
+    smallest: bool = False
     calibration_images: int = 256  # training images that recalibrate a sub-network's norms
     # a trained supernet (its .safetensors, a manifest .json beside it); null: the cache's
     file: Optional[str] = None

@@ -149,6 +149,7 @@ class _TrainedProxy(Proxy):
                       f"{100 * meta.get('test_accuracy', 0):.2f}% (cached in {teacher.dir})")
         device = cfg.search.torch_device()
         self.data = to_device(prepare_proxy_data(cfg, dataset, teacher), device)
+        self.teacher_recipe = teacher.recipe
         self.images, self.shape = images, shape
         if device != "cpu":
             console.print(f"candidates train on {torch.cuda.get_device_name(0)}")
@@ -159,7 +160,8 @@ class _TrainedProxy(Proxy):
     def _ready(self, console: Console) -> None:
         """What the proxy does once its data is ready (the supernet trains here)."""
 
-    def _calibrate(self, console: Console) -> dict:
+    def calibrate_scales(self, console: Optional[Console] = None) -> dict:
+        """The scales of fidelity+naswot for this proxy (see :func:`combined_score`)."""
         raise NotImplementedError
 
     def _study_calibration(self, study: optuna.Study, console: Console) -> dict:
@@ -169,7 +171,7 @@ class _TrainedProxy(Proxy):
         recorded = study.user_attrs.get("score_calibration")
         if recorded:
             return recorded
-        cal = self._calibrate(console)
+        cal = self.calibrate_scales(console)
         console.print(f"  fidelity {cal['fidelity']['mean']:.4f} +- "
                       f"{cal['fidelity']['std']:.4f}, NASWOT {cal['naswot']['mean']:.1f} +- "
                       f"{cal['naswot']['std']:.1f} (took {cal['seconds']:.0f} s)")
@@ -189,16 +191,17 @@ class DistillProxy(_TrainedProxy):
     accuracy_meaning = ("validation accuracy after the proxy's brief training, a ranking "
                         "signal; the export trains longer and measures test accuracy")
 
-    def _calibrate(self, console: Console) -> dict:
+    def calibrate_scales(self, console: Optional[Console] = None) -> dict:
         cfg = self.cfg
         args = (cfg, self.data, self.images, self.shape, Path(cfg.cache_dir))
         cal = calibrate(*args, cached_only=True)
-        if cal is None:
+        if cal is None and console is not None:
             console.print(f"proxy.score={COMBINED}: scales from {cfg.proxy.calibration_archs} "
                           "architectures of the space, trained now to put fidelity and NASWOT "
                           "on one scale (once per data, teacher and proxy; cached in "
                           f"{Path(cfg.cache_dir) / 'calibration'})", highlight=False,
                           soft_wrap=True)
+        if cal is None:
             with tqdm(total=calibration_steps(cfg, self.data), unit="step",
                       desc="calibrating the score") as bar:
                 cal = calibrate(*args, on_step=lambda _: bar.update())
@@ -265,17 +268,18 @@ class SupernetProxy(_TrainedProxy):
 
         try:
             self.net, self.path = train_supernet(cfg, self.data, self.shape, on_step=on_step,
-                                                 device=device)
+                                                 device=device, teacher=self.teacher_recipe)
         finally:
             if bar:
                 bar[0].close()
-        self.fingerprint = supernet_fingerprint(cfg, self.data, self.shape)
+        self.fingerprint = supernet_fingerprint(cfg, self.data, self.shape,
+                                                self.teacher_recipe)
         console.print(f"supernet {self.path}", highlight=False, soft_wrap=True)
 
     def _calibration_x(self) -> torch.Tensor:
         return self.data.train_x[:self.cfg.proxy.supernet.calibration_images]
 
-    def _calibrate(self, console: Console) -> dict:
+    def calibrate_scales(self, console: Optional[Console] = None) -> dict:
         """The scales of fidelity+naswot from ``proxy.calibration_archs`` sampled
         sub-networks, scored by the supernet (seconds: nothing trains)."""
         import time

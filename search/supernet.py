@@ -40,8 +40,8 @@ from spaces.files import atomic_path, write_text
 from spaces.space import RandomChoices, sample_arch
 from spaces.supernet import SuperNet, SuperNetError, extreme_arch
 
-__all__ = ["FORMAT", "load_supernet", "score_sub_network", "supernet_fingerprint",
-           "SUPERNET_VERSION", "train_supernet"]
+__all__ = ["FORMAT", "load_supernet", "score_sub_network", "SHIPPED", "shipped_supernet",
+           "supernet_fingerprint", "SUPERNET_VERSION", "train_supernet"]
 
 FORMAT = "edgenas-supernet"
 SUPERNET_VERSION = 1
@@ -55,16 +55,32 @@ def _hash_tensor(t: Optional[torch.Tensor]) -> Optional[str]:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def supernet_fingerprint(cfg: Config, data: ProxyData, shape: dict) -> dict:
+def supernet_fingerprint(cfg: Config, data: ProxyData, shape: dict,
+                         teacher: Optional[dict] = None) -> dict:
     """Everything a trained supernet depends on (its manifest records it; a supernet whose
-    fingerprint differs is never used)."""
+    fingerprint differs is never used). ``teacher``: the teacher's recipe (what it was
+    trained from: the same on every machine); without it, a hash of its logits."""
     p = cfg.proxy
     recipe = {k: v for k, v in asdict(p.supernet).items() if k != "file"}
     recipe.update(train_images=len(data.train_y), temperature=p.temperature, alpha=p.alpha)
     return {"format": FORMAT, "version": SUPERNET_VERSION, "recipe": recipe,
             "space": asdict(cfg.space), "shape": shape, "bits": sorted(cfg.device.bits),
             "seed": cfg.seed, "data": _hash_tensor(data.train_x),
-            "teacher": _hash_tensor(data.train_teacher)}
+            "teacher": teacher if teacher is not None else _hash_tensor(data.train_teacher)}
+
+
+SHIPPED = Path(__file__).resolve().parent / "supernets"
+
+
+def shipped_supernet(key: str) -> Optional[Path]:
+    """The supernet of fingerprint ``key`` that ships with the package, if any."""
+    for manifest in sorted(SHIPPED.glob("*/manifest.json")):
+        try:
+            if json.loads(manifest.read_text()).get("fingerprint_hash") == key:
+                return manifest.with_name("supernet.safetensors")
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _new(cfg: Config, shape: dict) -> SuperNet:
@@ -122,26 +138,31 @@ def _weights_hash(net: SuperNet) -> str:
 
 def _sandwich(cfg: Config, shape: dict, rng: RandomChoices, epoch: int) -> list[Arch]:
     """The sub-networks of one step: the largest alone during the warm-up, then the largest,
-    the smallest and ``random_archs`` sampled ones."""
+    the smallest (``proxy.supernet.smallest``) and ``random_archs`` sampled ones."""
     bits = cfg.device.bits
     largest = extreme_arch(cfg.space, True, bits=[max(bits)], **shape)
     if epoch < cfg.proxy.supernet.warmup_epochs:
         return [largest]
-    smallest = extreme_arch(cfg.space, False, bits=[min(bits)], **shape)
-    return [largest, smallest] + [sample_arch(rng, cfg.space, bits=bits, **shape)
-                                  for _ in range(cfg.proxy.supernet.random_archs)]
+    ends = [largest]
+    if cfg.proxy.supernet.smallest:
+        ends.append(extreme_arch(cfg.space, False, bits=[min(bits)], **shape))
+    return ends + [sample_arch(rng, cfg.space, bits=bits, **shape)
+                   for _ in range(cfg.proxy.supernet.random_archs)]
 
 
 def train_supernet(cfg: Config, data: ProxyData, shape: dict,
                    on_step: Optional[Callable[[int, int], None]] = None,
-                   device: str = "cpu") -> tuple[SuperNet, Path]:
-    """The supernet of this setup: loaded where the cache has it finished, else trained
-    (resumed from its last checkpoint). ``on_step(step, total)`` after every optimizer step.
+                   device: str = "cpu", teacher: Optional[dict] = None
+                   ) -> tuple[SuperNet, Path]:
+    """The supernet of this setup: ``proxy.supernet.file``, or the cache's, or the one that
+    ships with the package (``search/supernets/``) where their fingerprint is this setup's;
+    else trained (resumed from its last checkpoint) into the cache. ``on_step(step, total)``
+    after every optimizer step; ``teacher``: the teacher's recipe (for the fingerprint).
     Returns the supernet (evaluation mode, on ``device``) and the file of its weights."""
     from safetensors.torch import load_file, save_file
 
     sn = cfg.proxy.supernet
-    fingerprint = supernet_fingerprint(cfg, data, shape)
+    fingerprint = supernet_fingerprint(cfg, data, shape, teacher)
     key = stable_hash(fingerprint)
     if sn.file:
         return load_supernet(sn.file, fingerprint, cfg, shape).to(device), Path(sn.file)
@@ -149,6 +170,9 @@ def train_supernet(cfg: Config, data: ProxyData, shape: dict,
     final = folder / "supernet.safetensors"
     if final.is_file() and (folder / "manifest.json").is_file():
         return load_supernet(final, fingerprint, cfg, shape).to(device), final
+    shipped = shipped_supernet(key)
+    if shipped is not None:
+        return load_supernet(shipped, fingerprint, cfg, shape).to(device), shipped
     net = _new(cfg, shape).to(device)
     steps_per_epoch = max(1, math.ceil(len(data.train_y) / sn.batch))
     total = sn.epochs * steps_per_epoch

@@ -111,3 +111,28 @@ def test_a_damaged_supernet_file_is_named_with_what_to_do(tmp_path, damage):
         save_file(state, str(path))
     with pytest.raises(UserError, match=f"{path}.*delete .* and run the search again"):
         load_supernet(path, supernet_fingerprint(cfg, data, shape), cfg, shape)
+
+
+def test_a_supernet_that_ships_with_the_package_is_used_where_its_fingerprint_matches(
+        tmp_path, monkeypatch):
+    import shutil
+
+    import search.supernet as sn
+
+    cfg = make(tmp_path)
+    data, shape = setup(cfg)
+    teacher = {"model": "a teacher's recipe"}
+    _, path = train_supernet(cfg, data, shape, teacher=teacher)
+    shipped = tmp_path / "supernets" / "synthetic-mobilenet"
+    shipped.mkdir(parents=True)
+    for name in ("supernet.safetensors", "manifest.json"):
+        shutil.copyfile(path.with_name(name), shipped / name)
+    shutil.rmtree(path.parent)  # not in the cache any more
+    monkeypatch.setattr(sn, "SHIPPED", tmp_path / "supernets")
+    _, found = train_supernet(cfg, data, shape, teacher=teacher, on_step=lambda s, n: 1 / 0)
+    assert found == shipped / "supernet.safetensors"
+    # another teacher: not this one (trains its own)
+    steps = []
+    _, other = train_supernet(cfg, data, shape, teacher={"model": "another"},
+                              on_step=lambda s, n: steps.append(s))
+    assert other != found and steps

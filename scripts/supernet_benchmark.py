@@ -1,0 +1,228 @@
+"""Benchmark of ``proxy=supernet``: its cost, and how well it ranks architectures.
+
+    python scripts/supernet_benchmark.py            # train (or load) the supernet, then score
+    python scripts/supernet_benchmark.py --report   # the tables from the stored scores only
+    python scripts/supernet_benchmark.py --ship     # and copy the supernet into the package
+
+1. Training: the supernet of the search's defaults (``+device=rpi4 proxy=supernet``,
+   Fashion-MNIST, the cached teacher), trained exactly as the search trains it (the same
+   function, the same cache), on this machine's CPU with ``search.threads`` threads (or
+   ``--device cuda``); its wall time.
+2. Rank quality: the 48 architectures of ``scripts/results/proxy/`` scored by their
+   sub-networks, against their ground truth (``ground_truth.csv``: seed-0 test accuracy after
+   full training), Kendall tau and Spearman rho, overall and within the ground truth's top
+   quarter, beside the proxies of ``scripts/results/proxy/scores.csv`` (the distilled
+   proxy's fidelity, fidelity+naswot with the search's calibration, NASWOT, MACs). The scores
+   go to ``scripts/results/supernet/scores.csv`` (``arch_id,supernet,...``: ``supernet`` is
+   what the search uses, ``proxy.score``'s default).
+3. Scoring cost: seconds per trial (batch-norm recalibration and validation) over ``--n``
+   architectures sampled from the space, median and spread.
+
+Figures are printed and written to ``scripts/results/supernet/report.md`` and
+``report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OUT = ROOT / "scripts" / "results" / "supernet"
+PROXY = ROOT / "scripts" / "results" / "proxy"
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from search.config import CONF_DIR, load
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return load(hydra_compose(config_name="config",
+                                  overrides=["+device=rpi4", "proxy=supernet", *overrides]))
+
+
+def prepared(cfg, device: str):
+    """The search's proxy data (teacher logits included) and the trained supernet."""
+    import torch
+
+    from search.data import load_dataset
+    from search.proxy import prepare_proxy_data, to_device
+    from search.supernet import train_supernet
+    from search.teacher import TeacherCache
+
+    torch.set_num_threads(cfg.search.threads)
+    dataset = load_dataset(cfg.data, cfg.seed)
+    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
+                           cfg.seed)
+    teacher.model()
+    data = to_device(prepare_proxy_data(cfg, dataset, teacher), device)
+    shape = dict(in_chans=dataset.in_chans, input_size=dataset.size,
+                 num_classes=dataset.num_classes)
+    start, last = time.time(), [0.0]
+
+    def on_step(step: int, total: int) -> None:
+        now = time.time()
+        if now - last[0] > 60 or step == total:
+            last[0] = now
+            print(f"supernet: step {step}/{total}, {now - start:.0f} s", flush=True)
+
+    net, path = train_supernet(cfg, data, shape, on_step=on_step, device=device,
+                               teacher=teacher.recipe)
+    manifest = json.loads(path.with_name("manifest.json").read_text())
+    train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
+    return data, shape, net, path, manifest, dataset.train_x[train_idx[:64]]
+
+
+def rank_stats(pred: list[float], truth: list[float]) -> dict:
+    from scipy.stats import kendalltau, spearmanr
+
+    return {"kendall": round(float(kendalltau(pred, truth)[0]), 3),
+            "spearman": round(float(spearmanr(pred, truth)[0]), 3), "n": len(pred)}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--report", action="store_true", help="tables from stored scores")
+    parser.add_argument("--device", default="cpu", help="where the supernet trains")
+    parser.add_argument("--n", type=int, default=200, help="architectures timed for cost")
+    parser.add_argument("--out", default=str(OUT), help="the results folder")
+    parser.add_argument("--ship", action="store_true",
+                        help="copy the trained supernet into the package (search/supernets/)")
+    parser.add_argument("overrides", nargs="*", help="config overrides (key=value)")
+    args = parser.parse_args(argv)
+    cfg = compose(args.overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        score(cfg, args, out)
+    return report(out, args.overrides)
+
+
+def score(cfg, args, out_dir: Path) -> None:
+    from search.proxies import SupernetProxy
+    from search.proxy import naswot
+    from search.supernet import score_sub_network
+    from spaces.arch import Arch
+    from spaces.space import RandomChoices, sample_arch
+
+    data, shape, net, path, manifest, images = prepared(cfg, args.device)
+    if args.ship:
+        import shutil
+
+        from search.supernet import SHIPPED
+
+        target = SHIPPED / f"{cfg.data.name}-{cfg.space.name}"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / "supernet.safetensors")
+        shutil.copyfile(path.with_name("manifest.json"), target / "manifest.json")
+        print(f"shipped: {target}")
+    proxy = SupernetProxy(cfg)
+    proxy.data, proxy.net, proxy.shape, proxy.images = data, net, shape, images
+    proxy.fingerprint = manifest["fingerprint"]
+    cal = proxy.calibrate_scales()
+    calib_x = data.train_x[:cfg.proxy.supernet.calibration_images]
+    archs = [Arch.from_json(json.dumps(a["arch"])) for a in json.loads(
+        (PROXY / "archs.json").read_text())["archs"]]
+    rows = []
+    for arch in archs:
+        out = score_sub_network(net, arch, data, "fidelity", calib_x)
+        zc = naswot(arch, images, cfg.seed)
+        combined = ((out["trained_score"] - cal["fidelity"]["mean"]) / cal["fidelity"]["std"]
+                    + (zc - cal["naswot"]["mean"]) / cal["naswot"]["std"])
+        rows.append({"arch_id": arch.arch_id, "supernet": round(combined, 6),
+                     "supernet_fidelity": round(out["trained_score"], 6),
+                     "supernet_accuracy": out["accuracy"],
+                     "cost_s": round(out["cost_s"], 4)})
+    with open(out_dir / "scores.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    costs = []
+    for i in range(args.n):
+        arch = sample_arch(RandomChoices(50_000 + i), cfg.space, bits=cfg.device.bits,
+                           **shape)
+        t = time.perf_counter()
+        score_sub_network(net, arch, data, "fidelity", calib_x)
+        naswot(arch, images, cfg.seed)
+        costs.append(time.perf_counter() - t)
+    costs.sort()
+    (out_dir / "run.json").write_text(json.dumps({
+        "supernet": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+        "training_seconds": manifest["seconds"], "training_device": manifest["device"],
+        "epochs": manifest["epochs"], "threads": cfg.search.threads,
+        "calibration": {k: cal[k] for k in ("fidelity", "naswot", "archs")},
+        "trial_cost_s": {"n": len(costs), "median": round(statistics.median(costs), 3),
+                         "p10": round(costs[len(costs) // 10], 3),
+                         "p90": round(costs[9 * len(costs) // 10], 3)},
+    }, indent=1))
+
+
+def report(out_dir: Path, overrides: list[str]) -> int:
+    truth = {}
+    with open(PROXY / "ground_truth.csv") as f:
+        for r in csv.DictReader(f):
+            if r["seed"] == "0":
+                truth[r["arch_id"]] = float(r["test_accuracy"])
+    ours = {r["arch_id"]: r for r in csv.DictReader(open(out_dir / "scores.csv"))}
+    others = {r["arch_id"]: r for r in csv.DictReader(open(PROXY / "scores.csv"))}
+    cal = json.loads((PROXY / "calibration.json").read_text())
+    run = json.loads((out_dir / "run.json").read_text())
+    ids = [a for a in truth if a in ours and a in others]
+    top = sorted(ids, key=lambda a: -truth[a])[:len(ids) // 4]
+
+    def default(r: dict) -> float:  # the distilled proxy's fidelity+naswot, as searched
+        return ((float(r["distill"]) - cal["fidelity"]["mean"]) / cal["fidelity"]["std"]
+                + (float(r["naswot"]) - cal["naswot"]["mean"]) / cal["naswot"]["std"])
+
+    columns = {
+        "supernet (fidelity+naswot, the search's score)": lambda a: float(ours[a]["supernet"]),
+        "supernet fidelity": lambda a: float(ours[a]["supernet_fidelity"]),
+        "supernet accuracy": lambda a: float(ours[a]["supernet_accuracy"]),
+        "distill, fidelity+naswot (today's default)": lambda a: default(others[a]),
+        "distill fidelity": lambda a: float(others[a]["distill"]),
+        "NASWOT": lambda a: float(others[a]["naswot"]),
+        "MACs": lambda a: float(others[a]["macs"]),
+    }
+    costs = {"supernet (fidelity+naswot, the search's score)": run["trial_cost_s"]["median"],
+             "distill, fidelity+naswot (today's default)": statistics.median(
+                 float(others[a]["distill_cost_s"]) + float(others[a]["naswot_cost_s"])
+                 for a in ids)}
+    table = {}
+    lines = ["| proxy | Kendall tau | Spearman rho | top quarter: Kendall | Spearman | "
+             "s / trial |", "|---|---|---|---|---|---|"]
+    for name, fn in columns.items():
+        all_ = rank_stats([fn(a) for a in ids], [truth[a] for a in ids])
+        q = rank_stats([fn(a) for a in top], [truth[a] for a in top])
+        table[name] = {"all": all_, "top_quarter": q, "seconds": costs.get(name)}
+        cost = f"{costs[name]:.2f}" if name in costs else ""
+        lines.append(f"| {name} | {all_['kendall']} | {all_['spearman']} | {q['kendall']} | "
+                     f"{q['spearman']} | {cost} |")
+    head = (f"# proxy=supernet against the ground truth ({len(ids)} architectures; top "
+            f"quarter: {len(top)})\n\n`python scripts/supernet_benchmark.py"
+            f"{''.join(' ' + o for o in overrides)}`: the supernet of the search's defaults"
+            f"{' with those overrides' if overrides else ''} trained in "
+            f"{run['training_seconds'] / 60:.1f} min on "
+            f"{run['training_device']} ({run['threads']} threads, {run['epochs']} epochs); "
+            f"scoring a trial (batch-norm recalibration, validation, NASWOT): median "
+            f"{run['trial_cost_s']['median']:.2f} s, 10-90% {run['trial_cost_s']['p10']:.2f}-"
+            f"{run['trial_cost_s']['p90']:.2f} s over {run['trial_cost_s']['n']} sampled "
+            "architectures. The distilled proxy's scores and costs are those of "
+            "`scripts/results/proxy/scores.csv` (2 CPU cores).\n\n")
+    text = head + "\n".join(lines) + "\n"
+    (out_dir / "report.md").write_text(text)
+    (out_dir / "report.json").write_text(json.dumps({"run": run, "rank": table}, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
