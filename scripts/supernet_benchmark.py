@@ -127,7 +127,7 @@ def score(cfg, args, out_dir: Path) -> None:
         print(f"shipped: {target}")
     proxy = SupernetProxy(cfg)
     proxy.data, proxy.net, proxy.shape, proxy.images = data, net, shape, images
-    proxy.fingerprint = manifest["fingerprint"]
+    proxy.supernet_key = manifest["fingerprint_hash"]
     cal = proxy.calibrate_scales()
     calib_x = data.train_x[:cfg.proxy.supernet.calibration_images]
     archs = [Arch.from_json(json.dumps(a["arch"])) for a in json.loads(

@@ -11,10 +11,10 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from search.config import CONF_DIR, Config, group_options, without_password
-from search.errors import UserError, guarded, silence_library_warnings
-from spaces.cli import CliError, HydraApp, python_cmd, settings, shell_join
+from search.errors import guarded, silence_library_warnings
+from spaces.cli import HydraApp, python_cmd, settings, shell_join
 
-__all__ = ["HydraCommand", "check_overrides", "known_keys", "search_app", "suggested_command"]
+__all__ = ["HydraCommand", "known_keys", "search_app", "suggested_command"]
 
 GROUPS = ("device", "space", "data", "proxy", "storage", "search")
 
@@ -22,18 +22,6 @@ GROUPS = ("device", "space", "data", "proxy", "storage", "search")
 def known_keys() -> list[str]:
     """Every settable key of the configuration, dotted (``search.n_trials``)."""
     return [key for key, _, _ in settings(Config)]
-
-
-def check_overrides(argv: list[str]) -> None:
-    """Check the search's overrides before Hydra composes them.
-
-    Raises:
-        UserError: see :meth:`spaces.cli.HydraApp.check`.
-    """
-    try:
-        search_app("search").check(argv)
-    except CliError as exc:
-        raise UserError(str(exc)) from None
 
 
 def suggested_command(module: str, *extra: str) -> str:

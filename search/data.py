@@ -19,7 +19,7 @@ from search.errors import UserError
 
 __all__ = ["Dataset", "FMNIST_CLASS_NAMES", "FMNIST_FILES", "FMNIST_INSTALL", "IMAGE_SUFFIXES",
            "load_dataset", "load_fashion_mnist", "load_image_folder", "make_synthetic",
-           "size_note", "to_float"]
+           "size_note", "tensor_hash", "to_float"]
 
 FMNIST_FILES = {
     "train_x": "train-images-idx3-ubyte.gz", "train_y": "train-labels-idx1-ubyte.gz",
@@ -82,6 +82,11 @@ class Dataset:
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images to float32 in [0, 1] (what the exported models take)."""
     return x.float().div_(255.0)
+
+
+def tensor_hash(t: torch.Tensor) -> str:
+    """A short hash of a tensor's values (cache keys and fingerprints)."""
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 # ---- Fashion-MNIST ----------------------------------------------------------------------

@@ -14,7 +14,6 @@ that train.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,12 +30,13 @@ from search.proxy import (
     COMBINED,
     ProxyData,
     calibrate,
+    calibration_archs,
+    calibration_record,
     calibration_steps,
     combined_score,
     distilled_proxy,
     naswot,
     prepare_proxy_data,
-    proxy_score,
     to_device,
     zero_cost_proxy,
 )
@@ -249,9 +249,12 @@ class SupernetProxy(_TrainedProxy):
         super().__init__(cfg)
         self.net = None
         self.path: Optional[Path] = None
+        self.supernet_key = ""  # its fingerprint's hash, once prepared
 
     def _ready(self, console: Console) -> None:
-        from search.supernet import supernet_fingerprint, train_supernet
+        import json
+
+        from search.supernet import train_supernet
 
         cfg = self.cfg
         device = cfg.search.torch_device()
@@ -272,8 +275,9 @@ class SupernetProxy(_TrainedProxy):
         finally:
             if bar:
                 bar[0].close()
-        self.fingerprint = supernet_fingerprint(cfg, self.data, self.shape,
-                                                self.teacher_recipe)
+        # the key its manifest vouches for (recorded with every trial it scores)
+        manifest = json.loads(self.path.with_name("manifest.json").read_text())
+        self.supernet_key = manifest["fingerprint_hash"]
         console.print(f"supernet {self.path}", highlight=False, soft_wrap=True)
 
     def _calibration_x(self) -> torch.Tensor:
@@ -285,42 +289,23 @@ class SupernetProxy(_TrainedProxy):
         import time
 
         from search.supernet import score_sub_network
-        from spaces.space import RandomChoices, sample_arch
 
-        cfg, start = self.cfg, time.time()
-        fidelities, naswots, ids = [], [], []
-        for i in range(cfg.proxy.calibration_archs):
-            arch = sample_arch(RandomChoices(cfg.seed * 1_000_003 + 7919 + i), cfg.space,
-                               bits=cfg.device.bits, **self.shape)
-            out = score_sub_network(self.net, arch, self.data, "fidelity",
-                                    self._calibration_x())
-            fidelities.append(out["trained_score"])
-            naswots.append(naswot(arch, self.images, cfg.seed))
-            ids.append(arch.arch_id)
-
-        def stats(v: list[float]) -> dict:
-            return {"mean": statistics.fmean(v), "std": statistics.stdev(v) or 1.0}
-
-        return {"key": f"supernet-{self.fingerprint_key()}", "score": COMBINED, "archs": ids,
-                "fidelity": stats(fidelities), "naswot": stats(naswots),
-                "seconds": round(time.time() - start, 1), "version": 1}
-
-    def fingerprint_key(self) -> str:
-        from search.study import stable_hash
-
-        return stable_hash(self.fingerprint)
+        start = time.time()
+        archs = calibration_archs(self.cfg, self.shape)
+        fidelities = [score_sub_network(self.net, a, self.data, "fidelity",
+                                        self._calibration_x())["trained_score"] for a in archs]
+        return calibration_record(f"supernet-{self.supernet_key}", archs, fidelities,
+                                  [naswot(a, self.images, self.cfg.seed) for a in archs],
+                                  time.time() - start)
 
     def score(self, arch: Arch, info: TrialInfo) -> dict:
         from search.supernet import score_sub_network
 
-        p = self.cfg.proxy
-        out = score_sub_network(self.net, arch, self.data, p.score, self._calibration_x())
+        out = score_sub_network(self.net, arch, self.data, self.cfg.proxy.score,
+                                self._calibration_x())
         rescore = self.rescore(info)
-        trained = (out["trained_score"] if p.score != "accuracy" else
-                   proxy_score(out, "accuracy"))
-        out["trained_score"] = trained
-        out["score"] = rescore(trained) if rescore is not None else trained
-        out["supernet"] = self.fingerprint_key()
+        out["score"] = out["trained_score"] if rescore is None else rescore(out["trained_score"])
+        out["supernet"] = self.supernet_key
         return out
 
 

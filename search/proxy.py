@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.config import COMBINED_SCORE, Config, ProxyConfig
-from search.data import Dataset, to_float
+from search.data import Dataset, tensor_hash, to_float
 from search.teacher import TeacherCache
 from search.train import Recipe, Trainer, accuracy, predict_logits
 from spaces.arch import Arch
@@ -27,10 +27,11 @@ from spaces.build import build_model
 from spaces.prune import prune_model
 from spaces.quant import attach_fake_quant, detach_fake_quant
 
-__all__ = ["calibrate", "calibration_steps", "CALIBRATION_VERSION", "COMBINED", "combined_score",
-           "distilled_proxy", "naswot", "prepare_proxy_data", "proxy_recipe", "proxy_score",
-           "ProxyData", "synflow", "teacher_kl", "to_device", "train_candidate", "train_final",
-           "validation_measures", "zero_cost_proxy", "zero_cost_scores"]
+__all__ = ["calibrate", "calibration_archs", "calibration_record", "calibration_steps",
+           "CALIBRATION_VERSION", "COMBINED", "combined_score", "distilled_proxy", "naswot",
+           "prepare_proxy_data", "proxy_recipe", "proxy_score", "ProxyData", "synflow",
+           "teacher_kl", "to_device", "train_candidate", "train_final", "validation_measures",
+           "zero_cost_proxy", "zero_cost_scores"]
 
 
 @dataclass
@@ -234,16 +235,15 @@ def calibrate(cfg: Config, data: ProxyData, images: torch.Tensor, shape: dict,
     from dataclasses import asdict, replace
 
     from spaces.files import write_text
-    from spaces.space import RandomChoices, sample_arch
 
     p = cfg.proxy
     key_fields = {"proxy": {k: v for k, v in asdict(p).items()  # what the training uses
                             if k not in ("early_stop", "prefilter", "score", "supernet")},
                   "space": asdict(cfg.space), "shape": shape, "bits": list(cfg.device.bits),
                   "seed": cfg.seed, "version": CALIBRATION_VERSION,
-                  "data": hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16],
-                  "teacher": None if data.val_teacher is None else hashlib.sha256(
-                      data.val_teacher.float().cpu().numpy().tobytes()).hexdigest()[:16]}
+                  "data": tensor_hash(images),
+                  "teacher": None if data.val_teacher is None else tensor_hash(
+                      data.val_teacher.float())}
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / "calibration" / f"{key}.json"
     if path.is_file():
@@ -258,23 +258,35 @@ def calibrate(cfg: Config, data: ProxyData, images: torch.Tensor, shape: dict,
     start = time.time()
     trained = replace(cfg, proxy=replace(p, score="fidelity", early_stop=replace(
         p.early_stop, at=None)))
-    fidelities, naswots, ids = [], [], []
-    for i in range(p.calibration_archs):
-        arch = sample_arch(RandomChoices(cfg.seed * 1_000_003 + 7919 + i), cfg.space,
-                           bits=cfg.device.bits, **shape)
-        fidelities.append(distilled_proxy(arch, data, trained, on_step=on_step)["score"])
-        naswots.append(naswot(arch, images, cfg.seed))
-        ids.append(arch.arch_id)
+    archs = calibration_archs(cfg, shape)
+    out = calibration_record(
+        key, archs, [distilled_proxy(a, data, trained, on_step=on_step)["score"] for a in archs],
+        [naswot(a, images, cfg.seed) for a in archs], time.time() - start)
+    write_text(path, json.dumps(out, indent=1))
+    return out
 
+
+def calibration_archs(cfg: Config, shape: dict) -> list[Arch]:
+    """The ``proxy.calibration_archs`` architectures (sampled uniformly, seeded) whose scores
+    set the scales of :func:`combined_score`."""
+    from spaces.space import RandomChoices, sample_arch
+
+    return [sample_arch(RandomChoices(cfg.seed * 1_000_003 + 7919 + i), cfg.space,
+                        bits=cfg.device.bits, **shape)
+            for i in range(cfg.proxy.calibration_archs)]
+
+
+def calibration_record(key: str, archs: list[Arch], fidelities: list[float],
+                       naswots: list[float], seconds: float) -> dict:
+    """The scales of :func:`combined_score` from the calibration architectures' fidelity and
+    NASWOT: the mean and spread of each, as a study records them."""
     def stats(v: list[float]) -> dict:
         t = torch.tensor(v, dtype=torch.float64)
         return {"mean": float(t.mean()), "std": float(t.std()) or 1.0}
 
-    out = {"key": key, "score": COMBINED, "archs": ids, "fidelity": stats(fidelities),
-           "naswot": stats(naswots), "seconds": round(time.time() - start, 1),
-           "version": CALIBRATION_VERSION}
-    write_text(path, json.dumps(out, indent=1))
-    return out
+    return {"key": key, "score": COMBINED, "archs": [a.arch_id for a in archs],
+            "fidelity": stats(fidelities), "naswot": stats(naswots),
+            "seconds": round(seconds, 1), "version": CALIBRATION_VERSION}
 
 
 def synflow(arch: Arch) -> float:

@@ -30,11 +30,11 @@ from typing import Callable, Optional
 import torch
 
 from search.config import Config
-from search.data import to_float
+from search.data import tensor_hash, to_float
 from search.errors import UserError
 from search.proxy import ProxyData, proxy_score, validation_measures
 from search.study import stable_hash
-from search.train import kd_loss
+from search.train import cosine_lr, kd_loss, sgd
 from spaces.arch import Arch
 from spaces.files import atomic_path, write_text
 from spaces.space import RandomChoices, sample_arch
@@ -47,14 +47,6 @@ FORMAT = "edgenas-supernet"
 SUPERNET_VERSION = 1
 
 
-def _hash_tensor(t: Optional[torch.Tensor]) -> Optional[str]:
-    import hashlib
-
-    if t is None:
-        return None
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
 def supernet_fingerprint(cfg: Config, data: ProxyData, shape: dict,
                          teacher: Optional[dict] = None) -> dict:
     """Everything a trained supernet depends on (its manifest records it; a supernet whose
@@ -65,8 +57,9 @@ def supernet_fingerprint(cfg: Config, data: ProxyData, shape: dict,
     recipe.update(train_images=len(data.train_y), temperature=p.temperature, alpha=p.alpha)
     return {"format": FORMAT, "version": SUPERNET_VERSION, "recipe": recipe,
             "space": asdict(cfg.space), "shape": shape, "bits": sorted(cfg.device.bits),
-            "seed": cfg.seed, "data": _hash_tensor(data.train_x),
-            "teacher": teacher if teacher is not None else _hash_tensor(data.train_teacher)}
+            "seed": cfg.seed, "data": tensor_hash(data.train_x),
+            "teacher": teacher if teacher is not None else (
+                None if data.train_teacher is None else tensor_hash(data.train_teacher))}
 
 
 SHIPPED = Path(__file__).resolve().parent / "supernets"
@@ -118,8 +111,7 @@ def load_supernet(path: str | Path, fingerprint: dict, cfg: Config, shape: dict)
     except (OSError, SafetensorError, ValueError) as exc:
         raise UserError(f"supernet weights {path} cannot be read ({exc}: damaged, cut short, "
                         f"or not a safetensors file); {retrain}") from None
-    if _hash_tensor(torch.cat([t.flatten().float() for _, t in sorted(state.items())])) \
-            != manifest.get("weights_hash"):
+    if _weights_hash(state) != manifest.get("weights_hash"):
         raise UserError(f"supernet weights {path} do not match their manifest (changed after "
                         f"training); {retrain}")
     net = _new(cfg, shape)
@@ -131,9 +123,9 @@ def load_supernet(path: str | Path, fingerprint: dict, cfg: Config, shape: dict)
     return net.eval()
 
 
-def _weights_hash(net: SuperNet) -> str:
-    state = net.state_dict()
-    return _hash_tensor(torch.cat([state[k].flatten().float().cpu() for k in sorted(state)]))
+def _weights_hash(state: dict[str, torch.Tensor]) -> str:
+    """The hash of a supernet's weights (its state dict) that its manifest records."""
+    return tensor_hash(torch.cat([state[k].flatten().float().cpu() for k in sorted(state)]))
 
 
 def _sandwich(cfg: Config, shape: dict, rng: RandomChoices, epoch: int) -> list[Arch]:
@@ -159,6 +151,7 @@ def train_supernet(cfg: Config, data: ProxyData, shape: dict,
     else trained (resumed from its last checkpoint) into the cache. ``on_step(step, total)``
     after every optimizer step; ``teacher``: the teacher's recipe (for the fingerprint).
     Returns the supernet (evaluation mode, on ``device``) and the file of its weights."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file, save_file
 
     sn = cfg.proxy.supernet
@@ -176,36 +169,37 @@ def train_supernet(cfg: Config, data: ProxyData, shape: dict,
     net = _new(cfg, shape).to(device)
     steps_per_epoch = max(1, math.ceil(len(data.train_y) / sn.batch))
     total = sn.epochs * steps_per_epoch
-    opt = _optimizer(net, sn.lr)
+    opt = sgd(net, sn.lr)
     start_epoch = 0
     ckpt, ckpt_meta = folder / "checkpoint.safetensors", folder / "checkpoint.json"
-    if ckpt.is_file() and ckpt_meta.is_file():
+    if ckpt.is_file():
         try:
-            meta = json.loads(ckpt_meta.read_text())
+            with safe_open(str(ckpt), "pt") as f:
+                meta = f.metadata() or {}
             state = load_file(str(ckpt))
             if meta.get("fingerprint_hash") == key:
                 net.load_state_dict({k[len("net."):]: v for k, v in state.items()
                                      if k.startswith("net.")})
-                opt = _optimizer(net, sn.lr)
+                opt = sgd(net, sn.lr)
                 _load_momentum(opt, net, state)
                 start_epoch = int(meta["epoch"])
-        except (OSError, ValueError, KeyError, RuntimeError):
+        except (OSError, SafetensorError, ValueError, KeyError, RuntimeError):
             start_epoch = 0  # an unreadable checkpoint: train from the start
             net = _new(cfg, shape).to(device)
-            opt = _optimizer(net, sn.lr)
+            opt = sgd(net, sn.lr)
     x, y, teacher = data.train_x, data.train_y, data.train_teacher
     began = time.time()
     for epoch in range(start_epoch, sn.epochs):
         if epoch == sn.warmup_epochs and epoch > 0:
             net.sort_channels()  # the largest's important channels first
-            opt = _optimizer(net, sn.lr)  # (momentum of the old order would be wrong)
+            opt = sgd(net, sn.lr)  # (momentum of the old order would be wrong)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         rng = RandomChoices(cfg.seed * 1_000_003 + epoch)
         order = torch.randperm(len(y), generator=gen).to(y.device)
         net.train()
         for i in range(steps_per_epoch):
             step = epoch * steps_per_epoch + i
-            lr = 0.5 * sn.lr * (1 + math.cos(math.pi * step / total))
+            lr = cosine_lr(sn.lr, step, total)
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = order[i * sn.batch:(i + 1) * sn.batch]
@@ -222,25 +216,17 @@ def train_supernet(cfg: Config, data: ProxyData, shape: dict,
                 on_step(step + 1, total)
         _save_checkpoint(folder, net, opt, epoch + 1, key, save_file)
     net.eval()
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     manifest = {"format": FORMAT, "version": SUPERNET_VERSION, "fingerprint": fingerprint,
-                "fingerprint_hash": key, "weights_hash": _weights_hash(net),
+                "fingerprint_hash": key, "weights_hash": _weights_hash(state),
                 "seconds": round(time.time() - began, 1), "device": device,
                 "epochs": sn.epochs}
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     with atomic_path(final) as tmp:  # the weights first, then the manifest that vouches
         save_file(state, str(tmp))
     write_text(folder / "manifest.json", json.dumps(manifest, indent=1))
     for f in (ckpt, ckpt_meta):
         f.unlink(missing_ok=True)
     return net, final
-
-
-def _optimizer(net: SuperNet, lr: float) -> torch.optim.Optimizer:
-    decay = [p for p in net.parameters() if p.dim() > 1]
-    no_decay = [p for p in net.parameters() if p.dim() <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": 4e-5},
-                            {"params": no_decay, "weight_decay": 0.0}],
-                           lr=lr, momentum=0.9, nesterov=True)
 
 
 def _load_momentum(opt: torch.optim.Optimizer, net: SuperNet, state: dict) -> None:
@@ -252,17 +238,18 @@ def _load_momentum(opt: torch.optim.Optimizer, net: SuperNet, state: dict) -> No
 
 def _save_checkpoint(folder: Path, net: SuperNet, opt: torch.optim.Optimizer, epoch: int,
                      key: str, save_file) -> None:
-    """Weights and momentum after ``epoch`` epochs, then the JSON that vouches for them (a
-    kill between the two leaves the previous epoch's JSON, which names another epoch's
-    hash and is not trusted)."""
+    """Weights and momentum after ``epoch`` epochs in one file, written atomically, with the
+    epoch and the fingerprint in its metadata (what a resumed training trusts); then the
+    same as JSON beside it, for people."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     for name, p in net.named_parameters():
         buf = opt.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
             state[f"momentum.{name}"] = buf.detach().cpu().contiguous()
+    meta = {"epoch": str(epoch), "fingerprint_hash": key}
     with atomic_path(folder / "checkpoint.safetensors") as tmp:
-        save_file(state, str(tmp))
+        save_file(state, str(tmp), metadata=meta)
     write_text(folder / "checkpoint.json", json.dumps({"epoch": epoch, "fingerprint_hash": key}))
 
 

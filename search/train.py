@@ -17,7 +17,7 @@ from torch import nn
 
 from search.data import to_float
 
-__all__ = ["accuracy", "kd_loss", "predict_logits", "Recipe", "Trainer"]
+__all__ = ["accuracy", "cosine_lr", "kd_loss", "predict_logits", "Recipe", "sgd", "Trainer"]
 
 
 @dataclass
@@ -33,6 +33,21 @@ class Recipe:
     def total_steps(self, n_images: int) -> int:
         """Optimizer steps of the whole run over ``n_images`` images."""
         return max(1, round(self.epochs * max(1, math.ceil(n_images / self.batch))))
+
+
+def sgd(model: nn.Module, lr: float, weight_decay: float = Recipe.weight_decay
+        ) -> torch.optim.SGD:
+    """SGD with Nesterov momentum, weight decay on the weights only (not biases or norms)."""
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=lr, momentum=0.9, nesterov=True)
+
+
+def cosine_lr(lr: float, step: int, total: int) -> float:
+    """The learning rate at ``step`` of a cosine schedule over ``total`` steps."""
+    return 0.5 * lr * (1 + math.cos(math.pi * step / total))
 
 
 def kd_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: Optional[torch.Tensor],
@@ -67,12 +82,7 @@ class Trainer:
 
     def set_model(self, model: nn.Module) -> None:
         self.model = model
-        decay = [p for p in model.parameters() if p.dim() > 1]
-        no_decay = [p for p in model.parameters() if p.dim() <= 1]
-        self.opt = torch.optim.SGD(
-            [{"params": decay, "weight_decay": self.recipe.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.recipe.lr, momentum=0.9, nesterov=True)
+        self.opt = sgd(model, self.recipe.lr, self.recipe.weight_decay)
 
     def _next_batch(self) -> torch.Tensor:
         if len(self.order) < self.recipe.batch:
@@ -85,7 +95,7 @@ class Trainer:
         end = self.total_steps if steps is None else min(self.total_steps, self.step + steps)
         self.model.train()
         while self.step < end:
-            lr = 0.5 * self.recipe.lr * (1 + math.cos(math.pi * self.step / self.total_steps))
+            lr = cosine_lr(self.recipe.lr, self.step, self.total_steps)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             idx = self._next_batch()

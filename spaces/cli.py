@@ -150,10 +150,11 @@ class HydraApp:
         examples: override lists shown by ``--help``.
         groups: config groups it takes (``group=option``) and their options.
         add_groups: the groups written with ``+`` (the configuration has none until added).
-        required: what the usage line shows (``device=NAME``); required settings are the
-            schema's fields without a default.
+        usage_args: what the usage line shows (``+device=NAME model=PATH``); required
+            settings are the schema's fields whose default is ``???``.
         config_dir: the folder of a YAML primary config (``config.yaml``), or None.
         searchpath: further folders Hydra finds config groups in.
+        hidden: prefixes of settings ``--help`` leaves to their group's file.
     """
 
     module: str
@@ -165,7 +166,7 @@ class HydraApp:
     usage_args: str = ""
     config_dir: Optional[str] = None
     searchpath: tuple[str, ...] = ()
-    hidden: tuple[str, ...] = ()  # prefixes of settings --help leaves to their group's file
+    hidden: tuple[str, ...] = ()
 
     def _register(self) -> None:
         """Store the schema and the primary config in Hydra's ``ConfigStore`` (again at each
@@ -174,7 +175,6 @@ class HydraApp:
 
         if self.config_dir is not None:
             return
-
         store = ConfigStore.instance()
         store.store(name=f"{self.module}.schema", node=self.schema)
         store.store(name=self.module, node={
@@ -202,15 +202,12 @@ class HydraApp:
         width = min(max(len(f"{k}={as_override(v)}") for k, v, _ in rows) + 2, 36)
         for key, value, text in rows:
             setting = f"{key}={as_override(value)}"
-            if not text:
+            label = setting if len(setting) + 2 <= width else ""
+            if not text or not label:  # no help, or a long default: its help below it
                 lines.append(f"  {setting}")
-                continue
-            wrapped = textwrap.wrap(text, width=max(40, 96 - width))
-            if len(setting) + 2 > width:  # a long default: its help on the next line
-                lines.append(f"  {setting}")
-                wrapped = [""] + wrapped
-            lines += [f"  {(setting if i == 0 and len(setting) + 2 <= width else '')}"
-                      .ljust(width + 2) + part for i, part in enumerate(wrapped) if part or i]
+            for part in textwrap.wrap(text, width=max(40, 96 - width)):
+                lines.append(f"  {label.ljust(width)}{part}")
+                label = ""
         py = python_cmd()
         lines += ["", "examples:"] + [f"  {py} -m {self.module} {e}" for e in self.examples]
         lines += ["", "Lists are written [a,b]; a value with = ? , [ ] or spaces is quoted: "

@@ -116,6 +116,17 @@ def layer_prefixes(arch: Arch) -> dict[str, str]:
     return out
 
 
+def _bits_by_prefix(arch: Arch) -> dict[str, int]:
+    """Each layer's state-dict prefix (:func:`layer_prefixes`) with the layer's bit-width."""
+    bits = {layer.name: layer.bits for layer in arch.layers()}
+    return {prefix: bits[layer] for prefix, layer in layer_prefixes(arch).items()}
+
+
+def _bits_at(name: str, by_prefix: dict[str, int]) -> int:
+    """The bit-width of the layer that the state entry (or module) ``name`` belongs to."""
+    return next(b for prefix, b in by_prefix.items() if name.startswith(prefix))
+
+
 def _quantizable(model: EdgeNet) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules()
             if isinstance(m, (nn.Conv2d, nn.Linear))}
@@ -189,15 +200,14 @@ class SuperNet(nn.Module):
         views (fake-quantized at each layer's bits when ``quantize``), batch-norm buffers as
         copies (the supernet's are never written)."""
         model = self.model_of(arch)
-        bits = {layer.name: layer.bits for layer in arch.layers()}
-        prefixes = layer_prefixes(arch)
+        bits = _bits_by_prefix(arch)
         out = {}
         for name, mine in model.state_dict(keep_vars=True).items():
             part = slice_like(self._source(name, arch), mine.shape)
             if isinstance(mine, nn.Parameter):
-                layer = next(v for k, v in prefixes.items() if name.startswith(k))
-                if quantize and bits[layer] < 32 and part.dim() >= 2:
-                    part = WeightFakeQuant(bits[layer])(part)
+                b = _bits_at(name, bits)
+                if quantize and b < 32 and part.dim() >= 2:
+                    part = WeightFakeQuant(b)(part)
                 out[name] = part
             else:
                 out[name] = part.detach().clone()
@@ -219,13 +229,12 @@ class SuperNet(nn.Module):
 
     def _act_quant(self, model: EdgeNet, arch: Arch) -> list:
         """Fake-quantize the inputs of layers below 32 bits (a fresh range per call)."""
-        bits = {layer.name: layer.bits for layer in arch.layers()}
-        prefixes = layer_prefixes(arch)
+        bits = _bits_by_prefix(arch)
         hooks = []
         for name, module in _quantizable(model).items():
-            layer = next(v for k, v in prefixes.items() if f"{name}.".startswith(k))
-            if bits[layer] < 32:
-                quant = ActFakeQuant(bits[layer])
+            b = _bits_at(f"{name}.", bits)
+            if b < 32:
+                quant = ActFakeQuant(b)
                 hooks.append(module.register_forward_pre_hook(
                     lambda mod, args, q=quant: (q(args[0]),) + tuple(args[1:])))
         return hooks
@@ -279,24 +288,20 @@ class SuperNet(nn.Module):
         important ones. Once-for-All sorts the same widths. A stage's output channels (tied
         across its blocks, both block kinds and the next stage) keep their order. The
         function of every sub-network that uses a whole width is unchanged (a permutation)."""
-        for s, _ in enumerate(self.space.stages):
-            for blocks, kind in ((self.ir.net.blocks[s], "ir"),
-                                 (self.ds[s] if hasattr(self, "ds") else None, "ds")):
-                if blocks is None:
-                    continue
-                for block in blocks:
-                    if kind == "ir":
-                        order = _importance(block.conv_pw.weight)
-                        _permute_out(block.conv_pw, block.bn1, order)
-                        _permute_in(block.conv_dw, order, depthwise=True)
-                        _permute_out(block.conv_dw, block.bn2, order)
-                        if hasattr(block.se, "conv_reduce"):
-                            _permute_in(block.se.conv_reduce, order)
-                            _permute_out(block.se.conv_expand, None, order)
-                            _sort_se(block.se)
-                        _permute_in(block.conv_pwl, order)
-                    elif hasattr(block.se, "conv_reduce"):
-                        _sort_se(block.se)
+        for stage in self.ir.net.blocks:
+            for block in stage:
+                order = _importance(block.conv_pw.weight)
+                _permute_out(block.conv_pw, block.bn1, order)
+                _permute_out(block.conv_dw, block.bn2, order)  # depthwise: filters follow
+                if hasattr(block.se, "conv_reduce"):
+                    _permute_in(block.se.conv_reduce, order)
+                    _permute_out(block.se.conv_expand, None, order)
+                    _sort_se(block.se)
+                _permute_in(block.conv_pwl, order)
+        for stage in (self.ds if hasattr(self, "ds") else ()):
+            for block in stage:  # depthwise-separable: only its squeeze-excitation widens
+                if hasattr(block.se, "conv_reduce"):
+                    _sort_se(block.se)
 
 
 def _importance(weight: torch.Tensor) -> torch.Tensor:
@@ -313,13 +318,12 @@ def _permute_out(conv: nn.Module, norm: nn.Module | None, order: torch.Tensor) -
             t.data = t.data[order].contiguous()
 
 
-def _permute_in(conv: nn.Module, order: torch.Tensor, depthwise: bool = False) -> None:
-    if not depthwise:
-        conv.weight.data = conv.weight.data[:, order].contiguous()
+def _permute_in(conv: nn.Module, order: torch.Tensor) -> None:
+    conv.weight.data = conv.weight.data[:, order].contiguous()
 
 
 def _sort_se(se: nn.Module) -> None:
     order = _importance(se.conv_reduce.weight)
     _permute_out(se.conv_reduce, None, order)
-    se.conv_expand.weight.data = se.conv_expand.weight.data[:, order].contiguous()
+    _permute_in(se.conv_expand, order)
 
