@@ -98,6 +98,7 @@ def context(cfg):
 def pack(folder: Path, overrides: list[str], every: bool) -> None:
     from safetensors.torch import save_file
 
+    from search.baselines import baseline_fingerprint
     from search.export import (
         final_recipe,
         load_study,
@@ -122,7 +123,8 @@ def pack(folder: Path, overrides: list[str], every: bool) -> None:
                              "arch_id": t.user_attrs.get("arch_id"),
                              "arch_json": t.user_attrs["arch_json"]})
     for name in cfg.report.baselines:
-        if every or recorded(baselines / name, "training", "fingerprint") != fingerprint:
+        if every or recorded(baselines / name, "training", "fingerprint") != \
+                baseline_fingerprint(fingerprint, name):
             jobs.append({"name": name, "kind": "baseline"})
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"train_idx": train_idx.contiguous(),

@@ -104,6 +104,7 @@ ZERO_COST_SCORES = ("naswot", "synflow", "params")
 COMBINED_SCORE = "fidelity+naswot"  # search.proxy.combined_score
 PROXY_SCORES = ("fidelity", "accuracy", COMBINED_SCORE)
 PROXY_KINDS = ("distill", "supernet", "zero_cost")
+SUPERNET_SCHEDULES = ("uniform", "progressive")
 
 
 @dataclass
@@ -126,6 +127,10 @@ class SupernetConfig:
     batch: int = 64
     lr: float = 0.05
     random_archs: int = 3  # sampled sub-networks per step, beside the largest (and smallest)
+    # how the sampled sub-networks grow after the warm-up: uniform (over the whole space from
+    # the start) | progressive (Once-for-All's progressive shrinking: kernel, then depth, then
+    # widths, then the rest become elastic over equal parts of the remaining epochs)
+    schedule: str = "uniform"
     # true: the sandwich rule, the smallest sub-network every step too (it ranked worse here:
     # docs/results/supernet.md)
     smallest: bool = False
@@ -159,6 +164,11 @@ class ProxyConfig:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     prefilter: PrefilterConfig = field(default_factory=PrefilterConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    # distill: once the search ends, the Pareto front's members are scored again by the
+    # distilled proxy (proxy.score as set), before the table (multi-fidelity: a cheap proxy
+    # searches, the better one ranks its front); recorded in the study, shown beside the
+    # search's score, and what select=best exports by. null: off
+    rescore: Optional[str] = None
 
 
 @dataclass
@@ -386,6 +396,15 @@ def validate(c: Config) -> None:
             0 <= sn.warmup_epochs < sn.epochs):
         problems.append("proxy.supernet: epochs, batch and calibration_images must be at "
                         "least 1, random_archs at least 0, warmup_epochs from 0 to epochs - 1")
+    if c.proxy.rescore not in (None, "distill"):
+        problems.append(f"proxy.rescore={c.proxy.rescore!r} is not 'distill' or null")
+    elif c.proxy.rescore == c.proxy.kind:
+        problems.append("proxy.rescore=distill re-scores the front of a cheaper proxy "
+                        "(proxy=supernet or proxy=zero_cost); with proxy=distill it would "
+                        "train the same candidates again: drop it")
+    if sn.schedule not in SUPERNET_SCHEDULES:
+        problems.append(f"proxy.supernet.schedule={sn.schedule!r} is not one of "
+                        f"{list(SUPERNET_SCHEDULES)}")
     for name in ("train_images", "val_images", "epochs", "batch"):
         if getattr(c.proxy, name) < 1:
             problems.append(f"proxy.{name}={getattr(c.proxy, name)} must be at least 1 "

@@ -79,9 +79,11 @@ class Proxy:
         p = self.cfg.proxy
         return size_note(dataset, self.cfg.data.val_images, p.train_images, p.val_images)
 
-    def prepare(self, dataset: Dataset, study: optuna.Study, shape: dict,
+    def prepare(self, dataset: Dataset, study: Optional[optuna.Study], shape: dict,
                 images: torch.Tensor, console: Console) -> None:
-        """Get ready to score the study's trials (teacher, data, training, calibration)."""
+        """Get ready to score the study's trials (teacher, data, training, calibration;
+        ``study`` None: scales of its own, not the study's, as the front's re-scoring
+        needs)."""
 
     def prefilter(self, info: TrialInfo) -> Optional[str]:
         """Why a candidate need not be scored (None: score it)."""
@@ -138,7 +140,7 @@ class _TrainedProxy(Proxy):
         self.images: Optional[torch.Tensor] = None
         self.shape: dict = {}
 
-    def prepare(self, dataset: Dataset, study: optuna.Study, shape: dict,
+    def prepare(self, dataset: Dataset, study: Optional[optuna.Study], shape: dict,
                 images: torch.Tensor, console: Console) -> None:
         cfg = self.cfg
         teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
@@ -155,7 +157,8 @@ class _TrainedProxy(Proxy):
             console.print(f"candidates train on {torch.cuda.get_device_name(0)}")
         self._ready(console)
         if cfg.proxy.score == COMBINED:
-            self.calibration = self._study_calibration(study, console)
+            self.calibration = (self._study_calibration(study, console) if study is not None
+                                else self.calibrate_scales(console))
 
     def _ready(self, console: Console) -> None:
         """What the proxy does once its data is ready (the supernet trains here)."""

@@ -238,7 +238,8 @@ def calibrate(cfg: Config, data: ProxyData, images: torch.Tensor, shape: dict,
 
     p = cfg.proxy
     key_fields = {"proxy": {k: v for k, v in asdict(p).items()  # what the training uses
-                            if k not in ("early_stop", "prefilter", "score", "supernet")},
+                            if k not in ("early_stop", "prefilter", "score", "supernet",
+                                         "rescore")},
                   "space": asdict(cfg.space), "shape": shape, "bits": list(cfg.device.bits),
                   "seed": cfg.seed, "version": CALIBRATION_VERSION,
                   "data": tensor_hash(images),

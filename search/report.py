@@ -95,12 +95,13 @@ def found_models(cfg: Config, exports: Path, dataset, teacher) -> list[dict]:
 
 def baseline_models(cfg: Config, out: Path, dataset, teacher) -> list[dict]:
     """Every configured baseline, trained and exported under ``out/baselines`` if needed."""
-    from search.baselines import export_baseline
+    from search.baselines import baseline_fingerprint, export_baseline
     from search.export import recipe_fingerprint
 
     fingerprint = recipe_fingerprint(cfg, teacher)
     todo = {f"baseline {name}": name for name in cfg.report.baselines
-            if recorded(out / "baselines" / name, "training", "fingerprint") != fingerprint}
+            if recorded(out / "baselines" / name, "training", "fingerprint")
+            != baseline_fingerprint(fingerprint, name)}
     each_with_progress(todo, f"training {len(todo)} baselines ({cfg.export.epochs} epochs "
                        "each)", "training baselines", "training",
                        lambda name: export_baseline(cfg, name, dataset, teacher,

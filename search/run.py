@@ -33,6 +33,7 @@ from search.study import (
     open_study,
     pareto_trials,
     proxy_accuracy,
+    rescored,
     study_meta,
 )
 from spaces.files import write_text
@@ -76,6 +77,7 @@ def bits_summary(bits: list[int]) -> str:
 
 def pareto_rows(study: optuna.Study) -> list[dict]:
     rows = []
+    again = rescored(study)
     for t in pareto_trials(study):
         a = t.user_attrs
         rows.append({
@@ -89,6 +91,9 @@ def pareto_rows(study: optuna.Study) -> list[dict]:
             + ("*" if a["provenance"].get("extrapolated") else ""),
             "arch_id": a["arch_id"],
         })
+        if again:  # proxy.rescore: the distilled proxy's score of each member
+            r = again.get(str(t.number), {})
+            rows[-1].update(rescore_score=r.get("score"), rescore_accuracy=r.get("accuracy"))
     return rows
 
 
@@ -104,8 +109,11 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
     proxy = make_proxy(cfg)
     trained = proxy.trains
     table = Table(title=f"Pareto-optimal trials of {study.study_name} ({cfg.device.name})")
+    again = bool(rows) and "rescore_score" in rows[0]
     columns = ["trial", *([] if name == "accuracy" else [name]),
-               *(["proxy acc"] if trained else []), "latency ms", "energy mJ", "params",
+               *(["proxy acc"] if trained else []),
+               *([f"{cfg.proxy.rescore} {cfg.proxy.score}"] if again else []),
+               "latency ms", "energy mJ", "params",
                "MACs", "size KiB", "bit-widths", "latency from"]
     for col in columns:
         table.add_column(col, justify="right" if col not in ("bit-widths", "latency from")
@@ -114,6 +122,8 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
         acc = [] if name == "accuracy" else [f"{r['proxy_score']:.4f}"]
         if trained:
             acc.append("-" if r["proxy_accuracy"] is None else f"{100 * r['proxy_accuracy']:.2f}%")
+        if again:
+            acc.append("-" if r["rescore_score"] is None else f"{r['rescore_score']:.4f}")
         table.add_row(str(r["trial"]), *acc, f"{r['latency_ms']:.3f}", f"{r['energy_mj']:.3f}",
                       f"{r['params']:,}", f"{r['macs']:,}", f"{r['size_kib']:.1f}", r["bits"],
                       r["latency_source"])
@@ -122,6 +132,10 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
         console.print(f"{name}: {SCORE_MEANING[name]}.", highlight=False)
     if proxy.trains:
         console.print(f"proxy acc: {proxy.accuracy_meaning}.", highlight=False)
+    if again:
+        console.print(f"{cfg.proxy.rescore} {cfg.proxy.score}: the front scored again by the "
+                      "distilled proxy after the search (proxy.rescore); the rows and "
+                      "select=best follow it.", highlight=False)
     console.print("latency from: " + " | ".join(f"{word} ({meaning})" for word, meaning
                                                 in LATENCY_WORDS.items())
                   + f"; * = outside the measured range.\nEnergy is {energy_note} (see "
@@ -170,10 +184,46 @@ def run_search(cfg: Config) -> None:
             run_trials(cfg, study, objective, done, remaining)
         except (StorageInternalError, SQLAlchemyError) as exc:
             raise storage_error(cfg.storage.url, exc, during_run=True) from None
+    if cfg.proxy.rescore:
+        rescore_front(cfg, study, dataset, objective, console)
     rows = pareto_rows(study)
     note = energy_note(device_model)
     write_outputs(cfg, study, rows, out_dir, time.time() - start, note)
     print_table(cfg, study, rows, out_dir, console, note)
+
+
+def rescore_front(cfg: Config, study: optuna.Study, dataset, objective: Objective,
+                  console: Console) -> None:
+    """``proxy.rescore=distill``: the front's members not yet re-scored with these settings
+    scored by the distilled proxy (``proxy.score`` as the search's; its own calibration, not
+    the study's), each recorded in the study as soon as it is scored."""
+    import copy
+
+    from search.proxies import TrialInfo
+    from search.study import RESCORED_ATTR, proxy_hash, rescored
+    from spaces.arch import Arch
+
+    dcfg = copy.deepcopy(cfg)
+    dcfg.proxy.kind, dcfg.proxy.rescore = cfg.proxy.rescore, None
+    dcfg.proxy.early_stop.at, dcfg.proxy.prefilter.dominated_by = None, None
+    key = proxy_hash(dcfg)
+    done = rescored(study)
+    todo = [t for t in pareto_trials(study)
+            if done.get(str(t.number), {}).get("proxy_hash") != key]
+    if not todo:
+        return
+    console.print(f"proxy.rescore={cfg.proxy.rescore}: the front's {len(todo)} member(s) "
+                  "scored again by the distilled proxy", highlight=False)
+    proxy = make_proxy(dcfg)
+    proxy.prepare(dataset, None, objective.shape, objective.images, console)
+    for t in tqdm(todo, desc="re-scoring the front", unit="trial"):
+        out = proxy.score(Arch.from_json(t.user_attrs["arch_json"]),
+                          TrialInfo({"naswot": t.user_attrs["zc_naswot"]}, {}))
+        done[str(t.number)] = {"proxy": dcfg.proxy.kind, "proxy_hash": key,
+                               "score_name": proxy.score_name(), "score": out["score"],
+                               "accuracy": out["accuracy"], "cost_s": round(out["cost_s"], 2),
+                               "arch_id": t.user_attrs["arch_id"]}
+        study.set_user_attr(RESCORED_ATTR, done)  # a killed run keeps what it scored
 
 
 MAX_FAILURES = 5

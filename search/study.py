@@ -24,7 +24,8 @@ from search.objective import DIRECTIONS
 from search.storage import storage_error
 
 __all__ = ["complete_trials", "feasible", "FrontTracker", "make_sampler", "open_study",
-           "pareto_trials", "proxy_accuracy", "proxy_hash", "proxy_score_name", "score_hint",
+           "pareto_trials", "proxy_accuracy", "proxy_hash", "proxy_score_name",
+           "RESCORED_ATTR", "rescored", "score_hint",
            "SCORE_MEANING", "SETUP_WAIT_S", "stable_hash", "STUDY_FORMAT", "study_meta",
            "worker_seed", "WorkerSeededSampler"]
 
@@ -41,8 +42,10 @@ def stable_hash(obj: Any) -> str:
 
 def proxy_hash(cfg: Config) -> str:
     """The proxy's settings as a hash; ``calibration_archs`` counts only for the score that
-    uses it, the supernet's settings only for ``proxy=supernet``."""
+    uses it, the supernet's settings only for ``proxy=supernet``; ``rescore`` (what happens
+    after the search) not at all."""
     settings = asdict(cfg.proxy)
+    del settings["rescore"]
     if settings["score"] != COMBINED_SCORE:
         del settings["calibration_archs"]
     if settings["kind"] != "supernet":
@@ -269,8 +272,23 @@ def feasible(trial: FrozenTrial) -> bool:
 
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Complete, feasible trials that no other such trial dominates, by accuracy."""
-    return FrontTracker(study.directions).update(complete_trials(study))
+    """Complete, feasible trials that no other such trial dominates, by accuracy (by the
+    re-scored accuracy first where ``proxy.rescore`` scored the front again: see
+    :func:`rescored`)."""
+    front = FrontTracker(study.directions).update(complete_trials(study))
+    again = rescored(study)
+    if front and all(str(t.number) in again for t in front):
+        front.sort(key=lambda t: -again[str(t.number)]["score"])
+    return front
+
+
+RESCORED_ATTR = "rescored"
+
+
+def rescored(study: optuna.Study) -> dict[str, dict]:
+    """The front's members scored again after the search (``proxy.rescore``), by trial
+    number (a study attribute: a finished trial's own attributes cannot change)."""
+    return dict(study.user_attrs.get(RESCORED_ATTR, {}))
 
 
 class FrontTracker:

@@ -3,10 +3,12 @@ sub-network in about a second.
 
 Training (:func:`train_supernet`) distills the cached teacher's soft labels into the supernet
 (:class:`spaces.supernet.SuperNet`): the first ``warmup_epochs`` train the largest sub-network
-alone; its channels are then sorted by importance, and every later step trains the largest
-and the smallest sub-networks and ``random_archs`` sampled ones on the same batch, their
-gradients summed (the sandwich rule of BigNAS / slimmable networks). It runs where
-``search.device`` says (a GPU when present). After every epoch a checkpoint (safetensors:
+alone; its channels are then sorted by importance, and every later step trains the largest,
+``random_archs`` sampled sub-networks (the whole space, or the dimensions progressive
+shrinking has opened so far: ``schedule``) and, with ``smallest``, the smallest (the sandwich
+rule of BigNAS / slimmable networks) on the same batch, their gradients summed. It runs
+where ``search.device`` says (a GPU when present), or on many processes under
+``torchrun`` (:mod:`search.train_supernet`). After every epoch a checkpoint (safetensors:
 weights and optimizer state, and a JSON manifest) is written atomically, so a killed training
 resumes at its last finished epoch; the finished supernet is ``supernet.safetensors`` and
 ``manifest.json`` in a folder of the cache named by the fingerprint of everything it depends
@@ -38,10 +40,10 @@ from search.train import cosine_lr, kd_loss, sgd
 from spaces.arch import Arch
 from spaces.files import atomic_path, write_text
 from spaces.space import RandomChoices, sample_arch
-from spaces.supernet import SuperNet, SuperNetError, extreme_arch
+from spaces.supernet import SHRINK_PHASES, SuperNet, SuperNetError, extreme_arch, shrinking_arch
 
-__all__ = ["FORMAT", "load_supernet", "score_sub_network", "SHIPPED", "shipped_supernet",
-           "supernet_fingerprint", "SUPERNET_VERSION", "train_supernet"]
+__all__ = ["elastic_dimensions", "FORMAT", "load_supernet", "score_sub_network", "SHIPPED",
+           "shipped_supernet", "supernet_fingerprint", "SUPERNET_VERSION", "train_supernet"]
 
 FORMAT = "edgenas-supernet"
 SUPERNET_VERSION = 1
@@ -135,22 +137,42 @@ def _sandwich(cfg: Config, shape: dict, rng: RandomChoices, epoch: int) -> list[
     largest = extreme_arch(cfg.space, True, bits=[max(bits)], **shape)
     if epoch < cfg.proxy.supernet.warmup_epochs:
         return [largest]
+    sn = cfg.proxy.supernet
     ends = [largest]
-    if cfg.proxy.supernet.smallest:
+    if sn.smallest:
         ends.append(extreme_arch(cfg.space, False, bits=[min(bits)], **shape))
+    if sn.schedule == "progressive":
+        elastic = elastic_dimensions(epoch - sn.warmup_epochs, sn.epochs - sn.warmup_epochs)
+        return ends + [shrinking_arch(rng, cfg.space, elastic, bits=bits, **shape)
+                       for _ in range(sn.random_archs)]
     return ends + [sample_arch(rng, cfg.space, bits=bits, **shape)
-                   for _ in range(cfg.proxy.supernet.random_archs)]
+                   for _ in range(sn.random_archs)]
+
+
+def elastic_dimensions(epoch: int, epochs: int) -> list[str]:
+    """Progressive shrinking: the dimensions elastic in ``epoch`` (counted from the warm-up's
+    end) of ``epochs``, the phases of :data:`spaces.supernet.SHRINK_PHASES` over equal
+    parts."""
+    phase = min(len(SHRINK_PHASES) - 1, epoch * len(SHRINK_PHASES) // max(1, epochs))
+    return [d for p in SHRINK_PHASES[:phase + 1] for d in p]
 
 
 def train_supernet(cfg: Config, data: ProxyData, shape: dict,
                    on_step: Optional[Callable[[int, int], None]] = None,
-                   device: str = "cpu", teacher: Optional[dict] = None
+                   device: str = "cpu", teacher: Optional[dict] = None, shards: int = 1
                    ) -> tuple[SuperNet, Path]:
     """The supernet of this setup: ``proxy.supernet.file``, or the cache's, or the one that
     ships with the package (``search/supernets/``) where their fingerprint is this setup's;
     else trained (resumed from its last checkpoint) into the cache. ``on_step(step, total)``
     after every optimizer step; ``teacher``: the teacher's recipe (for the fingerprint).
-    Returns the supernet (evaluation mode, on ``device``) and the file of its weights."""
+    Returns the supernet (evaluation mode, on ``device``) and the file of its weights.
+
+    Under ``torch.distributed`` (``torchrun``: :mod:`search.train_supernet`), each of the
+    ``world`` processes takes its part of every batch and the gradients are averaged over
+    the processes before each step, as ``DistributedDataParallel`` does (each part's batch
+    norm sees its own images); process 0 writes the checkpoints and the result. ``shards``
+    does the same within one process (the batch in that many parts, gradients averaged):
+    one process with ``shards=N`` trains what ``N`` processes do."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file, save_file
 
@@ -166,6 +188,10 @@ def train_supernet(cfg: Config, data: ProxyData, shape: dict,
     shipped = shipped_supernet(key)
     if shipped is not None:
         return load_supernet(shipped, fingerprint, cfg, shape).to(device), shipped
+    rank, world = _world()
+    if shards < 1 or sn.batch < world * shards:
+        raise UserError(f"proxy.supernet.batch={sn.batch} cannot be split over {world} "
+                        f"processes x {shards} parts; set a batch of at least {world * shards}")
     net = _new(cfg, shape).to(device)
     steps_per_epoch = max(1, math.ceil(len(data.train_y) / sn.batch))
     total = sn.epochs * steps_per_epoch
@@ -202,31 +228,72 @@ def train_supernet(cfg: Config, data: ProxyData, shape: dict,
             lr = cosine_lr(sn.lr, step, total)
             for group in opt.param_groups:
                 group["lr"] = lr
-            idx = order[i * sn.batch:(i + 1) * sn.batch]
-            xb, yb = to_float(x[idx]), y[idx]
-            tb = None if teacher is None else teacher[idx].float()
+            parts = order[i * sn.batch:(i + 1) * sn.batch].chunk(world * shards)
             opt.zero_grad(set_to_none=True)
             archs = _sandwich(cfg, shape, rng, epoch)
-            for arch in archs:
-                loss = kd_loss(net.run(arch, xb), yb, tb, cfg.proxy.temperature,
-                               cfg.proxy.alpha)
-                (loss / len(archs)).backward()
+            mine = parts[rank * shards:(rank + 1) * shards]
+            for idx in mine:
+                xb, yb = to_float(x[idx]), y[idx]
+                tb = None if teacher is None else teacher[idx].float()
+                for arch in archs:
+                    loss = kd_loss(net.run(arch, xb), yb, tb, cfg.proxy.temperature,
+                                   cfg.proxy.alpha)
+                    (loss / (len(archs) * len(parts))).backward()
+            if world > 1:
+                _sum_gradients(net)
             opt.step()
-            if on_step is not None:
+            if on_step is not None and rank == 0:
                 on_step(step + 1, total)
-        _save_checkpoint(folder, net, opt, epoch + 1, key, save_file)
+        if rank == 0:
+            _save_checkpoint(folder, net, opt, epoch + 1, key, save_file)
+        _barrier(world)
     net.eval()
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    manifest = {"format": FORMAT, "version": SUPERNET_VERSION, "fingerprint": fingerprint,
-                "fingerprint_hash": key, "weights_hash": _weights_hash(state),
-                "seconds": round(time.time() - began, 1), "device": device,
-                "epochs": sn.epochs}
-    with atomic_path(final) as tmp:  # the weights first, then the manifest that vouches
-        save_file(state, str(tmp))
-    write_text(folder / "manifest.json", json.dumps(manifest, indent=1))
-    for f in (ckpt, ckpt_meta):
-        f.unlink(missing_ok=True)
+    if rank == 0:
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        manifest = {"format": FORMAT, "version": SUPERNET_VERSION, "fingerprint": fingerprint,
+                    "fingerprint_hash": key, "weights_hash": _weights_hash(state),
+                    "seconds": round(time.time() - began, 1), "device": device,
+                    "processes": world, "epochs": sn.epochs}
+        with atomic_path(final) as tmp:  # the weights first, then the manifest that vouches
+            save_file(state, str(tmp))
+        write_text(folder / "manifest.json", json.dumps(manifest, indent=1))
+        for f in (ckpt, ckpt_meta):
+            f.unlink(missing_ok=True)
+    _barrier(world)
     return net, final
+
+
+def _world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 outside torch.distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _sum_gradients(net: SuperNet) -> None:
+    """Every process's gradients summed into each (each process's loss is already divided by
+    the number of parts of the whole batch: the sum is the whole batch's mean), one flat
+    all-reduce. Every process trains the same sub-networks in a step, so the weights that
+    have gradients are the same in each (the others stay untouched, as in one process)."""
+    import torch.distributed as dist
+
+    params = [p for p in net.parameters() if p.grad is not None]
+    flat = torch.cat([p.grad.flatten() for p in params])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
 
 
 def _load_momentum(opt: torch.optim.Optimizer, net: SuperNet, state: dict) -> None:

@@ -29,6 +29,7 @@ class Recipe:
     temperature: float = 4.0
     alpha: float = 0.7  # 0: plain cross-entropy
     hflip: bool = False
+    clip_grad: Optional[float] = None  # the gradients' largest global L2 norm (None: unclipped)
 
     def total_steps(self, n_images: int) -> int:
         """Optimizer steps of the whole run over ``n_images`` images."""
@@ -108,6 +109,8 @@ class Trainer:
                            self.recipe.alpha)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.recipe.clip_grad is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.clip_grad)
             self.opt.step()
             self.step += 1
             if on_step is not None:

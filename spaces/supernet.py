@@ -36,8 +36,17 @@ from spaces.build import EdgeNet, build_model
 from spaces.quant import ActFakeQuant, WeightFakeQuant
 from spaces.space import SpaceConfig, sample_arch
 
-__all__ = ["extreme_arch", "largest_arch", "layer_prefixes", "slice_like", "SuperNet",
-           "SuperNetError"]
+__all__ = ["extreme_arch", "largest_arch", "layer_prefixes", "shrinking_arch",
+           "SHRINK_PHASES", "slice_like", "SuperNet", "SuperNetError"]
+
+# Once-for-All's progressive shrinking, adapted to this space: after the largest alone, the
+# dimensions that become elastic, phase by phase (each phase keeps the earlier ones elastic;
+# the rest stay at their largest). Kernel and depth first, as Once-for-All does; then the
+# widths; then what changes a block's kind or its numbers (block, squeeze-excitation,
+# activation, resolution, bit-widths).
+SHRINK_PHASES: tuple[tuple[str, ...], ...] = (
+    ("kernel",), ("depth",), ("expansion", "out_chs", "prune_ratio", "stem_chs", "head_chs"),
+    ("block", "se_ratio", "act", "resolution", "bits"))
 
 
 class SuperNetError(ValueError):
@@ -82,6 +91,31 @@ def extreme_arch(space: SpaceConfig, largest: bool, *, bits, in_chans: int, inpu
     bit-width) or its smallest (every choice at its smallest, the most pruned, the narrowest
     bit-width): the two ends of the sandwich rule."""
     return sample_arch(_Extreme(largest), space, bits=list(bits), in_chans=in_chans,
+                       input_size=input_size, num_classes=num_classes)
+
+
+class _Shrinking:
+    """A choice of an elastic dimension answered by ``rng``, any other by the largest."""
+
+    def __init__(self, rng, elastic: Iterable[str]) -> None:
+        self.rng, self.elastic, self.largest = rng, set(elastic), _Extreme(True)
+
+    def suggest_categorical(self, name: str, choices: list):
+        dim = "bits" if name.endswith("bits") else name.split("_", 1)[1] if (
+            name[0] == "s" and name.split("_", 1)[0][1:].isdigit()) else name
+        source = self.rng if dim in self.elastic else self.largest
+        return source.suggest_categorical(name, choices)
+
+
+def shrinking_arch(rng, space: SpaceConfig, elastic: Iterable[str], *, bits, in_chans: int,
+                   input_size: int, num_classes: int) -> Arch:
+    """A sub-network sampled by ``rng`` (anything with ``suggest_categorical``) in the
+    dimensions named in ``elastic`` (names of :data:`SHRINK_PHASES`), every other choice at
+    its largest."""
+    unknown = set(elastic) - {d for phase in SHRINK_PHASES for d in phase}
+    if unknown:
+        raise SuperNetError(f"unknown dimensions {sorted(unknown)}")
+    return sample_arch(_Shrinking(rng, elastic), space, bits=list(bits), in_chans=in_chans,
                        input_size=input_size, num_classes=num_classes)
 
 

@@ -111,7 +111,11 @@ def test_the_proxy_hash_covers_every_setting_but_unused_ones():
     assert len({proxy_hash(c) for c in scores}) == 3
     fidelity = scores[1]
     assert proxy_hash(fidelity) == stable_hash({k: v for k, v in asdict(fidelity.proxy).items()
-                                          if k not in ("calibration_archs", "supernet")})
+                                          if k not in ("calibration_archs", "supernet",
+                                                       "rescore")})
+    # what happens after the search does not change what its trials scored
+    assert proxy_hash(make("+device=rpi4", "proxy=supernet", "proxy.rescore=distill")
+                      ) == proxy_hash(make("+device=rpi4", "proxy=supernet"))
     # calibration_archs counts only for the score that uses it
     assert proxy_hash(make("+device=rpi4", "proxy.score=fidelity", "proxy.calibration_archs=4")
                       ) == proxy_hash(fidelity)

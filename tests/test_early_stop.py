@@ -187,3 +187,45 @@ def test_fidelity_plus_naswot_calibrates_once_and_scores_every_trial_with_the_st
     resumed = optuna.load_study(study_name=summary.study_name, storage=storage).trials
     assert len(resumed) == 5
     check(resumed)
+
+
+def test_a_cheap_proxys_front_is_scored_again_by_the_distilled_proxy_once(tmp_path):
+    """proxy.rescore=distill: after a zero-cost search, each member of the front is trained
+    by the distilled proxy, recorded in the study, shown and ranked by; a resumed run keeps
+    those scores instead of training again."""
+    import csv
+
+    from search.study import pareto_trials, rescored
+    from tests.conftest import run_here, search_args
+
+    args = search_args(tmp_path, "proxy.rescore=distill", "proxy.train_images=64",
+                       "proxy.val_images=32", "proxy.epochs=1", "proxy.calibration_archs=2",
+                       "search.n_trials=4")
+    first = run_here(*args)
+    assert first.returncode == 0, first.stderr
+    assert "member(s) scored again by the distilled proxy" in first.stdout
+    storage = f"sqlite:///{tmp_path}/study.db"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    again = rescored(study)
+    front = pareto_trials(study)
+    assert {str(t.number) for t in front} == set(again)
+    assert all(r["proxy"] == "distill" and r["score_name"] == "fidelity+naswot"
+               and 0 <= r["accuracy"] <= 1 for r in again.values())
+    assert "score_calibration" not in study.user_attrs  # the distilled scales stay its own
+    scores = [again[str(t.number)]["score"] for t in front]
+    assert scores == sorted(scores, reverse=True)  # the front ranked by the new scores
+    with open(tmp_path / "out" / "pareto.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["rescore_score"]) for r in rows] == pytest.approx(scores)
+    second = run_here(*args)  # nothing new to score: no training
+    assert second.returncode == 0, second.stderr
+    assert "member(s) scored again" not in second.stdout
+    assert rescored(optuna.load_study(study_name=summary.study_name, storage=storage)) == again
+
+
+def test_rescoring_with_the_proxy_that_searched_is_refused(tmp_path):
+    from tests.conftest import run_here, search_args
+
+    out = run_here(*search_args(tmp_path, "proxy=distill", "proxy.rescore=distill"))
+    assert out.returncode == 2 and "would train the same candidates again" in out.stderr

@@ -20,7 +20,8 @@ from PIL import Image
 from tests.conftest import ROOT, run_here, search_args
 
 HELP_COMMANDS = ("search", "search.export", "search.report", "latency_models.predict",
-                 "latency_models.fit", "latency_models.profile", "spaces.sample")
+                 "latency_models.fit", "latency_models.profile", "spaces.sample",
+                 "search.train_supernet")
 
 
 def user_env(tmp: Path) -> dict:

@@ -201,3 +201,32 @@ def test_the_plot_labels_minor_log_ticks_at_2_3_and_5_only():
 
     assert [minor_log_label(v, 0) for v in (0.02, 0.03, 0.04, 0.5, 0.7, 2.0, 3.0, 9.0)] == [
         "0.02", "0.03", "", "0.5", "", "2", "3", ""]
+
+
+def test_a_baselines_own_recipe_changes_reach_its_training_and_its_fingerprint_only():
+    from torch import nn
+
+    from search.baselines import RECIPE_CHANGES, baseline_fingerprint, baseline_recipe
+    from search.train import Recipe, Trainer
+
+    base = Recipe(epochs=1, batch=8)
+    assert baseline_recipe("squeezenet1_1", base).clip_grad == RECIPE_CHANGES[
+        "squeezenet1_1"]["clip_grad"]
+    assert baseline_recipe("lcnet_050", base) == base
+    assert baseline_fingerprint("abc", "lcnet_050") == "abc"
+    changed = baseline_fingerprint("abc", "squeezenet1_1")
+    assert changed not in ("abc", baseline_fingerprint("abd", "squeezenet1_1"))
+    # clipping: the step a large gradient takes is bounded by the clip (Nesterov's first step
+    # is 1.9 gradients)
+    x = torch.full((8, 1, 2, 2), 255, dtype=torch.uint8)
+    y = torch.zeros(8, dtype=torch.long)
+    for clip, bounded in ((None, False), (0.01, True)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        with torch.no_grad():
+            model[1].weight.fill_(-1e3)
+        before = model[1].weight.detach().clone()
+        Trainer(model, x, y, None, Recipe(epochs=1, batch=8, lr=1.0, weight_decay=0,
+                                              clip_grad=clip)).run(1)
+        moved = float((model[1].weight.detach() - before).norm())
+        assert (moved <= 1.9 * 0.01 + 1e-6) == bounded, (clip, moved)

@@ -135,3 +135,27 @@ def test_an_architecture_of_another_space_or_dataset_is_refused(supernet):
         supernet.run(dataclasses.replace(arch, num_classes=5), images())
     with pytest.raises(SuperNetError, match="stages"):
         supernet.run(dataclasses.replace(arch, stages=arch.stages[:2]), images())
+
+
+def test_progressive_shrinking_opens_one_group_of_dimensions_at_a_time():
+    from search.supernet import elastic_dimensions
+    from spaces.supernet import SHRINK_PHASES, shrinking_arch
+
+    opened = [elastic_dimensions(e, 8) for e in range(8)]
+    assert opened[0] == ["kernel"] and opened[-1] == [d for p in SHRINK_PHASES for d in p]
+    assert all(set(a) <= set(b) for a, b in zip(opened, opened[1:]))  # never closes again
+    space = SpaceConfig()
+    shape = dict(in_chans=1, input_size=28, num_classes=10)
+    largest = largest_arch(space, "ir", **shape)
+    archs = [shrinking_arch(RandomChoices(i), space, ["kernel"], bits=[32, 8], **shape)
+             for i in range(20)]
+    assert {s.kernel for a in archs for s in a.stages} == set(space.kernel)
+    for a in archs:  # everything but the kernels at the largest
+        assert a == dataclasses.replace(largest, stages=tuple(
+            dataclasses.replace(s, kernel=k.kernel) for s, k in zip(largest.stages, a.stages)))
+    deep = [shrinking_arch(RandomChoices(i), space, ["kernel", "depth"], bits=[32, 8], **shape)
+            for i in range(20)]
+    assert {s.depth for a in deep for s in a.stages} == {1, 2, 3}
+    assert all(b == 32 for a in deep for s in a.stages for b in s.bits)
+    with pytest.raises(SuperNetError, match="unknown dimensions"):
+        shrinking_arch(RandomChoices(0), space, ["kernal"], bits=[32], **shape)

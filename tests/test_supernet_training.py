@@ -136,3 +136,80 @@ def test_a_supernet_that_ships_with_the_package_is_used_where_its_fingerprint_ma
     _, other = train_supernet(cfg, data, shape, teacher={"model": "another"},
                               on_step=lambda s, n: steps.append(s))
     assert other != found and steps
+
+
+def _train_rank(rank: int, world: int, tmp_path, out: str) -> None:
+    """One process of a ``world``-process training (torch.distributed, gloo on the CPU)."""
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=rank,
+                            world_size=world)
+    try:
+        cfg = make(tmp_path / "shared", "proxy.supernet.random_archs=2")
+        data, shape = setup(cfg)
+        net, _ = train_supernet(cfg, data, shape)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+                  f"{out}/rank{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_train_what_one_process_does_on_the_same_data(tmp_path, monkeypatch):
+    """Data-parallel training under torch.distributed (two CPU processes, gloo, as torchrun
+    starts them) ends with the weights one process gets from the same batches split in two
+    parts; both processes hold the same weights, and only the first writes the result."""
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # gloo's sockets on the loopback only
+    mp.spawn(_train_rank, args=(2, tmp_path, str(tmp_path)), nprocs=2, join=True)
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    cfg = make(tmp_path / "alone", "proxy.supernet.random_archs=2")
+    data, shape = setup(cfg)
+    alone, _ = train_supernet(cfg, data, shape, shards=2)
+    for k, v in alone.state_dict().items():
+        assert torch.allclose(v, ranks[0][k], atol=1e-5), k
+    plain, _ = train_supernet(make(tmp_path / "plain", "proxy.supernet.random_archs=2"),
+                              data, shape)  # one part: each batch norm sees the whole batch
+    assert not all(torch.allclose(v, plain.state_dict()[k], atol=1e-5)
+                   for k, v in alone.state_dict().items())
+    written = list((tmp_path / "shared" / "cache" / "supernet").glob("*/supernet.safetensors"))
+    assert len(written) == 1 and not list(written[0].parent.glob("checkpoint*"))
+
+
+def test_a_batch_too_small_to_split_over_the_processes_is_refused_before_training(tmp_path):
+    cfg = make(tmp_path)  # batch 32
+    data, shape = setup(cfg)
+    with pytest.raises(UserError, match=r"proxy.supernet.batch=32 cannot be split over 1 "
+                                        r"processes x 64 parts; set a batch of at least 64"):
+        train_supernet(cfg, data, shape, shards=64)
+    assert not (tmp_path / "cache" / "supernet").exists()
+
+
+def test_the_shipped_supernet_is_the_one_of_the_default_search(tmp_path):
+    """``python -m search +device=rpi4 proxy=supernet`` on a fresh clone finds the supernet
+    that ships (a change of a default that would leave it unused fails here)."""
+    from search.study import stable_hash
+    from search.supernet import SHIPPED, shipped_supernet
+    from search.teacher import TeacherCache
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = load(compose(config_name="config", overrides=[
+            "+device=rpi4", "proxy=supernet", f"cache_dir={tmp_path}/cache"]))
+    try:
+        dataset = load_dataset(cfg.data, cfg.seed)
+    except UserError:
+        pytest.skip("Fashion-MNIST is not installed (make setup installs it)")
+    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
+                           cfg.seed)  # its recipe only: nothing trains
+    data = prepare_proxy_data(cfg, dataset, None)
+    shape = dict(in_chans=dataset.in_chans, input_size=dataset.size,
+                 num_classes=dataset.num_classes)
+    fingerprint = supernet_fingerprint(cfg, data, shape, teacher.recipe)
+    path = shipped_supernet(stable_hash(fingerprint))
+    assert path is not None and path.parent.parent == SHIPPED
+    net = load_supernet(path, fingerprint, cfg, shape)  # weights hash checked
+    assert path.stat().st_size < 10 * 2 ** 20 and sum(p.numel() for p in net.parameters())
