@@ -217,12 +217,17 @@ def rescore_front(cfg: Config, study: optuna.Study, dataset, objective: Objectiv
     proxy = make_proxy(dcfg)
     proxy.prepare(dataset, None, objective.shape, objective.images, console)
     for t in tqdm(todo, desc="re-scoring the front", unit="trial"):
-        out = proxy.score(Arch.from_json(t.user_attrs["arch_json"]),
-                          TrialInfo({"naswot": t.user_attrs["zc_naswot"]}, {}))
-        done[str(t.number)] = {"proxy": dcfg.proxy.kind, "proxy_hash": key,
-                               "score_name": proxy.score_name(), "score": out["score"],
-                               "accuracy": out["accuracy"], "cost_s": round(out["cost_s"], 2),
-                               "arch_id": t.user_attrs["arch_id"]}
+        arch_id = t.user_attrs["arch_id"]
+        same = [r for r in done.values() if r["arch_id"] == arch_id and r["proxy_hash"] == key]
+        if same:  # the sampler proposed this architecture again: its score, not a new training
+            done[str(t.number)] = dict(same[0], cost_s=0.0)
+        else:
+            out = proxy.score(Arch.from_json(t.user_attrs["arch_json"]),
+                              TrialInfo({"naswot": t.user_attrs["zc_naswot"]}, {}))
+            done[str(t.number)] = {"proxy": dcfg.proxy.kind, "proxy_hash": key,
+                                   "score_name": proxy.score_name(), "score": out["score"],
+                                   "accuracy": out["accuracy"],
+                                   "cost_s": round(out["cost_s"], 2), "arch_id": arch_id}
         study.set_user_attr(RESCORED_ATTR, done)  # a killed run keeps what it scored
 
 
