@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import shlex
 import shutil
 import sys
@@ -352,7 +353,10 @@ class HydraApp:
 
         argv = list(sys.argv[1:] if argv is None else argv)
         if any(a in ("--help", "-h", "help") for a in argv):
-            print(self.help())
+            try:
+                print(self.help(), flush=True)
+            except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         if "--hydra-help" not in argv:
             try:

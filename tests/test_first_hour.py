@@ -192,3 +192,18 @@ def test_a_small_image_folder_is_said_once(tmp_path):
     notes = [line for line in result.stdout.splitlines() if line.startswith("note:")]
     assert len(notes) == 1, result.stdout
     assert "data.val_images=500" in notes[0] and "set data.val_images=10" in notes[0]
+
+
+def test_help_piped_into_a_reader_that_stops_early_ends_quietly():
+    """``python -m search --help | head -1``: no BrokenPipe traceback, exit 0."""
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    proc = subprocess.Popen([sys.executable, "-m", "spaces.sample", "--help"], cwd=ROOT,
+                            env=cli_env(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            bufsize=0)
+    proc.stdout.close()  # the reader is gone before the help is written (imports take seconds)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
