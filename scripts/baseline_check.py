@@ -52,17 +52,18 @@ def main(argv: list[str]) -> int:
                            cfg.seed)
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
     device = cfg.search.torch_device()
-    recipe = baselines.baseline_recipe(args.name, final_recipe(cfg))
+    export_recipe = final_recipe(cfg)
     start = time.time()
-    model = baselines.train_baseline(
+    model = baselines.train_baseline(  # the export recipe with the baseline's changes
         args.name, dataset.in_chans, dataset.num_classes, dataset.train_x[train_idx].to(device),
         dataset.train_y[train_idx].to(device), teacher.logits(train_idx).to(device),
-        final_recipe(cfg), seed=cfg.seed)
+        export_recipe, seed=cfg.seed)
     seconds = time.time() - start
     acc = accuracy(predict_logits(model, dataset.test_x), dataset.test_y)
     record = {"baseline": args.name, "test_accuracy": round(acc, 4),
               "seconds": round(seconds, 1), "device": device, "threads": cfg.search.threads,
-              "recipe": recipe.__dict__, "changes": baselines.RECIPE_CHANGES.get(args.name),
+              "recipe": baselines.baseline_recipe(args.name, export_recipe).__dict__,
+              "changes": baselines.RECIPE_CHANGES.get(args.name),
               "overrides": args.overrides, "date": time.strftime("%Y-%m-%d")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "checks.jsonl", "a") as f:

@@ -24,6 +24,7 @@ statistics are recalibrated on a few training images (:meth:`SuperNet.recalibrat
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from typing import Iterable
 
@@ -101,8 +102,7 @@ class _Shrinking:
         self.rng, self.elastic, self.largest = rng, set(elastic), _Extreme(True)
 
     def suggest_categorical(self, name: str, choices: list):
-        dim = "bits" if name.endswith("bits") else name.split("_", 1)[1] if (
-            name[0] == "s" and name.split("_", 1)[0][1:].isdigit()) else name
+        dim = "bits" if name.endswith("bits") else re.sub(r"^s\d+_", "", name)  # s2_kernel
         source = self.rng if dim in self.elastic else self.largest
         return source.suggest_categorical(name, choices)
 

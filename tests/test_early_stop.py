@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -142,6 +143,13 @@ def test_combined_score_standardizes_both_scores_by_the_calibration():
     assert combined_score(0.94, 540.0, cal) == pytest.approx(3.0)
 
 
+def the_study(tmp: Path) -> optuna.Study:
+    """The one study a search of ``search_args(tmp, ...)`` wrote, read from its storage."""
+    storage = f"sqlite:///{tmp}/study.db"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
 def test_fidelity_plus_naswot_calibrates_once_and_scores_every_trial_with_the_studys_scales(
         tmp_path):
     import json
@@ -156,9 +164,7 @@ def test_fidelity_plus_naswot_calibrates_once_and_scores_every_trial_with_the_st
     first = run_here(*args)
     assert first.returncode == 0, first.stderr
     assert "proxy.score=fidelity+naswot: scales from 3 architectures" in first.stdout
-    storage = f"sqlite:///{tmp_path}/study.db"
-    (summary,) = optuna.get_all_study_summaries(storage)
-    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    study = the_study(tmp_path)
     cal = study.user_attrs["score_calibration"]
     assert len(cal["archs"]) == 3 and cal["fidelity"]["std"] > 0 and cal["naswot"]["std"] > 0
     (cached,) = (tmp_path / "cache" / "calibration").glob("*.json")
@@ -184,7 +190,7 @@ def test_fidelity_plus_naswot_calibrates_once_and_scores_every_trial_with_the_st
     again = run_here(*args, "search.n_trials=5")
     assert again.returncode == 0, again.stderr
     assert "scales from" not in again.stdout
-    resumed = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    resumed = the_study(tmp_path).trials
     assert len(resumed) == 5
     check(resumed)
 
@@ -204,9 +210,7 @@ def test_a_cheap_proxys_front_is_scored_again_by_the_distilled_proxy_once(tmp_pa
     first = run_here(*args)
     assert first.returncode == 0, first.stderr
     assert "member(s) scored again by the distilled proxy" in first.stdout
-    storage = f"sqlite:///{tmp_path}/study.db"
-    (summary,) = optuna.get_all_study_summaries(storage)
-    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    study = the_study(tmp_path)
     again = rescored(study)
     front = pareto_trials(study)
     assert {str(t.number) for t in front} == set(again)
@@ -221,7 +225,7 @@ def test_a_cheap_proxys_front_is_scored_again_by_the_distilled_proxy_once(tmp_pa
     second = run_here(*args)  # nothing new to score: no training
     assert second.returncode == 0, second.stderr
     assert "member(s) scored again" not in second.stdout
-    assert rescored(optuna.load_study(study_name=summary.study_name, storage=storage)) == again
+    assert rescored(the_study(tmp_path)) == again
 
 
 def test_rescoring_with_the_proxy_that_searched_is_refused(tmp_path):
