@@ -32,8 +32,8 @@ from latency_models.features import (
 )
 from latency_models.ops import KINDS, Op, signature
 
-__all__ = ["check_targets", "Composition", "DeviceModelError", "LAYER_MODEL_PARAMS",
-           "LAYER_MODEL_ROUNDS", "LayerModel", "Lookup", "NETWORK_MODEL_MIN",
+__all__ = ["check_targets", "Composition", "dense_for_grouped", "DeviceModelError",
+           "LAYER_MODEL_PARAMS", "LAYER_MODEL_ROUNDS", "LayerModel", "Lookup", "NETWORK_MODEL_MIN",
            "NETWORK_MODEL_PARAMS", "NETWORK_MODEL_ROUNDS", "NetworkCorrection", "nnls",
            "OpModel"]
 
@@ -75,6 +75,16 @@ def check_targets(name: str, values, n: int) -> np.ndarray:
     return y
 
 
+def dense_for_grouped(coef: list[float]) -> list[float]:
+    """Coefficients whose grouped-convolution block is the dense convolution's: how a model
+    fitted without grouped convolutions prices one (as a dense convolution of its MACs and
+    weights; flagged extrapolated, as every op kind a device was not measured on)."""
+    out = list(coef)
+    g, c, n = OFFSETS["gconv"], OFFSETS["conv"], len(FEATURES["conv"])
+    out[g:g + n] = out[c:c + n]
+    return out
+
+
 def _parse_booster(text: str):
     import lightgbm
 
@@ -112,6 +122,7 @@ class OpModel:
         self.overhead_ms_ = 0.0
         self.overhead_mj_ = 0.0
         self.ranges_: dict = {}
+        self.borrowed_: dict = {}  # precision -> where its coefficients were transferred from
 
     def _design(self, samples: list[list[Op]], precisions: list[int]) -> np.ndarray:
         return np.stack([np.concatenate([featurize(ops, b, self.align) for b in precisions])
@@ -153,6 +164,11 @@ class OpModel:
             self.energy_coef_ = coefficients(sol)
             self.overhead_mj_ = float(sol[-1]) if with_overhead else 0.0
         self.ranges_ = op_ranges(samples)
+        measured = {op.bits for ops in samples for op in ops if op.kind == "gconv"}
+        for coef in (self.coef_, self.energy_coef_):
+            for key in coef:
+                if int(key) not in measured:
+                    coef[key] = dense_for_grouped(coef[key])
         return self
 
     def transfer(self, source: OpModel, samples: list[list[Op]], latency_ms,
@@ -199,7 +215,7 @@ class OpModel:
         coef = self.coef_ if coef is None else coef
         key = str(bits)
         if key in coef:
-            return key, False
+            return key, key in self.borrowed_ and coef is self.coef_
         if key in self.fallback and str(self.fallback[key]) in coef:
             return str(self.fallback[key]), True
         raise DeviceModelError(
@@ -236,7 +252,8 @@ class OpModel:
     def to_dict(self) -> dict:
         return {"coef": self.coef_, "energy_coef": self.energy_coef_,
                 "overhead_ms": self.overhead_ms_, "overhead_mj": self.overhead_mj_,
-                "ranges": self.ranges_}
+                "ranges": self.ranges_, **({"borrowed": self.borrowed_} if self.borrowed_
+                                           else {})}
 
     @classmethod
     def from_dict(cls, data: dict, **settings) -> OpModel:
@@ -246,6 +263,7 @@ class OpModel:
         model.overhead_ms_ = float(data["overhead_ms"])
         model.overhead_mj_ = float(data.get("overhead_mj", 0.0))
         model.ranges_ = data.get("ranges", {})
+        model.borrowed_ = data.get("borrowed", {})
         return model
 
 

@@ -8,15 +8,16 @@ import numpy as np
 
 from latency_models.ops import KINDS, Op
 
-__all__ = ["count_changes", "FEATURE_NAMES", "FEATURES", "featurize", "kind_matrix",
-           "low_precision", "N_FEATURES", "network_features", "OFFSETS", "op_features",
-           "op_ranges", "outside", "precision_transitions", "SLOT_KINDS", "unit_features",
-           "UNIT_SLOTS"]
+__all__ = ["CONV_KINDS", "count_changes", "FEATURE_NAMES", "FEATURES", "featurize",
+           "kind_matrix", "LAYER_FEATURES", "low_precision", "N_FEATURES", "network_features",
+           "OFFSETS", "op_features", "op_ranges", "outside", "precision_transitions",
+           "SLOT_KINDS", "unit_features", "UNIT_SLOTS"]
 
 _CONV = ("calls", "macs", "elems", "weights", "misaligned")
 FEATURES = {"conv": _CONV, "dwconv": _CONV, "pwconv": _CONV, "fc": _CONV,
             "pool": ("calls", "elems", "window_macs"), "add": ("calls", "elems"),
-            "eltwise": ("calls", "elems")}
+            "eltwise": ("calls", "elems"), "gconv": _CONV}
+CONV_KINDS = ("conv", "dwconv", "pwconv", "fc", "gconv")  # ops with weights (int8 quantizes)
 OFFSETS = {}
 _n = 0
 for _kind in KINDS:
@@ -24,10 +25,13 @@ for _kind in KINDS:
     _n += len(FEATURES[_kind])
 N_FEATURES = _n
 FEATURE_NAMES = [f"{k}.{f}" for k in KINDS for f in FEATURES[k]]
+# The features a layer model sees (:func:`unit_features`): those of the kinds before
+# ``gconv``, which an architecture of the search space never has.
+LAYER_FEATURES = OFFSETS["gconv"]
 
 def op_features(op: Op, align: int = 8) -> list[float]:
     """The features of one op (MACs, elements and weights in millions)."""
-    if op.kind in ("conv", "dwconv", "pwconv", "fc"):
+    if op.kind in CONV_KINDS:
         # Vectorized kernels (onnxruntime's NCHWc, NEON) need channels in multiples of the
         # vector width; pruned widths often are not, and then take a slower path.
         misaligned = float(op.cout % align != 0 or (op.kind in ("pwconv", "fc")
@@ -58,7 +62,7 @@ def unit_features(ops: list[Op], align: int = 8) -> np.ndarray:
     """Features of one unit (a layer) for the layer model: the summed op features at 32, 16
     and 8 bits, then each of the first ``UNIT_SLOTS`` convolutions' kind, channels, kernel,
     stride, input size, precision and channel remainders."""
-    x = [featurize(ops, b, align) for b in (32, 16, 8)]
+    x = [featurize(ops, b, align)[:LAYER_FEATURES] for b in (32, 16, 8)]
     convs = [op for op in ops if op.kind in SLOT_KINDS][:UNIT_SLOTS]
     slots = np.zeros(9 * UNIT_SLOTS)
     for i, op in enumerate(convs):

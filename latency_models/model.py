@@ -47,6 +47,7 @@ from latency_models.estimators import (
     NetworkCorrection,
     OpModel,
     check_targets,
+    dense_for_grouped,
 )
 from latency_models.features import (
     FEATURE_NAMES,
@@ -71,7 +72,8 @@ ENERGY_SOURCES = ("measured", "simulated", "modelled")
 LATENCY_WORDS = {
     "measured": "looked up from measurements of the same layers on the device",
     "regressed": "predicted by the model learned from the device's measurements",
-    "transferred": "another device's model calibrated to this one with a few measurements",
+    "transferred": "another device's measurements carried over to this one, calibrated "
+                   "with a few of its own or scaled by int8/fp32 ratios learned elsewhere",
     "simulated": "from a simulator's table, not a device",
     "modelled": "a precision the device has no measurements for, priced as another",
 }
@@ -83,20 +85,34 @@ ENERGY_WORDS = {
 }
 
 
-def network_of(source) -> tuple:
+def network_of(source, precision: int | None = None) -> tuple:
     """(what to price, which path) for an ONNX graph or file, or an ``arch.json``: the
     architecture the graph records (``spaces.onnx_io.ARCH_KEY``) or the one in the
     ``arch.json`` beside the file (at 32 bits for an fp32 graph), where its ops are the
     graph's; else the graph's ops.
 
+    ``precision=8`` prices a float graph as fully 8-bit (an architecture at 8 bits in every
+    layer; other graphs by :func:`~latency_models.ops.onnx_ops` with ``precision=8``).
+
     Raises:
-        DeviceModelError: a file that does not exist or is not an ONNX graph.
+        DeviceModelError: a file that does not exist, is not an ONNX graph, or has an op,
+            an input size or inputs that cannot be priced (the message names the file).
     """
     import onnx
 
-    from latency_models.ops import arch_ops, onnx_ops
+    from latency_models.ops import UnknownOpError, arch_ops, onnx_ops
     from spaces.arch import Arch, all_bits
     from spaces.onnx_io import recorded_arch
+
+    named = isinstance(source, (str, os.PathLike))
+    if precision is not None:
+        net, how = network_of(source)
+        if how in ("arch", "onnx:arch"):
+            return all_bits(net, precision), how
+        try:
+            return onnx_ops(onnx.load(str(source)) if named else source, precision), how
+        except UnknownOpError as exc:
+            raise DeviceModelError(f"{source if named else 'the graph'}: {exc}") from None
 
     path = None
     if isinstance(source, (str, os.PathLike)):
@@ -112,7 +128,10 @@ def network_of(source) -> tuple:
             raise DeviceModelError(f"{path} is not a valid ONNX model "
                                    f"({exc.__class__.__name__}); pass an .onnx file, an "
                                    "arch.json or a folder") from None
-    ops = onnx_ops(source)
+    try:
+        ops = onnx_ops(source)
+    except UnknownOpError as exc:
+        raise DeviceModelError(f"{path if path is not None else 'the graph'}: {exc}") from None
     candidates = [recorded_arch(source)]
     beside = None if path is None else path.with_name("arch.json")
     if beside is not None and beside.is_file():
@@ -126,6 +145,41 @@ def network_of(source) -> tuple:
         if arch is not None and signature(arch_ops(arch)) == sig:
             return arch, "onnx:arch"
     return ops, "onnx:ops"
+
+
+def _content_hash(data: dict) -> str:
+    """The hash of a device model's stored content (:attr:`DeviceModel.hash`)."""
+    text = json.dumps({k: v for k, v in data.items() if k != "hash"}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# The op kinds before grouped convolutions had their own (2026-12-05).
+_KINDS_BEFORE_GCONV = ["conv", "dwconv", "pwconv", "fc", "pool", "add", "eltwise"]
+
+
+def _upgrade(data: dict, path) -> dict:
+    """A model file written before ``gconv`` existed, read as one of today's: its stored hash
+    is checked on the content as written, then every coefficient vector gains the grouped
+    block, priced as its dense convolutions (:func:`dense_for_grouped`). Its hash changes,
+    as any refit's would."""
+    if not isinstance(data, dict) or data.get("kinds") != _KINDS_BEFORE_GCONV:
+        return data
+    if data.get("hash") not in (None, _content_hash(data)):
+        raise DeviceModelError(f"device model file {path} was edited after fitting (its "
+                               "hash does not match its content); refit it")
+    old = len(data.get("features") or [])
+
+    def pad(vectors: dict) -> dict:
+        return {b: dense_for_grouped(list(v) + [0.0] * (N_FEATURES - old))
+                if isinstance(v, list) and len(v) == old else v for b, v in vectors.items()}
+
+    data = dict(data, kinds=list(KINDS), features=FEATURE_NAMES, hash=None)
+    data["coef"] = pad(data.get("coef") or {})
+    data["energy_coef"] = pad(data.get("energy_coef") or {})
+    if isinstance(data.get("layer_linear"), dict):
+        data["layer_linear"] = dict(data["layer_linear"],
+                                    coef=pad(data["layer_linear"].get("coef") or {}))
+    return data
 
 
 @dataclass(slots=True)
@@ -361,7 +415,7 @@ class DeviceModel:
                                           count_changes(lows)) - self.ops.overhead_ms_
         return ms, mj, n_hit, len(units), standins, extrapolated
 
-    def price(self, network) -> Prediction:
+    def price(self, network, precision: int | None = None) -> Prediction:
         """Latency (ms) and energy (mJ) of one network, whatever form it comes in: the one
         way every command prices a network. ``provenance["path"]`` says which way it went.
 
@@ -373,10 +427,12 @@ class DeviceModel:
                 is priced as that architecture: ``"onnx:arch"``; any other graph by its ops:
                 ``"onnx:ops"``); a flat op list (``"ops"``); or a list of units, each an op
                 list (``"units"``).
+            precision: 8 prices an ONNX graph or file as fully 8-bit (what TFLite's integer
+                quantization runs of a float graph); None as it is.
         """
-        return self.price_many([network])[0]
+        return self.price_many([network], precision)[0]
 
-    def price_many(self, networks: list) -> Predictions:
+    def price_many(self, networks: list, precision: int | None = None) -> Predictions:
         """:meth:`price` of each network; architectures are priced together (the network
         correction in one batch; vectorized where that gives the same prices)."""
         from latency_models.ops import Op
@@ -387,7 +443,7 @@ class DeviceModel:
         resolved, paths = [], []
         for net in networks:
             if isinstance(net, (str, os.PathLike)) or type(net).__name__ == "ModelProto":
-                net, path = network_of(net)
+                net, path = network_of(net, precision)
             elif isinstance(net, Arch):
                 path = "arch"
             elif isinstance(net, list) and all(isinstance(o, Op) for o in net):
@@ -485,10 +541,12 @@ class DeviceModel:
         """The prediction from composed unit prices; ``factor``: the network correction of
         the whole network's latency (:meth:`network_factor`)."""
         ms = (ms + self.ops.overhead_ms_) * factor
+        borrowed = self.ops.borrowed_
         if n_hit == n_units:
             latency = "measured"
         elif standins:
-            latency = "modelled"
+            latency = ("transferred" if all(str(b) in borrowed for b in standins)
+                       else "modelled")
         elif self.latency_source != "measured":
             latency = self.latency_source
         else:
@@ -498,9 +556,11 @@ class DeviceModel:
         if factor != 1.0:
             prov["network_correction"] = round(factor, 4)
         if standins:
-            prov["note"] = "; ".join(f"{b}-bit ops priced as {self.fallback[str(b)]}-bit (no "
-                                     f"{b}-bit measurements for this device)"
-                                     for b in sorted(standins))
+            prov["note"] = "; ".join(
+                f"{b}-bit ops priced by {borrowed[str(b)]} (no {b}-bit measurements for this "
+                "device)" if str(b) in borrowed else
+                f"{b}-bit ops priced as {self.fallback[str(b)]}-bit (no {b}-bit measurements "
+                "for this device)" for b in sorted(standins))
         if mj is None:
             mj, energy = ms * self.power_w, "modelled"
         else:
@@ -543,8 +603,7 @@ class DeviceModel:
     def hash(self) -> str:
         """Content hash of the model (studies record it to never mix two models)."""
         if self._hash is None:
-            text = json.dumps(self.to_dict(), sort_keys=True)
-            self._hash = hashlib.sha256(text.encode()).hexdigest()[:16]
+            self._hash = _content_hash(self.to_dict())
         return self._hash
 
     def save(self, path: str | os.PathLike) -> None:
@@ -564,6 +623,7 @@ class DeviceModel:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise DeviceModelError(f"{path} is not an edgenas device model (no "
                                    f"'format': '{FORMAT}')")
+        data = _upgrade(data, path)
         if data.get("format_version") != FORMAT_VERSION:
             raise DeviceModelError(
                 f"{path} is device-model format version {data.get('format_version')}, this "

@@ -5,7 +5,8 @@ is priced the same way whether the search asks (fast, from the architecture) or 
 at an ONNX file.
 
 Op kinds: ``conv`` (dense kxk), ``dwconv``, ``pwconv`` (1x1, also the squeeze-excitation
-convolutions), ``fc``, ``pool`` (global average pooling, means and windowed pooling), ``add``
+convolutions), ``gconv`` (grouped, neither dense nor depthwise: many runtimes run it on a slow
+path), ``fc``, ``pool`` (global average pooling, means and windowed pooling), ``add``
 (the sum of two activations: residual connections) and ``eltwise`` (activations, scaling,
 multiplications, resizing and normalization). Batch norm is folded into the convolutions.
 ``bits`` is the precision the op runs at: 32 or 8 (onnxruntime QDQ) for convs and fully
@@ -24,11 +25,14 @@ from spaces.arch import Arch, Layer
 __all__ = ["arch_ops", "arch_units", "conv_op", "gpool_op", "input_ops", "KINDS", "layer_ops",
            "onnx_ops", "Op", "op_key", "run_bits", "signature", "UnknownOpError"]
 
-KINDS = ("conv", "dwconv", "pwconv", "fc", "pool", "add", "eltwise")
+# ``gconv`` (grouped, not depthwise: ResNeXt, RegNet) comes last so that the features of the
+# other kinds keep their places in device models fitted before it existed.
+KINDS = ("conv", "dwconv", "pwconv", "fc", "pool", "add", "eltwise", "gconv")
 
 
 class UnknownOpError(ValueError):
-    """An ONNX op that no rule prices."""
+    """An ONNX graph that cannot be priced: an op that no rule prices, several inputs, or a
+    dynamic input size."""
 
 
 @dataclass(frozen=True)
@@ -44,14 +48,15 @@ class Op:
     kernel: int = 0
     stride: int = 0
     size: int = 0
+    groups: int = 1  # a grouped (not depthwise) convolution's groups: ResNeXt, RegNet
 
     @property
     def weights(self) -> int:
         """Weights read by a convolution or fully connected layer (0 for other ops)."""
         if self.kind == "dwconv":
             return self.cout * self.kernel * self.kernel
-        if self.kind in ("conv", "pwconv"):
-            return self.cin * self.cout * self.kernel * self.kernel
+        if self.kind in ("conv", "pwconv", "gconv"):
+            return self.cin // self.groups * self.cout * self.kernel * self.kernel
         return self.macs if self.kind == "fc" else 0
 
 
@@ -138,8 +143,9 @@ def arch_ops(arch: Arch, native_bits: tuple[int, ...] = ()) -> list[Op]:
 
 def op_key(op: Op) -> str:
     """The exact identity of one op: the key of its entry in a device's lookup table."""
-    return (f"{op.kind},{op.macs},{op.elems},{op.bits},{op.cin},{op.cout},{op.kernel},"
-            f"{op.stride},{op.size}")
+    key = (f"{op.kind},{op.macs},{op.elems},{op.bits},{op.cin},{op.cout},{op.kernel},"
+           f"{op.stride},{op.size}")
+    return key if op.groups == 1 else f"{key},g{op.groups}"
 
 
 def signature(ops: list[Op]) -> str:
@@ -152,18 +158,90 @@ def signature(ops: list[Op]) -> str:
 # ---- ONNX ----------------------------------------------------------------------------------
 _ELTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Clip",
             "Resize", "Tanh", "LeakyRelu", "PRelu", "Max", "Min", "Neg", "Exp", "Sqrt", "Pow",
-            "Softmax", "Upsample", "BatchNormalization"}
-_POOL = {"GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool", "GlobalMaxPool"}
+            "Softmax", "Upsample", "BatchNormalization", "Elu", "Selu", "Softplus", "Mish",
+            "Gelu", "Erf", "Abs", "Reciprocal", "LogSoftmax", "InstanceNormalization",
+            "LayerNormalization", "LpNormalization",
+            # memory moved, nothing computed: a runtime copies the tensor
+            "Concat", "Split", "Pad", "Transpose", "Expand", "Tile", "DepthToSpace",
+            "SpaceToDepth"}
+_POOL = {"GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool", "GlobalMaxPool",
+         "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2", "GlobalLpPool",
+         "LpPool"}
 _FREE = {"Identity", "Constant", "Flatten", "Reshape", "Shape", "Gather", "Unsqueeze",
-         "Squeeze", "Concat", "Slice", "QuantizeLinear", "DequantizeLinear", "Cast",
-         "Transpose"}
+         "Squeeze", "Slice", "QuantizeLinear", "DequantizeLinear", "Cast", "Dropout"}
+_RELU = {"Relu", "Clip"}  # absorbed into an int8 convolution's output range (ReLU, ReLU6)
 
 
-def onnx_ops(model) -> list[Op]:
+def _graph_input(graph) -> str:
+    """The one image input of a graph, checked: a fixed (C, H, W) and one input only."""
+    inits = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise UnknownOpError(
+            f"the graph has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); the "
+            "latency model prices a network with one image input (batch, channels, height, "
+            "width): export it with one input")
+    dims = inputs[0].type.tensor_type.shape.dim
+    fixed = [d.dim_value > 0 for d in dims[1:]]
+    if not dims or not all(fixed):
+        shape = ", ".join(str(d.dim_value) if d.dim_value > 0 else (d.dim_param or "?")
+                          for d in dims)
+        raise UnknownOpError(
+            f"input {inputs[0].name!r} has shape ({shape}): a dynamic size other than the "
+            "batch cannot be priced (latency depends on it); export the graph at the input "
+            "size it will run at, e.g. torch.onnx.export with a 1x3x224x224 example and no "
+            "dynamic height or width")
+    return inputs[0].name
+
+
+def _run_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Every node output's shape, from one run of the graph on zeros (batch 1) with
+    onnxruntime: for graphs whose shapes static inference cannot resolve."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    named = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        for out in node.output:
+            if out and out not in named:
+                probe.graph.output.append(onnx.ValueInfoProto(name=out))
+                named.add(out)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        inp = session.get_inputs()[0]
+        name = _graph_input(model.graph)
+        dims = next(i for i in model.graph.input if i.name == name).type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(dims.elem_type)
+        shape = [1] + [d.dim_value for d in dims.shape.dim[1:]]
+        values = session.run(None, {inp.name: np.zeros(shape, dtype)})
+    except Exception as exc:  # onnxruntime's own errors: the graph does not run
+        raise UnknownOpError(f"the graph's tensor shapes could not be inferred, and it did "
+                             f"not run in onnxruntime to measure them ({exc.__class__.__name__}"
+                             f": {str(exc).splitlines()[0][:200]})") from None
+    return {o.name: tuple(np.shape(v)) for o, v in zip(session.get_outputs(), values)}
+
+
+def onnx_ops(model, precision: int | None = None) -> list[Op]:
     """The ops of an ONNX graph (batch 1), with each conv's precision read from QDQ nodes.
 
+    Args:
+        model: the graph (an ``onnx.ModelProto``).
+        precision: None prices the graph as it is; 8 prices a float graph as fully 8-bit
+            (what TFLite's integer quantization or an int8 QDQ export of it runs: every
+            convolution and fully connected layer at 8 bits, a ReLU or ReLU6 that follows
+            one absorbed into its output range).
+
     Raises:
-        UnknownOpError: the graph has an op type that no rule prices.
+        UnknownOpError: the graph has an op type that no rule prices, several inputs, or an
+            input of dynamic height or width.
     """
     import numpy as np
     import onnx
@@ -171,14 +249,26 @@ def onnx_ops(model) -> list[Op]:
 
     model = shape_inference.infer_shapes(model)
     graph = model.graph
+    _graph_input(graph)
     init = {t.name: t for t in graph.initializer}
     shapes: dict[str, tuple[int, ...]] = {}
+    unresolved = False
     for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = tuple(d.dim_value if d.dim_value > 0 else 1 for d in dims)
+        unresolved |= any(d.dim_value <= 0 for d in dims[1:])
+    outputs = {o for node in graph.node for o in node.output if o}
+    if unresolved or not outputs <= set(shapes):
+        # Shapes computed at run time (a "same" padding from the input's size): run the
+        # graph once on zeros and read every tensor's shape.
+        shapes.update(_run_shapes(model))
     for name, t in init.items():
         shapes[name] = tuple(t.dims)
     producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers[i] = consumers.get(i, 0) + 1
     constants = set(init) | {n.output[0] for n in graph.node if n.op_type == "Constant"}
 
     def is_const(name: str) -> bool:
@@ -198,6 +288,8 @@ def onnx_ops(model) -> list[Op]:
         return sum(numel(i) for i in ins) + sum(numel(o) for o in node.output)
 
     def bits(node) -> int:
+        if precision is not None:
+            return precision
         # QDQ quantizes a node's weights only when the node itself runs in int8.
         src = producer.get(node.input[1])
         if src is not None and src.op_type == "DequantizeLinear":
@@ -205,14 +297,16 @@ def onnx_ops(model) -> list[Op]:
         weight = init.get(node.input[1])
         return 16 if weight is not None and weight.data_type == onnx.TensorProto.FLOAT16 else 32
 
-    # Tensors computed from shapes only (e.g. Resize's target size): no runtime cost.
+    # Tensors computed from shapes or constants only (e.g. Resize's target size, a padding
+    # computed from the input's shape): folded by the runtime, no cost per image.
     shape_only: set[str] = set()
     for node in graph.node:
         ins = [i for i in node.input if i and i not in constants]
-        if node.op_type == "Shape" or (ins and all(i in shape_only for i in ins)):
+        if node.op_type == "Shape" or (node.input and all(i in shape_only for i in ins)):
             shape_only.update(node.output)
 
     ops = []
+    low_outputs: set[str] = set()  # outputs of 8-bit convolutions (a following ReLU folds in)
     for node in graph.node:
         t = node.op_type
         if t in _FREE or (node.output and node.output[0] in shape_only):
@@ -224,12 +318,14 @@ def onnx_ops(model) -> list[Op]:
             out = shapes[node.output[0]]
             cout, cin_g, k = w[0], w[1], w[2]
             macs = int(np.prod(out[2:])) * cout * cin_g * k * w[3]
-            kind = "dwconv" if groups > 1 and cin_g == 1 else ("pwconv" if k == 1 and w[3] == 1
-                                                              else "conv")
+            kind = ("dwconv" if groups > 1 and cin_g == 1 else "gconv" if groups > 1 else
+                    "pwconv" if k == 1 and w[3] == 1 else "conv")
             stride = attrs.get("strides", [1])[0]
             size = shapes[node.input[0]][2] if len(shapes[node.input[0]]) > 2 else 1
             ops.append(Op(kind, macs, elems(node), bits(node), cin_g * groups, cout, k, stride,
-                          size))
+                          size, groups if kind == "gconv" else 1))
+            if ops[-1].bits <= 8 and consumers.get(node.output[0]) == 1:
+                low_outputs.add(node.output[0])
         elif t in ("Gemm", "MatMul"):
             w = shapes[node.input[1]]
             transposed = t == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
@@ -247,10 +343,13 @@ def onnx_ops(model) -> list[Op]:
                           stride, size))
         elif t in ("Add", "Sum") and sum(1 for i in node.input if i and not is_const(i)) > 1:
             ops.append(Op("add", 0, elems(node)))
+        elif precision is not None and t in _RELU and node.input[0] in low_outputs:
+            continue  # folded into the 8-bit convolution before it
         elif t in _ELTWISE:
             ops.append(Op("eltwise", 0, elems(node)))
         else:
+            known = ", ".join(sorted(_POOL | _ELTWISE))
             raise UnknownOpError(f"op type {t!r} (node {node.name!r}) is not one the latency "
-                                 f"model knows; known: Conv, Gemm, MatMul, "
-                                 f"{', '.join(sorted(_POOL | _ELTWISE))}")
+                                 f"model knows; known: Conv, Gemm, MatMul, {known}, and shape "
+                                 f"bookkeeping ({', '.join(sorted(_FREE))})")
     return ops

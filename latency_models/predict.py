@@ -1,6 +1,8 @@
-"""python -m latency_models.predict +device=NAME model=PATH [format=table|jsonl]
+"""python -m latency_models.predict +device=NAME model=PATH [precision=int8] [format=table|jsonl]
 
-PATH is an ``.onnx`` file, an ``arch.json``, or a folder (every ``.onnx`` file below it).
+PATH is an ``.onnx`` file, an ``arch.json``, or a folder (every ``.onnx`` file below it). A
+file that cannot be priced (an op the model does not know, a dynamic input size) is reported
+and the others are still priced; the exit status is then 1.
 Prints a table on a terminal; piped (or ``format=jsonl``), one JSON object per model, one per
 line: path, latency_ms, energy_mj, provenance.
 Devices are the files of ``conf/device/`` (and ``./conf/device/`` where you run it).
@@ -32,6 +34,9 @@ class PredictConfig:
     model: str = arg(help="an .onnx file, an arch.json, or a folder (every .onnx below it)")
     format: Optional[str] = arg(None, "table | jsonl (default: table on a terminal, jsonl "
                                       "when piped)")
+    precision: str = arg("as_is", "as_is | int8: int8 prices a float graph as fully 8-bit "
+                                  "(TFLite's integer quantization); an int8 QDQ graph is "
+                                  "priced as it is either way")
 
 
 def targets(path: Path) -> list[Path]:
@@ -59,6 +64,7 @@ COMMAND = HydraApp(
               "+device=host model=arch.json format=jsonl"],
 )
 
+PRECISIONS = {"as_is": None, "int8": 8}
 PATH_WORDS = {"arch": "architecture", "onnx:arch": "architecture (from the graph)",
               "onnx:ops": "graph ops"}
 PATH_NOTES = {
@@ -114,22 +120,41 @@ def predict(cfg: PredictConfig) -> int:
     if fmt not in ("table", "jsonl"):
         print(f"error: format={fmt!r} is not table or jsonl", file=sys.stderr)
         return 2
-    rows = []
+    if cfg.precision not in PRECISIONS:
+        print(f"error: precision={cfg.precision!r} is not one of {', '.join(PRECISIONS)}",
+              file=sys.stderr)
+        return 2
+    rows, failed = [], []
     try:
         device = DeviceModel.load(cfg.device.model_path())
-        for path in targets(Path(cfg.model).expanduser()):
-            pred = device.price(path)  # as the search prices it wherever it can
-            row = {"path": str(path), "latency_ms": round(pred.latency_ms, 6),
-                   "energy_mj": round(pred.energy_mj, 6), "provenance": pred.provenance}
-            if fmt == "jsonl":
-                print(json.dumps(row), flush=True)
-            rows.append(row)
-    except (PredictError, DeviceModelError, UnknownOpError, ArchError) as exc:
+        paths = targets(Path(cfg.model).expanduser())
+    except (PredictError, DeviceModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if fmt == "table":
+    for path in paths:
+        try:  # as the search prices it wherever it can
+            pred = device.price(path, PRECISIONS[cfg.precision])
+        except (DeviceModelError, UnknownOpError, ArchError) as exc:
+            failed.append((path, str(exc)))
+            if len(paths) == 1:
+                break
+            continue
+        row = {"path": str(path), "latency_ms": round(pred.latency_ms, 6),
+               "energy_mj": round(pred.energy_mj, 6), "provenance": pred.provenance}
+        if cfg.precision != "as_is":
+            row["precision"] = cfg.precision
+        if fmt == "jsonl":
+            print(json.dumps(row), flush=True)
+        rows.append(row)
+    if fmt == "table" and rows:
         print_table(rows, cfg.device.name)
-    return 0
+    for path, why in failed:
+        text = why if why.startswith(str(path)) else f"{path}: {why}"
+        print(f"error: {text}", file=sys.stderr)
+    if failed and len(paths) > 1:
+        print(f"{len(failed)} of {len(paths)} files could not be priced (above); the other "
+              f"{len(rows)} were", file=sys.stderr)
+    return (2 if len(paths) == 1 else 1) if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

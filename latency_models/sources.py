@@ -19,7 +19,8 @@ import os
 from latency_models.ops import Op, arch_ops, conv_op, gpool_op
 from spaces.arch import Arch, ArchError, conv_out_size
 
-__all__ = ["bundle_file", "BUNDLE_FORMAT", "BUNDLE_VERSION", "COLUMNS", "fbnet_row_ops",
+__all__ = ["bundle_file", "BUNDLE_FORMAT", "BUNDLE_VERSION", "CNN_OPS_COLUMNS", "cnn_cores",
+           "COLUMNS", "fbnet_row_ops", "read_cnn",
            "MeasurementError", "ofa_entry_ops", "read_apq_lut", "read_bundle", "read_fbnet",
            "read_ofa_luts", "read_profile", "read_profile_units", "read_rows"]
 
@@ -370,3 +371,78 @@ def read_apq_lut(path: str | os.PathLike) -> tuple[list[list[Op]], list[float], 
     if not samples:
         raise MeasurementError(f"{path} has no entries with equal weight and activation bits")
     return samples, ys, es, keys
+
+
+# ---- real CNNs measured end to end (mobile_cnn: TFLite on phone cores) ------------------------
+CNN_OPS_COLUMNS = ("network", "precision", "kind", "macs", "elems", "bits", "cin", "cout",
+                   "kernel", "stride", "size", "groups")
+_CNN_PRECISIONS = {"float": 32, "quant": 8}  # the measurement file's words, our bits
+
+
+def cnn_cores(path: str | os.PathLike) -> list[str]:
+    """The ``device|cores`` of a measurement file with both fp32 and int8 means."""
+    header = read_rows(path, ("model",))[0].keys()
+    cores = {c.rsplit("|", 2)[0] for c in header if c.count("|") == 3}
+    return sorted(c for c in cores
+                  if all(f"{c}|{p}|mean" in header for p in _CNN_PRECISIONS))
+
+
+def _cnn_ops(path) -> dict:
+    """(network, bits) -> its op list, from a ``scripts/cnn_zoo.py`` ops file."""
+    out: dict = {}
+    for i, row in enumerate(read_rows(path, CNN_OPS_COLUMNS)):
+        try:
+            op = Op(row["kind"], *(int(row[c]) for c in CNN_OPS_COLUMNS[3:]))
+            out.setdefault((row["network"], int(row["precision"])), []).append(op)
+        except ValueError as exc:
+            raise MeasurementError(f"{path} row {i + 2}: {exc}") from None
+    return out
+
+
+def read_cnn(path: str | os.PathLike, core: str, ops_path: str | os.PathLike | None = None
+             ) -> tuple[list[list[Op]], list[float], list[str]]:
+    """Whole networks measured end to end in fp32 and int8 on one set of cores: op lists,
+    latencies (ms) and each sample's network (to keep a network's two precisions in one
+    cross-validation fold).
+
+    Args:
+        path: a CSV with a ``model`` column and ``DEVICE|CORES|float|mean`` and
+            ``DEVICE|CORES|quant|mean`` columns in microseconds (the ``mobile_cnn_latency``
+            layout; ``quant`` is the fully 8-bit model).
+        core: ``DEVICE|CORES``, e.g. ``pixel4|1large``.
+        ops_path: the networks' ops (``scripts/cnn_zoo.py``); default ``ops.csv.gz`` beside
+            ``path``.
+    """
+    rows = read_rows(path, ("model",))
+    cores = cnn_cores(path)
+    if core not in cores:
+        known = ", ".join(cores) or "none (not the DEVICE|CORES|PRECISION|STAT column layout)"
+        raise MeasurementError(
+            f"{path} has no fp32 and int8 columns for core={core!r} (expected "
+            f"'{core}|float|mean' and '{core}|quant|mean', latencies in microseconds); "
+            f"its cores: {known}")
+    ops_path = ops_path or os.path.join(os.path.dirname(str(path)), "ops.csv.gz")
+    if not os.path.isfile(ops_path):
+        raise MeasurementError(f"{ops_path} does not exist: the networks' ops; make it with "
+                               "`python scripts/cnn_zoo.py` (needs pytorchcv) or pass "
+                               "cnn_ops=FILE")
+    ops = _cnn_ops(ops_path)
+    samples, ys, groups = [], [], []
+    for i, row in enumerate(rows):
+        for word, bits in _CNN_PRECISIONS.items():
+            column = f"{core}|{word}|mean"
+            if not (row.get(column) or "").strip():
+                continue  # not measured on this core
+            us = _positive(path, i, column, row[column])
+            if us == 0:
+                raise MeasurementError(f"{path} row {i + 2}: {column} is 0, not a latency")
+            if (row["model"], bits) not in ops:
+                raise MeasurementError(f"{path} row {i + 2}: network {row['model']!r} has no "
+                                       f"{bits}-bit ops in {ops_path}; regenerate it with "
+                                       "`python scripts/cnn_zoo.py`")
+            samples.append(ops[(row["model"], bits)])
+            ys.append(us / 1000.0)
+            groups.append(row["model"])
+    if not samples:
+        raise MeasurementError(f"{path} has no measurements for core={core!r}")
+    return samples, ys, groups

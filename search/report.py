@@ -28,6 +28,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
+from latency_models.features import CONV_KINDS
 from search.cli import HydraCommand
 from search.config import BASELINES, CONF_DIR, Config, load
 from search.errors import UserError
@@ -184,7 +185,7 @@ def score(cfg: Config, models: list[dict], dataset) -> dict:
                                            "path")}
             if precision == "fp32":
                 m["macs"] = sum(op.macs for op in ops
-                                if op.kind in ("conv", "dwconv", "pwconv", "fc"))
+                                if op.kind in CONV_KINDS)
                 m["params"] = sum(math.prod(t.dims) for t in graph.graph.initializer
                                   if len(t.dims) > 0)
     return {"device": cfg.device.name, "device_model_hash": device_model.hash,
@@ -266,15 +267,20 @@ def trained_where(models: list[dict]) -> str:
 
 def modelled_words(models: list[dict], dev: str) -> str:
     """A sentence naming the predicted latencies that are modelled (a precision the device
-    model has no measurements for, priced as another), where there are any."""
+    model has no measurements for, priced as another) or transferred (priced by ratios
+    learned on other devices), where there are any."""
     out = []
+    how = {"modelled": "priced as another precision's",
+           "transferred": "priced by ratios to the device's own fp32 costs learned on other "
+                          "devices"}
     for precision in ("fp32", "int8"):
-        n = sum(m.get("provenance", {}).get(precision, {}).get("latency") == "modelled"
-                for m in models)
-        if n:
-            out.append(f" `{dev}` {precision} latency is modelled for {n} of {len(models)} "
-                       f"models: the device model has no {precision} measurements for their "
-                       "ops, priced as another precision's (provenance in report.json).")
+        for word, priced in how.items():
+            n = sum(m.get("provenance", {}).get(precision, {}).get("latency") == word
+                    for m in models)
+            if n:
+                out.append(f" `{dev}` {precision} latency is {word} for {n} of {len(models)} "
+                           f"models: the device model has no {precision} measurements for "
+                           f"their ops, {priced} (provenance in report.json).")
     return "".join(out)
 
 

@@ -377,7 +377,11 @@ class HydraApp:
                     status["rc"] = 2
                     return
                 cfg = OmegaConf.to_object(cfg)
-            status["rc"] = task(cfg)
+            try:
+                status["rc"] = task(cfg)
+            except BrokenPipeError:  # `... | head`: the reader stopped; nothing went wrong
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                status["rc"] = 0
 
         saved = sys.argv
         sys.argv = [self.module, *argv]

@@ -146,8 +146,8 @@ def test_report_end_to_end_and_resume(tmp_path, monkeypatch):
     assert "plotly" in (out / "report.html").read_text()[:200000].lower()
     table = (out / "report.md").read_text()
     assert "| lcnet_035 | baseline |" in table and "## Dominance" in table
-    # rpi4 has no 8-bit measurements: its int8 latencies are said to be modelled
-    assert "`rpi4` int8 latency is modelled for" in table
+    # rpi4 has no 8-bit measurements: its int8 latencies are said to be transferred
+    assert "`rpi4` int8 latency is transferred for" in table
 
     again = run_here(*args)  # resumes: nothing is trained again, the report is rewritten
     assert again.returncode == 0, again.stderr
