@@ -107,7 +107,9 @@ COMMAND = HydraApp(
     examples=["device=mypi bundle=pi-bundle power_w=5",
               "device=mine measurements=host_measurements.csv power_w=15",
               "device=myboard measurements=results.csv base=latency_models/data/rpi4.json "
-              "power_w=4"],
+              "power_w=4",
+              "device=s10_a75 cnn=latency_models/data/mobile_cnn/tflite_cnn_e2e.csv "
+              "core='s10|1med' power_w=1.5"],
     usage_args="device=NAME (bundle=DIR | measurements=FILE.csv | ...) power_w=WATTS",
 )
 SOURCES = ("bundle", "measurements", "fbnet", "ofa", "apq", "cnn")

@@ -172,10 +172,14 @@ _FREE = {"Identity", "Constant", "Flatten", "Reshape", "Shape", "Gather", "Unsqu
 _RELU = {"Relu", "Clip"}  # absorbed into an int8 convolution's output range (ReLU, ReLU6)
 
 
-def _graph_input(graph) -> str:
-    """The one image input of a graph, checked: a fixed (C, H, W) and one input only."""
+def _graph_input(graph) -> str | None:
+    """The one image input of a graph, checked: a fixed (C, H, W) and one input only. None
+    for a graph without inputs (whose output does not depend on its input: the exporter
+    dropped it; its ops compute on constants and are priced as they are)."""
     inits = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
+    if not inputs:
+        return None
     if len(inputs) != 1:
         raise UnknownOpError(
             f"the graph has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); the "
@@ -249,7 +253,7 @@ def onnx_ops(model, precision: int | None = None) -> list[Op]:
 
     model = shape_inference.infer_shapes(model)
     graph = model.graph
-    _graph_input(graph)
+    has_input = _graph_input(graph) is not None
     init = {t.name: t for t in graph.initializer}
     shapes: dict[str, tuple[int, ...]] = {}
     unresolved = False
@@ -258,7 +262,7 @@ def onnx_ops(model, precision: int | None = None) -> list[Op]:
         shapes[vi.name] = tuple(d.dim_value if d.dim_value > 0 else 1 for d in dims)
         unresolved |= any(d.dim_value <= 0 for d in dims[1:])
     outputs = {o for node in graph.node for o in node.output if o}
-    if unresolved or not outputs <= set(shapes):
+    if has_input and (unresolved or not outputs <= set(shapes)):
         # Shapes computed at run time (a "same" padding from the input's size): run the
         # graph once on zeros and read every tensor's shape.
         shapes.update(_run_shapes(model))
@@ -298,11 +302,13 @@ def onnx_ops(model, precision: int | None = None) -> list[Op]:
         return 16 if weight is not None and weight.data_type == onnx.TensorProto.FLOAT16 else 32
 
     # Tensors computed from shapes or constants only (e.g. Resize's target size, a padding
-    # computed from the input's shape): folded by the runtime, no cost per image.
+    # computed from the input's shape): folded by the runtime, no cost per image. (A graph
+    # without inputs computes on constants only: its ops are kept and priced.)
     shape_only: set[str] = set()
     for node in graph.node:
         ins = [i for i in node.input if i and i not in constants]
-        if node.op_type == "Shape" or (node.input and all(i in shape_only for i in ins)):
+        if node.op_type == "Shape" or (all(i in shape_only for i in ins) and (
+                ins or (has_input and node.input))):
             shape_only.update(node.output)
 
     ops = []

@@ -16,7 +16,7 @@ def archs(n, seed=0, **space):
                         num_classes=10, bits=[32, 16, 8]) for i in range(n)]
 
 
-@pytest.mark.parametrize("device", ["rpi4", "host", "jetson_tx2", "bitfusion"])
+@pytest.mark.parametrize("device", ["rpi4", "host", "jetson_tx2", "bitfusion", "pixel4", "pixel3"])
 def test_vectorized_prices_equal_the_reference_path(device):
     model = DeviceModel.load(MODEL_DIR / f"{device}.json")
     # the vectorized path is the regressor: compare like with like

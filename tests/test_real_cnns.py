@@ -136,3 +136,36 @@ def test_a_model_file_from_before_grouped_convolutions_still_loads(tmp_path):
     (tmp_path / "edited.json").write_text(json.dumps(old))
     with pytest.raises(DeviceModelError, match="edited after fitting"):
         DeviceModel.load(tmp_path / "edited.json")
+
+
+def test_runtime_shapes_are_measured_and_a_graph_without_inputs_is_priced(tmp_path):
+    class SamePad(nn.Module):
+        """A "same" padding computed from the input's size at run time (pytorchcv's)."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2)
+
+        def forward(self, x):
+            h = x.shape[2]
+            pad = h % 3 + 1  # 2 at 16 px: 18 px padded, 8x8 outputs
+            return self.conv(nn.functional.pad(x, [0, pad, 0, pad]))
+
+    model = SamePad().eval()
+    path = tmp_path / "same.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 16, 16),), str(path), dynamo=False,
+                      opset_version=17, dynamic_axes={"x": {0: "batch"}}, input_names=["x"])
+    conv = next(op for op in onnx_ops(onnx.load(str(path))) if op.kind == "conv")
+    assert conv.macs == 8 * 8 * 8 * 3 * 9  # 8x8 outputs, not the 1x1 of unresolved shapes
+
+    class Constant(nn.Module):  # its output does not depend on its input: no graph input
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(torch.zeros(1, 3, 8, 8))
+
+    torch.onnx.export(Constant().eval(), (torch.zeros(1, 3, 8, 8),), str(tmp_path / "c.onnx"),
+                      dynamo=False, opset_version=17, do_constant_folding=False)
+    assert [op.kind for op in onnx_ops(onnx.load(str(tmp_path / "c.onnx")))] == ["conv"]
