@@ -129,11 +129,16 @@ def flops_fit(macs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def accuracy(pred: np.ndarray, y: np.ndarray) -> dict:
-    """Within-10% share, mean absolute percentage error and Spearman of predictions."""
-    err = np.abs(pred - y) / y
-    return {"within_10pct": float(np.mean(err <= 0.10)), "mape": float(np.mean(err)),
-            "spearman": spearman(pred, y), "n": int(len(y))}
+def accuracy(pred: np.ndarray, y: np.ndarray, digits: int | None = None) -> dict:
+    """Shares within +-10% and +-20%, mean absolute percentage error and Spearman of
+    predictions (rounded to ``digits`` where given)."""
+    err = np.abs(np.asarray(pred) - y) / y
+    out = {"within_10pct": float(np.mean(err <= 0.10)),
+           "within_20pct": float(np.mean(err <= 0.20)), "mape": float(np.mean(err)),
+           "spearman": spearman(pred, y)}
+    if digits is not None:
+        out = {k: round(v, digits) for k, v in out.items()}
+    return dict(out, n=int(len(y)))
 
 
 def cross_validate(make: callable, samples: list[list[Op]], ys, folds: int = 5,

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from latency_models.fit import spearman  # noqa: E402
+from latency_models.fit import accuracy  # noqa: E402
 from latency_models.int8 import add_int8, fp32_model, int8_scales, predict_int8  # noqa: E402
 from latency_models.model import DeviceModel  # noqa: E402
 from latency_models.sources import read_cnn  # noqa: E402
@@ -50,11 +50,7 @@ SOURCE = ("int8/fp32 scales per convolution kind learned on Arm cores measured i
 
 
 def scores(pred, y) -> dict:
-    err = np.abs(pred - y) / y
-    return {"spearman": round(spearman(pred, y), 4),
-            "within_10pct": round(float(np.mean(err <= .1)), 4),
-            "within_20pct": round(float(np.mean(err <= .2)), 4),
-            "mape": round(float(np.mean(err)), 4)}
+    return accuracy(pred, y, digits=4)
 
 
 def split(samples, ys, groups):

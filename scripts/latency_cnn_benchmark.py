@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from latency_models.fit import flops_fit, spearman  # noqa: E402
+from latency_models.fit import accuracy, flops_fit, spearman  # noqa: E402
 from latency_models.model import DeviceModel  # noqa: E402
 from latency_models.sources import read_cnn  # noqa: E402
 from search.config import MODEL_DIR  # noqa: E402
@@ -40,12 +40,8 @@ OUT = ROOT / "scripts" / "results" / "latency"
 CORES = {"pixel4": "pixel4|1large", "pixel4_a55": "pixel4|1small"}
 
 
-def scores(pred: np.ndarray, y: np.ndarray) -> dict:
-    err = np.abs(pred - y) / y
-    return {"spearman": round(spearman(pred, y), 4),
-            "within_10pct": round(float(np.mean(err <= 0.10)), 4),
-            "within_20pct": round(float(np.mean(err <= 0.20)), 4),
-            "mape": round(float(np.mean(err)), 4), "n": int(len(y))}
+def scores(pred, y) -> dict:
+    return accuracy(pred, y, digits=4)
 
 
 def speedup_error(p32, p8, y32, y8) -> float:
