@@ -58,7 +58,8 @@ from spaces.cli import HydraApp, arg
 from spaces.files import write_text
 
 __all__ = ["accuracy", "COMMAND", "cross_validate", "cross_validate_bundle", "device_yaml", "fit",
-           "fit_bundle", "FitConfig", "flops_fit", "main", "priced_out_of_fold", "SOURCES",
+           "fit_bundle", "FitConfig", "flops_fit", "main", "precision_settings",
+           "priced_out_of_fold", "SOURCES",
            "spearman", "TransferFit"]
 
 
@@ -113,6 +114,23 @@ COMMAND = HydraApp(
     usage_args="device=NAME (bundle=DIR | measurements=FILE.csv | ...) power_w=WATTS",
 )
 SOURCES = ("bundle", "measurements", "fbnet", "ofa", "apq", "cnn")
+
+
+def precision_settings(samples: list[list[Op]], source: str) -> tuple[list[int], dict]:
+    """(the bit-widths a device runs exactly, precision -> its stand-in where never measured)
+    for a model fitted on ``samples`` from ``source`` (one of :data:`SOURCES`).
+
+    Precisions never measured are priced as fp32 and labelled "modelled" (never silently).
+    An integer accelerator (``apq``) runs every width it has exactly, float as 8-bit.
+    TFLite (``cnn``) runs int8 and fp32 exactly, and the fit is monotone (per unit of each
+    feature an op never costs more at 8 bits than at 32): the same held-out accuracy on the
+    real CNNs, and no int8 layer priced dearer than fp32 far below the sizes measured (the
+    unconstrained fit priced the 28-px space's int8 layers 1.7 times fp32's).
+    """
+    measured = sorted({op.bits for s in samples for op in s})
+    if source == "apq":
+        return measured, {"32": 8, "16": 8}
+    return (measured if source == "cnn" else []), {"8": 32, "16": 32}
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -303,18 +321,7 @@ def fit(cfg: FitConfig) -> int:
     except (MeasurementError, DeviceModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # Precisions never measured are priced as fp32 and labelled "modelled" (never silently).
-    fallback = {"8": 32, "16": 32}
-    native_bits: list[int] = []
-    if simulated:  # an integer accelerator: every width it has runs exactly, float as 8-bit
-        native_bits = sorted({op.bits for s in samples for op in s})
-        fallback = {"32": 8, "16": 8}
-    elif "cnn" in args:
-        # TFLite runs int8 and fp32 exactly. The fit is monotone (per unit of each feature an
-        # op never costs more at 8 bits than at 32): the same held-out accuracy on the real
-        # CNNs, and no int8 layer priced dearer than fp32 far below the sizes measured (the
-        # unconstrained fit priced the 28-px space's int8 layers 1.7 times fp32's).
-        native_bits = sorted({op.bits for s in samples for op in s})
+    native_bits, fallback = precision_settings(samples, "apq" if simulated else sources[0])
     energy_source = "modelled" if energy is None else ("simulated" if simulated else
                                                        "measured")
     power_source = cfg.power_source

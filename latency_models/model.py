@@ -104,21 +104,21 @@ def network_of(source, precision: int | None = None) -> tuple:
     from spaces.arch import Arch, all_bits
     from spaces.onnx_io import recorded_arch
 
-    named = isinstance(source, (str, os.PathLike))
-    if precision is not None:
-        net, how = network_of(source)
-        if how in ("arch", "onnx:arch"):
-            return all_bits(net, precision), how
+    def at(arch):  # the architecture at the precision asked for
+        return arch if precision is None else all_bits(arch, precision)
+
+    def split(graph, bits=None) -> list:
         try:
-            return onnx_ops(onnx.load(str(source)) if named else source, precision), how
+            return onnx_ops(graph, bits)
         except UnknownOpError as exc:
-            raise DeviceModelError(f"{source if named else 'the graph'}: {exc}") from None
+            raise DeviceModelError(f"{path if path is not None else 'the graph'}: {exc}") \
+                from None
 
     path = None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.suffix == ".json":
-            return Arch.from_json(path.read_text()), "arch"
+            return at(Arch.from_json(path.read_text())), "arch"
         try:
             source = onnx.load(str(path))
             onnx.checker.check_model(source)
@@ -128,10 +128,6 @@ def network_of(source, precision: int | None = None) -> tuple:
             raise DeviceModelError(f"{path} is not a valid ONNX model "
                                    f"({exc.__class__.__name__}); pass an .onnx file, an "
                                    "arch.json or a folder") from None
-    try:
-        ops = onnx_ops(source)
-    except UnknownOpError as exc:
-        raise DeviceModelError(f"{path if path is not None else 'the graph'}: {exc}") from None
     candidates = [recorded_arch(source)]
     beside = None if path is None else path.with_name("arch.json")
     if beside is not None and beside.is_file():
@@ -140,11 +136,14 @@ def network_of(source, precision: int | None = None) -> tuple:
             candidates += [arch, all_bits(arch, 32)]
         except ValueError:
             pass  # not an architecture: the graph is priced by its ops
-    sig = signature(ops)
-    for arch in candidates:
-        if arch is not None and signature(arch_ops(arch)) == sig:
-            return arch, "onnx:arch"
-    return ops, "onnx:ops"
+    candidates = [arch for arch in candidates if arch is not None]
+    ops = split(source) if candidates or precision is None else None
+    if candidates:
+        sig = signature(ops)
+        for arch in candidates:
+            if signature(arch_ops(arch)) == sig:
+                return at(arch), "onnx:arch"
+    return (ops if precision is None else split(source, precision)), "onnx:ops"
 
 
 def _content_hash(data: dict) -> str:

@@ -136,8 +136,6 @@ def predict(cfg: PredictConfig) -> int:
             pred = device.price(path, PRECISIONS[cfg.precision])
         except (DeviceModelError, UnknownOpError, ArchError) as exc:
             failed.append((path, str(exc)))
-            if len(paths) == 1:
-                break
             continue
         row = {"path": str(path), "latency_ms": round(pred.latency_ms, 6),
                "energy_mj": round(pred.energy_mj, 6), "provenance": pred.provenance}

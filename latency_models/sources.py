@@ -381,7 +381,10 @@ _CNN_PRECISIONS = {"float": 32, "quant": 8}  # the measurement file's words, our
 
 def cnn_cores(path: str | os.PathLike) -> list[str]:
     """The ``device|cores`` of a measurement file with both fp32 and int8 means."""
-    header = read_rows(path, ("model",))[0].keys()
+    return _cores(read_rows(path, ("model",))[0].keys())
+
+
+def _cores(header) -> list[str]:
     cores = {c.rsplit("|", 2)[0] for c in header if c.count("|") == 3}
     return sorted(c for c in cores
                   if all(f"{c}|{p}|mean" in header for p in _CNN_PRECISIONS))
@@ -414,7 +417,7 @@ def read_cnn(path: str | os.PathLike, core: str, ops_path: str | os.PathLike | N
             ``path``.
     """
     rows = read_rows(path, ("model",))
-    cores = cnn_cores(path)
+    cores = _cores(rows[0].keys())
     if core not in cores:
         known = ", ".join(cores) or "none (not the DEVICE|CORES|PRECISION|STAT column layout)"
         raise MeasurementError(

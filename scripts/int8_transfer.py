@@ -49,10 +49,6 @@ SOURCE = ("int8/fp32 scales per convolution kind learned on Arm cores measured i
           "transferred, not measured on this device")
 
 
-def scores(pred, y) -> dict:
-    return accuracy(pred, y, digits=4)
-
-
 def split(samples, ys, groups):
     """fp32 and int8 samples of the same networks, in the same order."""
     idx = {(g, any(op.bits == 8 for op in s)): i
@@ -83,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         speed, pspeed = y32 / y8, p32 / p8
         validation[core] = {
             "core": NAMES[core], "held_out_of_training": core not in TRAIN,
-            "scales_from": [c for c in TRAIN if c != core], "transfer": scores(p8, y8),
-            "int8_as_fp32": scores(as_fp32, y8),
+            "scales_from": [c for c in TRAIN if c != core], "transfer": accuracy(p8, y8, 4),
+            "int8_as_fp32": accuracy(as_fp32, y8, 4),
             "speedup_measured_median": round(float(np.median(speed)), 3),
             "speedup_predicted_median": round(float(np.median(pspeed)), 3),
             "speedup_median_error": round(float(np.median(np.abs(pspeed - speed) / speed)), 4)}

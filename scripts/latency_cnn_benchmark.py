@@ -30,7 +30,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from latency_models.fit import accuracy, flops_fit, spearman  # noqa: E402
+from latency_models.fit import (  # noqa: E402
+    accuracy,
+    flops_fit,
+    precision_settings,
+    spearman,
+)
 from latency_models.model import DeviceModel  # noqa: E402
 from latency_models.sources import read_cnn  # noqa: E402
 from search.config import MODEL_DIR  # noqa: E402
@@ -38,10 +43,6 @@ from search.config import MODEL_DIR  # noqa: E402
 DATA = ROOT / "latency_models" / "data" / "mobile_cnn" / "tflite_cnn_e2e.csv"
 OUT = ROOT / "scripts" / "results" / "latency"
 CORES = {"pixel4": "pixel4|1large", "pixel4_a55": "pixel4|1small"}
-
-
-def scores(pred, y) -> dict:
-    return accuracy(pred, y, digits=4)
 
 
 def speedup_error(p32, p8, y32, y8) -> float:
@@ -57,11 +58,12 @@ def run(device: str, core: str, folds: int, seed: int) -> dict:
     nets = sorted(set(groups.tolist()))
     order = np.asarray(nets)[np.random.default_rng(seed).permutation(len(nets))]
     macs = np.array([sum(op.macs for op in s) for s in samples], dtype=float)
+    native_bits, fallback = precision_settings(samples, "cnn")  # as `fit cnn=` fits it
     pred, flops = np.zeros_like(ys), np.zeros_like(ys)
     for k in range(folds):
         test = np.isin(groups, order[k::folds])
-        model = DeviceModel(device=device, power_w=1.0, fallback={"16": 32},
-                            native_bits=[8, 32]).fit(  # as `fit cnn=` fits it: monotone
+        model = DeviceModel(device=device, power_w=1.0, fallback=fallback,
+                            native_bits=native_bits).fit(
             [s for s, t in zip(samples, test) if not t], ys[~test])
         for i in np.flatnonzero(test):
             pred[i] = model.price(samples[i]).latency_ms
@@ -76,8 +78,8 @@ def run(device: str, core: str, folds: int, seed: int) -> dict:
     depthwise = np.array([any(op.kind == "dwconv" for op in s) for s in samples])
     for b, word in ((32, "fp32"), (8, "int8")):
         sel = bits == b
-        out[word] = {"model": scores(pred[sel], ys[sel]),
-                     "flops_only": scores(flops[sel], ys[sel]),
+        out[word] = {"model": accuracy(pred[sel], ys[sel], 4),
+                     "flops_only": accuracy(flops[sel], ys[sel], 4),
                      "pixel3_as_is": {"spearman": round(spearman(as_is[sel], ys[sel]), 4),
                                       "spearman_depthwise_nets": round(spearman(
                                           as_is[sel & depthwise], ys[sel & depthwise]), 4),
