@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from spaces.arch import Arch, Layer
 
 __all__ = ["arch_ops", "arch_units", "conv_op", "gpool_op", "input_ops", "KINDS", "layer_ops",
-           "onnx_ops", "Op", "op_key", "run_bits", "signature", "UnknownOpError"]
+           "onnx_ops", "Op", "op_key", "run_bits", "signature", "tensor_shapes",
+           "UnknownOpError"]
 
 # ``gconv`` (grouped, not depthwise: ResNeXt, RegNet) comes last so that the features of the
 # other kinds keep their places in device models fitted before it existed.
@@ -233,6 +234,35 @@ def _run_shapes(model) -> dict[str, tuple[int, ...]]:
     return {o.name: tuple(np.shape(v)) for o, v in zip(session.get_outputs(), values)}
 
 
+def tensor_shapes(model) -> tuple:
+    """(the graph with inferred shapes, every tensor's shape at batch 1): static shape
+    inference, or where it leaves a shape open, one run of the graph on zeros.
+
+    Raises:
+        UnknownOpError: several inputs, a dynamic height or width, or a graph whose shapes
+            neither inference nor a run resolves.
+    """
+    from onnx import shape_inference
+
+    model = shape_inference.infer_shapes(model)
+    graph = model.graph
+    has_input = _graph_input(graph) is not None
+    shapes: dict[str, tuple[int, ...]] = {}
+    unresolved = False
+    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = tuple(d.dim_value if d.dim_value > 0 else 1 for d in dims)
+        unresolved |= any(d.dim_value <= 0 for d in dims[1:])
+    outputs = {o for node in graph.node for o in node.output if o}
+    if has_input and (unresolved or not outputs <= set(shapes)):
+        # Shapes computed at run time (a "same" padding from the input's size): run the
+        # graph once on zeros and read every tensor's shape.
+        shapes.update(_run_shapes(model))
+    for t in graph.initializer:
+        shapes[t.name] = tuple(t.dims)
+    return model, shapes
+
+
 def onnx_ops(model, precision: int | None = None) -> list[Op]:
     """The ops of an ONNX graph (batch 1), with each conv's precision read from QDQ nodes.
 
@@ -249,25 +279,11 @@ def onnx_ops(model, precision: int | None = None) -> list[Op]:
     """
     import numpy as np
     import onnx
-    from onnx import shape_inference
 
-    model = shape_inference.infer_shapes(model)
+    model, shapes = tensor_shapes(model)
     graph = model.graph
     has_input = _graph_input(graph) is not None
     init = {t.name: t for t in graph.initializer}
-    shapes: dict[str, tuple[int, ...]] = {}
-    unresolved = False
-    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = tuple(d.dim_value if d.dim_value > 0 else 1 for d in dims)
-        unresolved |= any(d.dim_value <= 0 for d in dims[1:])
-    outputs = {o for node in graph.node for o in node.output if o}
-    if has_input and (unresolved or not outputs <= set(shapes)):
-        # Shapes computed at run time (a "same" padding from the input's size): run the
-        # graph once on zeros and read every tensor's shape.
-        shapes.update(_run_shapes(model))
-    for name, t in init.items():
-        shapes[name] = tuple(t.dims)
     producer = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, int] = {}
     for node in graph.node:

@@ -4,7 +4,9 @@ PATH is an ``.onnx`` file, an ``arch.json``, or a folder (every ``.onnx`` file b
 file that cannot be priced (an op the model does not know, a dynamic input size) is reported
 and the others are still priced; the exit status is then 1.
 Prints a table on a terminal; piped (or ``format=jsonl``), one JSON object per model, one per
-line: path, latency_ms, energy_mj, provenance.
+line: path, latency_ms, energy_mj, peak_memory_kib, train_memory_kib (where the graph is an
+architecture of the space: one fine-tuning step with finetune.update at finetune.batch),
+provenance.
 Devices are the files of ``conf/device/`` (and ``./conf/device/`` where you run it).
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from search.config import CONF_DIR, DeviceConfig, known_devices
+from search.finetune_config import FinetuneConfig
 from spaces.cli import HydraApp, arg
 
 __all__ = ["COMMAND", "PredictConfig", "PredictError", "main", "predict"]
@@ -37,6 +40,8 @@ class PredictConfig:
     precision: str = arg("as_is", "as_is | int8: int8 prices a float graph as fully 8-bit "
                                   "(TFLite's integer quantization); an int8 QDQ graph is "
                                   "priced as it is either way")
+    # train_memory_kib: the update scheme and batch of a fine-tuning step
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 def targets(path: Path) -> list[Path]:
@@ -82,12 +87,14 @@ def print_table(rows: list[dict], device: str) -> None:
     from latency_models.model import ENERGY_WORDS, LATENCY_WORDS
 
     table = Table(title=f"predicted for {device} (batch 1)")
-    for col in ("model", "latency ms", "energy mJ", "latency from", "energy from",
-                "priced as"):
-        table.add_column(col, justify="right" if col in ("latency ms", "energy mJ") else "left")
+    numbers = ("latency ms", "energy mJ", "peak KiB", "train KiB")
+    for col in ("model", *numbers, "latency from", "energy from", "priced as"):
+        table.add_column(col, justify="right" if col in numbers else "left")
     for r in rows:
         p = r["provenance"]
+        train = r.get("train_memory_kib")
         table.add_row(r["path"], f"{r['latency_ms']:.4g}", f"{r['energy_mj']:.4g}",
+                      f"{r['peak_memory_kib']:,.1f}", "-" if train is None else f"{train:,.0f}",
                       p["latency"] + ("*" if p.get("extrapolated") else ""), p["energy"],
                       PATH_WORDS.get(p.get("path"), p.get("path", "")))
     console = Console()
@@ -105,6 +112,10 @@ def print_table(rows: list[dict], device: str) -> None:
     notes = sorted({r["provenance"]["note"] for r in rows if r["provenance"].get("note")})
     for note in notes:
         console.print(f"  note: {note}", highlight=False, soft_wrap=True)
+    console.print("  peak KiB: activation memory of one inference (batch 1, tensors live from "
+                  "producer to last consumer in graph order); train KiB: one fine-tuning step "
+                  f"(update={rows[0].get('update')}, batch {rows[0].get('batch')}; "
+                  "architectures of the space only)", highlight=False, soft_wrap=True)
     console.print(f"  model hash {rows[0]['provenance'].get('model_hash')}; "
                   "format=jsonl for machine-readable lines", highlight=False, soft_wrap=True)
 
@@ -112,9 +123,12 @@ def print_table(rows: list[dict], device: str) -> None:
 def predict(cfg: PredictConfig) -> int:
     """Price ``cfg.model`` on ``cfg.device``; prints a table or JSON lines. Returns the exit
     status."""
+    from latency_models.memory import network_memory
     from latency_models.model import DeviceModel, DeviceModelError
     from latency_models.ops import UnknownOpError
+    from latency_models.train_memory import train_memory_kib
     from spaces.arch import ArchError
+    from spaces.schemes import SchemeError, parse_scheme
 
     fmt = cfg.format or ("table" if sys.stdout.isatty() else "jsonl")
     if fmt not in ("table", "jsonl"):
@@ -123,6 +137,11 @@ def predict(cfg: PredictConfig) -> int:
     if cfg.precision not in PRECISIONS:
         print(f"error: precision={cfg.precision!r} is not one of {', '.join(PRECISIONS)}",
               file=sys.stderr)
+        return 2
+    try:
+        parse_scheme(cfg.finetune.update)
+    except SchemeError as exc:
+        print(f"error: finetune.update: {exc}", file=sys.stderr)
         return 2
     rows, failed = [], []
     try:
@@ -134,11 +153,18 @@ def predict(cfg: PredictConfig) -> int:
     for path in paths:
         try:  # as the search prices it wherever it can
             pred = device.price(path, PRECISIONS[cfg.precision])
+            peak, arch = network_memory(path, PRECISIONS[cfg.precision],
+                                        tuple(device.native_bits))
         except (DeviceModelError, UnknownOpError, ArchError) as exc:
             failed.append((path, str(exc)))
             continue
+        train = None if arch is None else train_memory_kib(arch, cfg.finetune.update,
+                                                           cfg.finetune.batch)
         row = {"path": str(path), "latency_ms": round(pred.latency_ms, 6),
-               "energy_mj": round(pred.energy_mj, 6), "provenance": pred.provenance}
+               "energy_mj": round(pred.energy_mj, 6), "peak_memory_kib": round(peak, 3),
+               "train_memory_kib": None if train is None else round(train, 1),
+               "update": cfg.finetune.update, "batch": cfg.finetune.batch,
+               "provenance": pred.provenance}
         if cfg.precision != "as_is":
             row["precision"] = cfg.precision
         if fmt == "jsonl":

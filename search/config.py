@@ -14,20 +14,24 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from search.errors import UserError
+from search.finetune_config import FinetuneConfig
 from spaces.arch import ALL_BITS
 from spaces.space import SpaceConfig, SpaceError
 
-__all__ = ["BASELINES", "BudgetConfig", "COMBINED_SCORE", "CONF_DIR", "Config", "DataConfig",
-           "device_model_file", "DeviceConfig", "EarlyStopConfig", "ExportConfig",
-           "FASHION_MNIST_ROOT", "group_options", "known_devices", "load", "MODEL_DIR",
-           "OBJECTIVES", "PASSWORD", "PrefilterConfig", "PROXY_KINDS", "PROXY_SCORES",
-           "ProxyConfig", "redact", "register", "ReportConfig", "SAFE_NAME", "SAMPLERS", "SCHEMA",
-           "SearchConfig", "STORAGE_SCHEMES", "StorageConfig", "StudyConfig", "SupernetConfig",
-           "TeacherConfig", "validate", "without_password", "ZERO_COST_SCORES"]
+__all__ = ["BASELINES", "BudgetConfig", "BUDGETS", "COMBINED_SCORE", "CONF_DIR", "Config",
+           "DataConfig", "device_model_file", "DeviceConfig", "EarlyStopConfig", "ExportConfig",
+           "FASHION_MNIST_ROOT", "FinetuneConfig", "group_options", "known_devices", "load",
+           "MODEL_DIR", "OBJECTIVES", "PASSWORD", "PrefilterConfig", "PROXY_KINDS",
+           "PROXY_SCORES", "ProxyConfig", "redact", "register", "ReportConfig", "SAFE_NAME",
+           "SAMPLERS", "SCHEMA", "SearchConfig", "STORAGE_SCHEMES", "StorageConfig",
+           "StudyConfig", "SupernetConfig", "TeacherConfig", "validate", "without_password",
+           "ZERO_COST_SCORES"]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_DIR = Path(__file__).resolve().parent.parent / "latency_models" / "data"
-OBJECTIVES = ("accuracy", "latency_ms", "energy_mj", "size_kib")
+OBJECTIVES = ("accuracy", "latency_ms", "energy_mj", "size_kib", "peak_memory_kib",
+              "train_memory_kib")
+BUDGETS = OBJECTIVES[1:]  # every cost objective is also a budget (budget.NAME)
 SAMPLERS = ("nsga2", "tpe", "random")
 
 
@@ -178,6 +182,10 @@ class BudgetConfig:
     latency_ms: Optional[float] = None  # predicted latency on the device (ms); null: none
     energy_mj: Optional[float] = None  # predicted energy per image (mJ); null: none
     size_kib: Optional[float] = None  # weights at their bit-widths (KiB); null: none
+    # peak activation memory of one inference, batch 1, at the layers' precisions (KiB)
+    peak_memory_kib: Optional[float] = None
+    # peak memory of one fine-tuning step (finetune.update at finetune.batch, KiB)
+    train_memory_kib: Optional[float] = None
 
 
 @dataclass
@@ -185,7 +193,7 @@ class SearchConfig:
     sampler: str = "tpe"  # tpe (multi-objective TPE, Optuna 5's default) | nsga2 | random
     n_trials: int = 32  # the study's total; a resumed study only runs what is missing
     threads: int = 2  # torch threads for the proxy's training
-    # accuracy plus any of latency_ms, energy_mj, size_kib
+    # accuracy plus any of latency_ms, energy_mj, size_kib, peak_memory_kib, train_memory_kib
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency_ms"])
     population: int = 10  # NSGA-II population size
     heartbeat_s: int = 30  # a trial silent this long (killed worker) is failed and re-run
@@ -265,6 +273,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     seed: int = 0  # the data split, the teacher, the proxy's training and the sampler
     out_dir: str = "outputs/${study.name}"
@@ -381,11 +390,20 @@ def validate(c: Config) -> None:
     if bad or not c.search.objectives or "accuracy" not in c.search.objectives:
         problems.append(f"search.objectives={c.search.objectives} must include 'accuracy' and "
                         f"come from {list(OBJECTIVES)}")
-    for name in ("latency_ms", "energy_mj", "size_kib"):
+    for name in BUDGETS:
         v = getattr(c.budget, name)
         if v is not None and v <= 0:
             problems.append(f"budget.{name}={v} must be positive (or null for no budget)")
     bad_bits = [b for b in c.device.bits if b not in ALL_BITS]
+    try:
+        from spaces.schemes import parse_scheme
+
+        parse_scheme(c.finetune.update)
+    except ValueError as exc:
+        problems.append(f"finetune.update: {exc}")
+    if min(c.finetune.batch, c.finetune.epochs, c.finetune.threads) < 1 or c.finetune.lr <= 0:
+        problems.append("finetune.batch, finetune.epochs and finetune.threads must be at least "
+                        "1 and finetune.lr positive")
     if bad_bits or not c.device.bits:
         problems.append(f"device.bits={c.device.bits} must be a non-empty subset of "
                         f"{list(ALL_BITS)}")

@@ -10,12 +10,15 @@ import hashlib
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from search.config import FASHION_MNIST_ROOT, DataConfig
 from search.errors import UserError
+
+if TYPE_CHECKING:  # (search.config imports Hydra's OmegaConf: search.finetune runs without it)
+    from search.config import DataConfig
 
 __all__ = ["Dataset", "FMNIST_CLASS_NAMES", "FMNIST_FILES", "FMNIST_INSTALL", "IMAGE_SUFFIXES",
            "load_dataset", "load_fashion_mnist", "load_image_folder", "make_synthetic",
@@ -113,6 +116,8 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
 
 
 def load_fashion_mnist(root: str | None) -> Dataset:
+    from search.config import FASHION_MNIST_ROOT
+
     base = Path(root or FASHION_MNIST_ROOT).expanduser()
     missing = [n for n in FMNIST_FILES.values() if not (base / n).is_file()]
     if missing:

@@ -26,6 +26,7 @@ from latency_models.profile import cpu_name, measure_many
 from search.cli import HydraCommand
 from search.config import Config, load, redact
 from search.data import Dataset, load_dataset, to_float
+from search.edge_memory import card_section, memory_record
 from search.errors import UserError
 from search.run import load_device_model
 from search.storage import open_storage
@@ -42,7 +43,7 @@ from search.train import Recipe
 from spaces.arch import Arch
 from spaces.build import arch_def
 from spaces.files import atomic_dir
-from spaces.onnx_io import export_fp32, export_int8, ort_session
+from spaces.onnx_io import export_fp32, export_int8, onnx_accuracy, ort_session
 from spaces.quant import clean_dead_channels
 
 __all__ = ["calibration_images", "check_fp32", "COMMAND", "export_trial", "EXPORT_VERSION",
@@ -81,15 +82,6 @@ def select_trials(cfg: Config, study: optuna.Study) -> list[optuna.trial.FrozenT
         raise UserError(f"trial {choice} broke a budget and was not trained by the proxy; "
                         "choose a feasible trial")
     return chosen
-
-
-def onnx_accuracy(path: Path, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
-    sess = ort_session(path, threads=torch.get_num_threads())
-    correct = 0
-    for i in range(0, len(y), batch):
-        logits = sess.run(None, {"image": to_float(x[i:i + batch]).numpy()})[0]
-        correct += int((logits.argmax(1) == y[i:i + batch].numpy()).sum())
-    return correct / len(y)
 
 
 def final_recipe(cfg: Config) -> Recipe:
@@ -170,6 +162,8 @@ def write_trial(cfg: Config, trial: optuna.trial.FrozenTrial, model: torch.nn.Mo
              "num_classes": arch.num_classes, "note": "expanded widths are exact: build with "
              "timm's make_divisible replaced by round (see spaces/build.py)"}, indent=1))
         metrics = measure_and_predict(cfg, trial, arch, dataset, fp32_path, int8_path)
+        metrics.update(memory_record(arch, {"model.onnx": fp32_path,
+                                            "model.int8.onnx": int8_path}, cfg.finetune.batch))
         metrics.update(onnx_fp32_max_abs_diff=diff, int8_nodes=len(int8_nodes),
                        dead_channels_cleaned=dead,
                        training=training_record(cfg, teacher, train_s, device, RECIPE_WORDS))
@@ -326,6 +320,7 @@ Measured on the exporting machine ({h['cpu']}, onnxruntime {h['onnxruntime']}, 1
 batch 1, median): model.onnx {h['model.onnx']['median_ms']:.3f} ms, model.int8.onnx
 {h['model.int8.onnx']['median_ms']:.3f} ms.
 
+{card_section(m) if 'train_memory_kib' in m else ''}
 ## Training
 {m['training']['recipe']}; {m['training']['epochs']} epochs, teacher {m['training']['teacher']}
 (test accuracy {100 * (m['training']['teacher_test_accuracy'] or 0):.2f}%).
@@ -413,9 +408,11 @@ def print_summary(cfg: Config, metrics: list[dict], out_root: Path) -> None:
                   "and card.md (how to run it).", highlight=False)
     console.print("next:", highlight=False)
     console.print(f"  {shell_join([python_cmd(), '-m', 'latency_models.predict', f'+device={cfg.device.name}', f'model={out_root}'])}"
-                  "   # price the files on the device", highlight=False, soft_wrap=True)
+                  "   # price the files on the device", highlight=False, soft_wrap=True,
+                  markup=False)
     console.print(f"  {suggested_command('search.report', f'report.exports={out_root}', 'out=report')}"
-                  "   # against hand-designed models", highlight=False, soft_wrap=True)
+                  "   # against hand-designed models", highlight=False, soft_wrap=True,
+                  markup=False)
 
 
 def main(dc: DictConfig) -> None:

@@ -16,8 +16,11 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from latency_models.memory import peak_memory_kib
 from latency_models.model import DeviceModel
-from search.config import Config
+from latency_models.train_memory import train_memory_kib
+from search.config import BUDGETS, Config
+from search.finetune_config import FinetuneConfig
 from search.proxies import Proxy, TrialInfo, make_proxy
 from search.proxy import zero_cost_scores
 from search.storage import batched_writes
@@ -27,21 +30,26 @@ from spaces.space import sample_arch
 __all__ = ["constraint_values", "costs", "DIRECTIONS", "early_stopper", "fastest_possible",
            "Objective", "prefilter_reason"]
 
-DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "energy_mj": "minimize",
-              "size_kib": "minimize"}
+DIRECTIONS = {"accuracy": "maximize", **{name: "minimize" for name in BUDGETS}}
 
 
-def costs(arch: Arch, device_model: DeviceModel) -> dict:
-    """Predicted latency and energy, size, parameters and MACs of the deployed network."""
+def costs(arch: Arch, device_model: DeviceModel, finetune: FinetuneConfig | None = None
+          ) -> dict:
+    """Predicted latency and energy, size, memory (one inference's activations; one
+    fine-tuning step with ``finetune.update`` at ``finetune.batch``), parameters and MACs
+    of the deployed network."""
+    finetune = finetune or FinetuneConfig()
     pred = device_model.price(arch)  # the one pricing path (also that of its ONNX files)
     return {"latency_ms": pred.latency_ms, "energy_mj": pred.energy_mj,
-            "size_kib": arch.size_kib(), "params": arch.params(), "macs": arch.macs(),
-            "provenance": pred.provenance}
+            "size_kib": arch.size_kib(),
+            "peak_memory_kib": peak_memory_kib(arch, tuple(device_model.native_bits)),
+            "train_memory_kib": train_memory_kib(arch, finetune.update, finetune.batch),
+            "params": arch.params(), "macs": arch.macs(), "provenance": pred.provenance}
 
 
 def constraint_values(cfg: Config, c: dict) -> dict[str, float]:
     out = {}
-    for name in ("latency_ms", "energy_mj", "size_kib"):
+    for name in BUDGETS:
         budget = getattr(cfg.budget, name)
         if budget is not None:
             out[name] = c[name] - budget
@@ -118,10 +126,11 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         with batched_writes(trial):  # one storage transaction for the architecture
             arch = self.sample(trial)
-            c = costs(arch, self.device_model)
+            c = costs(arch, self.device_model, self.cfg.finetune)
             trial.set_user_attr("arch_json", arch.to_json(indent=None))
             trial.set_user_attr("arch_id", arch.arch_id)
-            for key in ("latency_ms", "energy_mj", "size_kib", "params", "macs", "provenance"):
+            for key in ("latency_ms", "energy_mj", "size_kib", "peak_memory_kib",
+                        "train_memory_kib", "params", "macs", "provenance"):
                 trial.set_user_attr(key, c[key])
             trial.set_user_attr("bits", list(arch.bits))
             scores = zero_cost_scores(arch, self.images, self.cfg.seed)
@@ -180,7 +189,7 @@ def fastest_possible(objective: Objective, n: int = 2000) -> dict:
 
     best: dict[str, float] = {}
     for chooser in [Smallest(0)] + [RandomChoices(10_000 + i) for i in range(n)]:
-        c = costs(objective.sample(chooser), objective.device_model)
-        for key in ("latency_ms", "energy_mj", "size_kib"):
+        c = costs(objective.sample(chooser), objective.device_model, objective.cfg.finetune)
+        for key in BUDGETS:
             best[key] = min(best.get(key, float("inf")), c[key])
     return best

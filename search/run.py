@@ -20,7 +20,7 @@ from tqdm import tqdm
 from latency_models.model import LATENCY_WORDS, DeviceModel
 from search.budget import SURPLUS_ATTR, check_slot, wait_for_slot
 from search.cli import suggested_command
-from search.config import Config, redact
+from search.config import BUDGETS, Config, redact
 from search.data import load_dataset
 from search.errors import UserError
 from search.objective import Objective, fastest_possible
@@ -58,8 +58,7 @@ def energy_note(model: DeviceModel) -> str:
 
 
 def check_budgets(cfg: Config, objective: Objective) -> None:
-    wanted = {k: getattr(cfg.budget, k) for k in ("latency_ms", "energy_mj", "size_kib")
-              if getattr(cfg.budget, k) is not None}
+    wanted = {k: getattr(cfg.budget, k) for k in BUDGETS if getattr(cfg.budget, k) is not None}
     if not wanted:
         return
     best = fastest_possible(objective)
@@ -87,6 +86,9 @@ def pareto_rows(study: optuna.Study) -> list[dict]:
             "proxy_accuracy": proxy_accuracy(t),
             "latency_ms": a["latency_ms"], "energy_mj": a["energy_mj"], "params": a["params"],
             "macs": a["macs"], "size_kib": a["size_kib"], "bits": bits_summary(a["bits"]),
+            # (trials of studies from before memory was priced have none)
+            "peak_memory_kib": a.get("peak_memory_kib"),
+            "train_memory_kib": a.get("train_memory_kib"),
             "latency_source": a["provenance"]["latency"]
             + ("*" if a["provenance"].get("extrapolated") else ""),
             "arch_id": a["arch_id"],
@@ -114,7 +116,7 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
                *(["proxy acc"] if trained else []),
                *([f"{cfg.proxy.rescore} {cfg.proxy.score}"] if again else []),
                "latency ms", "energy mJ", "params",
-               "MACs", "size KiB", "bit-widths", "latency from"]
+               "MACs", "size KiB", "peak KiB", "train KiB", "bit-widths", "latency from"]
     for col in columns:
         table.add_column(col, justify="right" if col not in ("bit-widths", "latency from")
                          else "left")
@@ -125,13 +127,18 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
         if again:
             acc.append("-" if r["rescore_score"] is None else f"{r['rescore_score']:.4f}")
         table.add_row(str(r["trial"]), *acc, f"{r['latency_ms']:.3f}", f"{r['energy_mj']:.3f}",
-                      f"{r['params']:,}", f"{r['macs']:,}", f"{r['size_kib']:.1f}", r["bits"],
-                      r["latency_source"])
+                      f"{r['params']:,}", f"{r['macs']:,}", f"{r['size_kib']:.1f}",
+                      *("-" if r[k] is None else f"{r[k]:,.0f}"
+                        for k in ("peak_memory_kib", "train_memory_kib")),
+                      r["bits"], r["latency_source"])
     console.print(table)
     if name != "accuracy":
         console.print(f"{name}: {SCORE_MEANING[name]}.", highlight=False)
     if proxy.trains:
         console.print(f"proxy acc: {proxy.accuracy_meaning}.", highlight=False)
+    console.print("peak KiB: activation memory of one inference (batch 1, the layers' "
+                  f"precisions); train KiB: one fine-tuning step (update={cfg.finetune.update}, "
+                  f"batch {cfg.finetune.batch}), python -m search.finetune.", highlight=False)
     if again:
         console.print(f"{cfg.proxy.rescore} {cfg.proxy.score}: the front scored again by the "
                       "distilled proxy after the search (proxy.rescore); the rows and "
@@ -147,7 +154,7 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
                       "exports all of them):", highlight=False)
         console.print("  " + suggested_command("search.export", "select=best",
                                                f"out={out_dir / 'export'}"),
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=False)
 
 
 def run_search(cfg: Config) -> None:

@@ -75,6 +75,10 @@ def study_meta(cfg: Config, data_fingerprint: str, device_model_hash: str) -> di
         "objectives": list(cfg.search.objectives),
         "proxy": cfg.proxy.kind, "proxy_hash": proxy_hash(cfg),
         "seed": cfg.seed,
+        # what train_memory_kib prices, where the search optimizes or limits it
+        **({"train_memory": f"update={cfg.finetune.update} batch={cfg.finetune.batch}"}
+           if "train_memory_kib" in cfg.search.objectives
+           or cfg.budget.train_memory_kib is not None else {}),
     }
 
 

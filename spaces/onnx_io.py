@@ -17,8 +17,8 @@ from spaces.build import EdgeNet, onnx_scopes
 from spaces.files import atomic_path, write_bytes
 
 __all__ = ["ARCH_KEY", "export_fp32", "export_int8", "export_module", "extract_layers",
-           "INPUT_NAME", "int8_nodes", "OPSET", "ort_session", "OUTPUT_NAME", "quantize_qdq",
-           "recorded_arch"]
+           "INPUT_NAME", "int8_nodes", "onnx_accuracy", "OPSET", "ort_session", "OUTPUT_NAME",
+           "quantize_qdq", "recorded_arch"]
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -140,6 +140,19 @@ def quantize_qdq(fp32_path: str | os.PathLike, path: str | os.PathLike,
                             nodes_to_quantize=nodes)
     finally:
         root.setLevel(level)
+
+
+def onnx_accuracy(path: str | os.PathLike, x: torch.Tensor, y: torch.Tensor,
+                  batch: int = 500) -> float:
+    """Top-1 accuracy of the graph at ``path`` on uint8 images ``x`` (N, C, H, W; scaled to
+    [0, 1] as the graphs expect) with labels ``y``, run by onnxruntime."""
+    sess = ort_session(path, threads=torch.get_num_threads())
+    correct = 0
+    for i in range(0, len(y), batch):
+        images = (x[i:i + batch].float() / 255.0).numpy()
+        logits = sess.run(None, {INPUT_NAME: images})[0]
+        correct += int((logits.argmax(1) == y[i:i + batch].numpy()).sum())
+    return correct / len(y)
 
 
 def ort_session(path: str | os.PathLike, threads: int = 1):

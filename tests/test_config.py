@@ -76,6 +76,8 @@ def test_known_devices_are_listed():
 @pytest.mark.parametrize("override, needle", [
     ("search.objectives=[latency_ms]", "must include 'accuracy'"),
     ("budget.energy_mj=0", "budget.energy_mj=0"),
+    ("budget.train_memory_kib=-5", "budget.train_memory_kib=-5"),
+    ("finetune.update=sideways", "finetune.update: update='sideways' is not an update scheme"),
     ("space.kernel=[3,9]", "space.kernel has 9"),
     ("data.kind=mnist", "data.kind='mnist'"),
     ("proxy.alpha=2", "proxy.alpha"),

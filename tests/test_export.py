@@ -40,6 +40,13 @@ def test_export_writes_runnable_models_and_metrics(tmp_path):
         x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
         assert ort_session(folder / name).run(None, {"image": x})[0].shape == (2, 4)
     assert metrics["params"] == arch.params()
+    # memory: each file walked, each update scheme priced at finetune.batch
+    from latency_models.memory import peak_memory_kib
+
+    assert metrics["peak_memory_kib"]["model.int8.onnx"] == round(peak_memory_kib(arch), 3)
+    assert metrics["train_memory_kib"]["batch"] == 32
+    assert metrics["train_memory_kib"]["head"] < metrics["train_memory_kib"]["all"]
+    assert "## Memory" in (folder / "card.md").read_text()
     card = (folder / "card.md").read_text()
     assert "Energy is modelled" in card and "test accuracy" in card.lower()
     # the default score, said in words
