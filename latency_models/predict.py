@@ -89,7 +89,8 @@ def print_table(rows: list[dict], device: str) -> None:
     table = Table(title=f"predicted for {device} (batch 1)")
     numbers = ("latency ms", "energy mJ", "peak KiB", "train KiB")
     for col in ("model", *numbers, "latency from", "energy from", "priced as"):
-        table.add_column(col, justify="right" if col in numbers else "left")
+        table.add_column(col, justify="right" if col in numbers else "left",
+                         no_wrap=col in numbers, overflow="fold")
     for r in rows:
         p = r["provenance"]
         train = r.get("train_memory_kib")
