@@ -21,7 +21,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -52,10 +52,7 @@ class FinetuneArgs:
     head: str = "keep"  # keep | new
     budget_kib: Optional[float] = None  # budget.train_memory_kib
     seed: int = 0
-    finetune: FinetuneConfig = None  # finetune.batch, .lr, .threads, .epochs
-
-    def __post_init__(self) -> None:
-        self.finetune = self.finetune or FinetuneConfig()
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # finetune.batch, ...
 
 
 KEYS = {"model": "model", "data": "data", "data.root": "data_root", "update": "update",
@@ -82,8 +79,8 @@ def parse_args(argv: list[str]) -> FinetuneArgs:
             elif key in KEYS:
                 setattr(args, KEYS[key], value)
             elif key.startswith("finetune.") and key[9:] in FINETUNE_KEYS:
-                field = key[9:]
-                setattr(args.finetune, field, float(value) if field == "lr" else int(value))
+                name = key[9:]
+                setattr(args.finetune, name, float(value) if name == "lr" else int(value))
             elif key == "debug":
                 continue
             else:
