@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from latency_models.ops import run_bits
 from spaces.arch import Arch
 
-__all__ = ["arch_schedule", "liveness_peak", "network_memory", "onnx_schedule", "peak_memory_kib",
-           "Schedule",
-           "VIEW_OPS"]
+__all__ = ["arch_schedule", "graph_peak_memory_kib", "liveness_peak", "onnx_schedule",
+           "peak_memory_kib", "Schedule", "VIEW_OPS"]
 
 VIEW_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity"}
 
@@ -65,7 +64,7 @@ def liveness_peak(s: Schedule, batch: int = 1) -> tuple[float, str]:
     for i, (_, ins, outs) in enumerate(s.nodes):
         for t in outs:
             first.setdefault(s.root(t), i)
-            last[s.root(t)] = max(last.get(s.root(t), i), i)
+            last[s.root(t)] = i
         for t in ins:
             if s.root(t) in first:
                 last[s.root(t)] = i
@@ -223,26 +222,15 @@ def peak_memory_kib(network, native_bits: tuple[int, ...] = ()) -> float:
     return liveness_peak(schedule)[0] / 1024
 
 
-def network_memory(source, precision: int | None = None,
-                   native_bits: tuple[int, ...] = ()) -> tuple[float, Arch | None]:
-    """(``peak_memory_kib``, the architecture where one is known) of what
-    :func:`latency_models.model.network_of` accepts: an architecture is walked from its
-    layers (at ``precision`` in every layer when given), any other graph from its nodes (with
-    ``precision=8``: every activation at 8 bits, a fully integer-quantized graph).
-
-    Raises:
-        DeviceModelError: as :func:`~latency_models.model.network_of`.
-    """
-    from latency_models.model import network_of
-
-    what, _ = network_of(source, precision)
-    if isinstance(what, Arch):
-        return peak_memory_kib(what, native_bits), what
+def graph_peak_memory_kib(source, precision: int | None = None) -> float:
+    """Peak activation memory (KiB) of an ONNX graph or ``.onnx`` file walked from its nodes
+    (:func:`onnx_schedule`); ``precision=8``: every activation but the image at 8 bits (a
+    fully integer-quantized graph)."""
     import onnx
 
-    graph = onnx.load(str(source)) if not isinstance(source, onnx.ModelProto) else source
+    graph = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
     schedule = onnx_schedule(graph)
     if precision is not None:
         schedule.bits = {t: min(precision, 32) for t in schedule.elements
                          if t not in schedule.inputs}  # (the image stays float)
-    return liveness_peak(schedule)[0] / 1024, None
+    return liveness_peak(schedule)[0] / 1024

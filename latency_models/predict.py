@@ -124,11 +124,11 @@ def print_table(rows: list[dict], device: str) -> None:
 def predict(cfg: PredictConfig) -> int:
     """Price ``cfg.model`` on ``cfg.device``; prints a table or JSON lines. Returns the exit
     status."""
-    from latency_models.memory import network_memory
-    from latency_models.model import DeviceModel, DeviceModelError
+    from latency_models.memory import graph_peak_memory_kib, peak_memory_kib
+    from latency_models.model import DeviceModel, DeviceModelError, network_of
     from latency_models.ops import UnknownOpError
     from latency_models.train_memory import train_memory_kib
-    from spaces.arch import ArchError
+    from spaces.arch import Arch, ArchError
     from spaces.schemes import SchemeError, parse_scheme
 
     fmt = cfg.format or ("table" if sys.stdout.isatty() else "jsonl")
@@ -153,9 +153,14 @@ def predict(cfg: PredictConfig) -> int:
         return 2
     for path in paths:
         try:  # as the search prices it wherever it can
-            pred = device.price(path, PRECISIONS[cfg.precision])
-            peak, arch = network_memory(path, PRECISIONS[cfg.precision],
-                                        tuple(device.native_bits))
+            # the file read and resolved once (an architecture, or the graph's ops), then
+            # priced as DeviceModel.price(path) prices it, and its memory walked
+            what, kind = network_of(path, PRECISIONS[cfg.precision])
+            pred = device.price(what)
+            pred.provenance["path"] = kind
+            arch = what if isinstance(what, Arch) else None
+            peak = peak_memory_kib(arch, tuple(device.native_bits)) if arch is not None \
+                else graph_peak_memory_kib(path, PRECISIONS[cfg.precision])
         except (DeviceModelError, UnknownOpError, ArchError) as exc:
             failed.append((path, str(exc)))
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from latency_models.memory import liveness_peak, onnx_schedule
+from latency_models.memory import graph_peak_memory_kib
 from latency_models.train_memory import train_memory
 from spaces.arch import Arch
 from spaces.schemes import Scheme
@@ -19,13 +19,10 @@ SCHEDULE_WORDS = ("one inference at batch 1; ops in graph order, each tensor liv
 def memory_record(arch: Arch, files: dict[str, Path], batch: int) -> dict:
     """``peak_memory_kib`` of each ONNX file (walked from the file itself) and the
     predicted ``train_memory_kib`` of a fine-tuning step at ``batch`` per update scheme."""
-    import onnx
-
     n_blocks = sum(s.depth for s in arch.stages)
     schemes = [Scheme(("head", 0)), Scheme(("bias", 0))] + \
         [Scheme(("last", k)) for k in sorted({1, max(1, n_blocks // 2)})] + [Scheme(("all", 0))]
-    peak = {name: round(liveness_peak(onnx_schedule(onnx.load(str(path))))[0] / 1024, 3)
-            for name, path in files.items()}
+    peak = {name: round(graph_peak_memory_kib(path), 3) for name, path in files.items()}
     train = {str(s): round(train_memory(arch, s, batch).total_kib, 1) for s in schemes}
     return {"peak_memory_kib": {**peak, "schedule": SCHEDULE_WORDS},
             "train_memory_kib": {**train, "batch": batch, "blocks": n_blocks,

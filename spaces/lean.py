@@ -149,11 +149,10 @@ class LeanNet(nn.Module):
         self.arch = arch
         self.resolution, self.input_size = arch.resolution, arch.input_size
         self.stem = _Conv(net.conv_stem, net.bn1)
-        acts = [(s.act, b > 0) for s in arch.stages for b in range(s.depth)]
         modules = [blk for stage in net.blocks for blk in stage]
-        skips = [layer.skip for layer in arch.layers() if layer.kind in ("ds", "ir")]
-        self.blocks = nn.ModuleList(_Block(m, act, skip) for m, (act, _), skip
-                                    in zip(modules, acts, skips))
+        layers = [layer for layer in arch.layers() if layer.kind in ("ds", "ir")]
+        self.blocks = nn.ModuleList(_Block(m, layer.act, layer.skip)
+                                    for m, layer in zip(modules, layers))
         self.head = _Conv(net.conv_head, net.bn2)
         self.classifier = nn.Linear(net.classifier.in_features, net.classifier.out_features)
         self.classifier.load_state_dict(net.classifier.state_dict())
