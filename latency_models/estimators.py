@@ -24,10 +24,12 @@ from latency_models.features import (
     N_FEATURES,
     OFFSETS,
     featurize,
+    in_range,
     kind_matrix,
+    kind_ranges,
     network_features,
     op_ranges,
-    outside,
+    size_terms,
     unit_features,
 )
 from latency_models.ops import KINDS, Op, signature
@@ -222,23 +224,31 @@ class OpModel:
             f"device {self.device!r} has no latency model for {bits}-bit ops and no "
             f"fallback; its model covers {sorted(coef)} bits")
 
-    def predict(self, ops: list[Op]) -> tuple[float, float | None, set, bool]:
+    def predict(self, ops: list[Op]) -> tuple[float, float | None, set, float]:
         """Latency (ms, without the overhead), energy (mJ, None where not measured), the
-        precisions priced by a stand-in, and whether an op lies outside the measured
-        ranges."""
-        ms, mj, standins, extrapolated = 0.0, 0.0, set(), False
+        precisions priced by a stand-in, and the linear price of the ops that lie outside
+        the measured ranges (infinite where a kind was never measured; see
+        :func:`~latency_models.features.is_extrapolated`)."""
+        ms, mj, standins, out_ms = 0.0, 0.0, set(), 0.0
         for bits in sorted({op.bits for op in ops}):
             key, standin = self.coefficient_set(bits)
             x = featurize(ops, bits, self.align)
-            part = float(x @ np.asarray(self.coef_[key]))
+            coef = np.asarray(self.coef_[key])
+            part = float(x @ coef)
             if standin and part > 0:  # a stand-in that priced nothing changed nothing
                 standins.add(bits)
             ms += part
             if self.energy_coef_:
                 mj += float(x @ np.asarray(self.energy_coef_[key]))
-            extrapolated |= any(outside(op, self.ranges_, int(key)) for op in ops
-                                if op.bits == bits)
-        return ms, (mj if self.energy_coef_ else None), standins, extrapolated
+            spans = [(op, kind_ranges(self.ranges_, op.kind, key, self.borrowed_))
+                     for op in ops if op.bits == bits]
+            far = [op for op, r in spans if not in_range(op, r)]
+            if any(r is None for _, r in spans):
+                out_ms = np.inf
+            elif far:
+                x = size_terms(featurize(far, bits, self.align))
+                out_ms += max(0.0, float(x @ coef))
+        return ms, (mj if self.energy_coef_ else None), standins, out_ms
 
     def base_price(self, ops: list[Op]) -> float:
         """Latency with the overhead, at least 1 ns: the linear price a layer model's trees

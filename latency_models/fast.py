@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from latency_models.features import FEATURES, N_FEATURES, OFFSETS
+from latency_models.features import (
+    FEATURES,
+    N_FEATURES,
+    OFFSETS,
+    is_extrapolated,
+    kind_ranges,
+)
 from latency_models.model import DeviceModel
 from latency_models.ops import KINDS
 from spaces.arch import Arch
@@ -46,7 +52,8 @@ class _Slots:
     def __init__(self, n_layers: int) -> None:
         self.low = np.zeros((n_layers, N_FEATURES))  # ops at the layer's precision
         self.f32 = np.zeros((n_layers, N_FEATURES))  # ops always at 32 bits
-        self.ops: list[tuple] = []  # (kind, macs, elems, present, at layer precision)
+        # (kind, macs, elems, present, at layer precision, the slot's feature columns)
+        self.ops: list[tuple] = []
 
     def conv(self, kind: str, present, cin, cout, k, hin, hout, align: int,
              depthwise: bool = False) -> None:
@@ -57,19 +64,21 @@ class _Slots:
         mis = (cout % align != 0) | ((cin % align != 0) if kind in ("pwconv", "fc") else False)
         i = OFFSETS[kind]
         feats = (np.ones_like(macs), macs / 1e6, elems / 1e6, weights / 1e6, mis)
-        for j, v in enumerate(feats):
-            self.low[:, i + j] += np.where(present, v, 0.0)
-        self.ops.append((kind, macs, elems, present, True))
+        cols = [np.where(present, v, 0.0) for v in feats]
+        for j, v in enumerate(cols):
+            self.low[:, i + j] += v
+        self.ops.append((kind, macs, elems, present, True, cols))
 
     def other(self, kind: str, present, elems, window_macs=None) -> None:
         present = present.astype(bool)
         i = OFFSETS[kind]
-        self.f32[:, i] += present
-        self.f32[:, i + 1] += np.where(present, elems / 1e6, 0.0)
+        cols = [present.astype(float), np.where(present, elems / 1e6, 0.0)]
         if kind == "pool":
-            self.f32[:, i + 2] += np.where(present, (window_macs if window_macs is not None
-                                                     else 0 * elems) / 1e6, 0.0)
-        self.ops.append((kind, 0 * elems, elems, present, False))
+            cols.append(np.where(present, (window_macs if window_macs is not None
+                                           else 0 * elems) / 1e6, 0.0))
+        for j, v in enumerate(cols):
+            self.f32[:, i + j] += v
+        self.ops.append((kind, 0 * elems, elems, present, False, cols))
 
 
 def layer_features(cols: dict, align: int) -> _Slots:
@@ -177,22 +186,40 @@ def predict_archs(model: DeviceModel, archs: list[Arch]) -> dict:
     if ops.energy_coef_:
         energy = np.bincount(owner, en_layer, minlength=n) + pre_ops @ np.asarray(
             ops.energy_coef_[key32]) + ops.overhead_mj_
-    extrapolated = np.zeros(len(bits), bool)
+    # the linear price of the ops outside the measured ranges (infinite: a kind never
+    # measured), against the network's linear price (latency_models.features.is_extrapolated)
+    out_layer = np.zeros(len(bits))
     by_bits = [(int(b), bits == b) for b in np.unique(bits)]
-    for kind, macs, elems, present, at_low in s.ops:
+    for kind, macs, elems, present, at_low, cols in s.ops:
         for b, rows in by_bits:
             sel = present & rows
             if not sel.any():
                 continue
             kb = low_keys[b] if at_low else key32
-            r = ops.ranges_.get(f"{kind}/{kb}")
+            r = kind_ranges(ops.ranges_, kind, kb, ops.borrowed_)
             if r is None:
-                extrapolated |= sel
-            else:
-                extrapolated |= sel & ((macs < r[0]) | (macs > r[1]) | (elems < r[2])
-                                       | (elems > r[3]))
-    return {"latency_ms": latency, "energy_mj": energy,
-            "extrapolated": np.bincount(owner, extrapolated, minlength=n) > 0,
+                out_layer[sel] = np.inf
+                continue
+            far = sel & ((macs < r[0]) | (macs > r[1]) | (elems < r[2]) | (elems > r[3]))
+            if far.any():  # its size-dependent terms (not the per-call count, cols[0])
+                coef = np.asarray(ops.coef_[kb])[OFFSETS[kind] + 1:OFFSETS[kind] + len(cols)]
+                out_layer[far] += np.stack(cols[1:], axis=1)[far] @ coef
+    linear = latency - ops.overhead_ms_
+    outside = np.bincount(owner, out_layer, minlength=n)
+    # the preprocessing's elementwise ops (latency_models.ops.input_ops), at 32 bits: a
+    # resize where the network runs at another resolution, then two of 2 x n_res elements
+    r = kind_ranges(ops.ranges_, "eltwise", key32, ops.borrowed_)
+    per_elem = np.asarray(ops.coef_[key32])[OFFSETS["eltwise"] + 1] / 1e6
+    for elems, count, present in ((pre[:, 0], 1, pre[:, 0] > 0),
+                                  (2 * pre[:, 1], 2, np.ones(n, bool))):
+        if r is None:
+            outside[present] = np.inf
+            continue
+        far = present & ((elems < r[2]) | (elems > r[3]) | (r[0] > 0))
+        outside += np.where(far, count * elems * per_elem, 0.0)
+    extrapolated = np.array([is_extrapolated(o, lin) for o, lin in zip(outside, linear)],
+                            dtype=bool)
+    return {"latency_ms": latency, "energy_mj": energy, "extrapolated": extrapolated,
             "standins": standins}
 
 

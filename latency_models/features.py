@@ -8,9 +8,10 @@ import numpy as np
 
 from latency_models.ops import KINDS, Op
 
-__all__ = ["CONV_KINDS", "count_changes", "FEATURE_NAMES", "FEATURES", "featurize",
-           "kind_matrix", "LAYER_FEATURES", "low_precision", "N_FEATURES", "network_features",
-           "OFFSETS", "op_features", "op_ranges", "outside", "precision_transitions",
+__all__ = ["CONV_KINDS", "count_changes", "EXTRAPOLATED_SHARE", "FEATURE_NAMES", "FEATURES",
+           "featurize", "in_range", "is_extrapolated", "kind_matrix", "kind_ranges",
+           "LAYER_FEATURES", "low_precision", "N_FEATURES", "network_features", "OFFSETS",
+           "op_features", "op_ranges", "outside", "precision_transitions", "size_terms",
            "SLOT_KINDS", "unit_features", "UNIT_SLOTS"]
 
 _CONV = ("calls", "macs", "elems", "weights", "misaligned")
@@ -127,7 +128,46 @@ def op_ranges(samples: list[list[Op]]) -> dict:
     return ranges
 
 
+# A prediction is flagged extrapolated when the ops outside what the device was measured on
+# (a kind never measured, or smaller or larger than any measured op of its kind) carry more
+# than this share of the network's linear price by their size-dependent terms (MACs,
+# elements, weights: the fixed cost of one call was measured on every op of the kind). A
+# classifier for 10 classes or a squeeze-excitation's 1x1 ops are smaller than any op of a
+# 1000-class FBNet block, but their size costs little and does not make a network's price a
+# guess. A network of layers all smaller (or larger) than anything measured does.
+EXTRAPOLATED_SHARE = 0.10
+
+
+def size_terms(x: np.ndarray) -> np.ndarray:
+    """Summed op features without each kind's per-call count (the size-dependent terms)."""
+    x = np.array(x, dtype=float)
+    for kind in KINDS:
+        x[..., OFFSETS[kind]] = 0.0
+    return x
+
+
+def kind_ranges(ranges: dict, kind: str, key: str, borrowed: dict) -> list | None:
+    """The measured range of ``kind`` at coefficient set ``key``; a precision priced from
+    another's costs (``borrowed``: int8 transferred onto fp32 measurements) is measured where
+    that one is."""
+    r = ranges.get(f"{kind}/{key}")
+    if r is None and key in borrowed:
+        r = ranges.get(f"{kind}/32")
+    return r
+
+
+def is_extrapolated(outside_ms: float, linear_ms: float) -> bool:
+    """Whether ops outside the measured ranges, priced ``outside_ms`` by the linear model
+    (infinite for a kind never measured), make a network priced ``linear_ms`` a guess."""
+    return outside_ms > EXTRAPOLATED_SHARE * max(linear_ms, 0.0) or outside_ms == np.inf
+
+
 def outside(op: Op, ranges: dict, bits: int | None = None) -> bool:
     """Whether an op lies outside what was measured (its kind never, or smaller or larger)."""
-    r = ranges.get(f"{op.kind}/{op.bits if bits is None else bits}")
-    return r is None or not (r[0] <= op.macs <= r[1] and r[2] <= op.elems <= r[3])
+    return not in_range(op, ranges.get(f"{op.kind}/{op.bits if bits is None else bits}"))
+
+
+def in_range(op: Op, r: list | None) -> bool:
+    """Whether an op lies within a measured range [min MACs, max MACs, min elems, max elems]
+    (None: never measured)."""
+    return r is not None and r[0] <= op.macs <= r[1] and r[2] <= op.elems <= r[3]

@@ -52,6 +52,7 @@ from latency_models.sources import (
     read_fbnet,
     read_ofa_luts,
     read_profile,
+    read_profile_archs,
     read_profile_units,
 )
 from spaces.cli import HydraApp, arg
@@ -255,8 +256,8 @@ def cross_validate_bundle(make: callable, bundle: dict, folds: int = 5, seed: in
 
 
 def device_yaml(name: str, model_ref: str, bits: list[int], description: str,
-                provenance: str) -> str:
-    return (f"# Written by python -m latency_models.fit\nname: {name}\n"
+                provenance: str, by: str = "latency_models.fit") -> str:
+    return (f"# Written by python -m {by}\nname: {name}\n"
             f"description: {description}\nmodel: {model_ref}\nbits: {bits}\n"
             f"provenance: {provenance}\n")
 
@@ -341,12 +342,13 @@ def fit(cfg: FitConfig) -> int:
     else:
         # A profiled base (layer model) keeps its layer model when the measurements are whole
         # networks of the search space: only the composition is refitted.
-        units = None
+        units = archs = None
         if base.layers is not None and "measurements" in args and "bundle" not in args:
             units = read_profile_units(args["measurements"], tuple(base.native_bits))
-        cv = cross_validate(lambda: TransferFit(make(), base, samples, units), samples, ys,
-                            groups=groups, evaluate=evaluate)
-        model = make().transfer(base, samples, ys, units=units)
+            archs = read_profile_archs(args["measurements"])
+        cv = cross_validate(lambda: TransferFit(make(), base, samples, units, archs), samples,
+                            ys, groups=groups, evaluate=evaluate)
+        model = make().transfer(base, samples, ys, units=units, archs=archs)
     if ("measurements" in args and "bundle" not in args) or "cnn" in args:
         model.add_measurements(samples, ys, energy)  # a network measured whole: looked up
     model.meta = dict(model.meta, source=source, held_out=cv, n_samples=len(ys))
@@ -383,17 +385,23 @@ class TransferFit:
     ``units`` (each sample's layers), the held-out networks are priced as the search prices
     an architecture: by the kept layer model and the refitted composition."""
 
-    def __init__(self, model: DeviceModel, base: DeviceModel, samples=None, units=None) -> None:
+    def __init__(self, model: DeviceModel, base: DeviceModel, samples=None, units=None,
+                 archs=None) -> None:
         self.model, self.base = model, base
         self.units = None if units is None else {
             signature(ops): u for ops, u in zip(samples, units)}
+        self.archs = None if archs is None else {
+            signature(ops): a for ops, a in zip(samples, archs)}
 
     def fit(self, samples, ys, energy_mj=None):
         units = None if self.units is None else [self.units[signature(s)] for s in samples]
-        self.model.transfer(self.base, samples, ys, units=units)
+        archs = None if self.archs is None else [self.archs[signature(s)] for s in samples]
+        self.model.transfer(self.base, samples, ys, units=units, archs=archs)
         return self
 
     def price(self, ops: list[Op]):
+        if self.archs is not None:  # as the search prices it: layers, composition, correction
+            return self.model.price(self.archs[signature(ops)])
         if self.units is None:
             return self.model.price(ops)
         return self.model.price(self.units[signature(ops)])

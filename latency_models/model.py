@@ -54,6 +54,7 @@ from latency_models.features import (
     N_FEATURES,
     SLOT_KINDS,
     count_changes,
+    is_extrapolated,
     low_precision,
     precision_transitions,
 )
@@ -280,8 +281,8 @@ class DeviceModel:
         return self
 
     def transfer(self, source: DeviceModel, samples: list[list[Op]], latency_ms,
-                 prior: float = 0.05, units: list[list[list[Op]]] | None = None
-                 ) -> DeviceModel:
+                 prior: float = 0.05, units: list[list[list[Op]]] | None = None,
+                 archs: list | None = None) -> DeviceModel:
         """Calibrate ``source``'s model to this device with a few measured units.
 
         One scale per op kind and precision and a new overhead are fitted (non-negative,
@@ -291,7 +292,10 @@ class DeviceModel:
         then whole networks), the layer model is kept and only its composition into networks
         is refitted on the samples: the architecture path keeps the source's relative layer
         costs. The source's measured layers are not carried over (they are the source's
-        times). Returns self.
+        times). Where the source also has a network correction and ``archs`` gives each
+        sample's architecture, the correction is kept (what composing layers misses is a
+        property of the runtime more than of the machine's speed) and the composition is
+        fitted to the samples divided by its factor. Returns self.
         """
         self.ops = self._op_model(source.align).transfer(source.ops, samples, latency_ms,
                                                          prior)
@@ -306,10 +310,25 @@ class DeviceModel:
                 raise DeviceModelError(f"transfer: {len(units)} unit lists for {len(y)} "
                                        "samples")
             self.layers = source.layers  # the same trees (parsed once)
+            self.correction = None
             self._fit_composition(units, y)
+            kept = "kept; composition refitted on the samples"
+            if archs is not None and source.correction is not None \
+                    and source.correction.trees_:
+                if len(archs) != len(y):
+                    raise DeviceModelError(f"transfer: {len(archs)} architectures for "
+                                           f"{len(y)} samples")
+                for _ in range(2):  # the factor depends on the composed price, and back
+                    self.correction = None
+                    self._changed()
+                    composed = np.array([self._predict_units(u).latency_ms for u in units])
+                    factor = source.correction.predict(archs, composed)
+                    self._fit_composition(units, y / factor)
+                self.correction = source.correction
+                kept += "; network correction kept"
             self.meta = dict(self.meta, transferred_from=dict(
-                self.meta["transferred_from"],
-                layer_model="kept; composition refitted on the samples"))
+                self.meta["transferred_from"], layer_model=kept))
+            self._changed()
         return self
 
     def add_measurements(self, samples: list[list[Op]], latency_ms, energy_mj=None) -> None:
@@ -360,8 +379,9 @@ class DeviceModel:
         return sum(ms for ms, _ in prices) - low, low
 
     # ---- prediction ---------------------------------------------------------------------
-    def _unit(self, ops: list[Op]) -> tuple[float, float | None, bool, set, bool]:
-        """One unit without the network overhead: ms, mJ, looked up, stand-ins, extrapolated."""
+    def _unit(self, ops: list[Op]) -> tuple[float, float | None, bool, set, tuple]:
+        """One unit without the network overhead: ms, mJ, looked up, stand-ins, and (the
+        linear price of its ops outside the measured ranges, its linear price)."""
         hit = self.lookup.predict(ops)
         composed = self.composition is not None  # layer prices are whole layer-alone times
         if hit is not None:
@@ -369,12 +389,13 @@ class DeviceModel:
                 mj = max(0.0, hit[1] - self.ops.overhead_mj_)
             else:  # energy not measured for this unit: the energy regressor's, if any
                 mj = self.ops.predict(ops)[1] if self.ops.energy_coef_ else None
-            return (hit[0] if composed else max(0.0, hit[0] - self.ops.overhead_ms_)), mj, \
-                True, set(), False
-        ms, mj, standins, extrapolated = self.ops.predict(ops)
+            ms = hit[0] if composed else max(0.0, hit[0] - self.ops.overhead_ms_)
+            return ms, mj, True, set(), (0.0, ms)
+        ms, mj, standins, out_ms = self.ops.predict(ops)
+        linear = (out_ms, ms)
         if self.layers is not None and any(op.kind in SLOT_KINDS for op in ops):
             ms = self.layers.predict(ops)  # a layer; the input preprocessing stays linear
-        return ms, mj, False, standins, extrapolated
+        return ms, mj, False, standins, linear
 
     def _predict_units(self, units: list[list[Op]], cache_keys: list | None = None
                        ) -> Prediction:
@@ -389,7 +410,7 @@ class DeviceModel:
     def _compose(self, units: list[list[Op]], cache_keys: list | None = None) -> tuple:
         """The units priced and composed: the arguments of :meth:`_finish` (ms without the
         network overhead)."""
-        ms, mj, n_hit, standins, extrapolated = 0.0, 0.0, 0, set(), False
+        ms, mj, n_hit, standins, out_ms, linear_ms = 0.0, 0.0, 0, set(), 0.0, 0.0
         low_ms, lows = 0.0, []  # lows: whether each (non-empty) unit runs at 8 bits or fewer
         for i, ops in enumerate(units):
             key = None if cache_keys is None else cache_keys[i]
@@ -408,11 +429,11 @@ class DeviceModel:
             mj = None if (mj is None or u_mj is None) else mj + u_mj
             n_hit += hit
             standins |= u_standins
-            extrapolated |= u_ext
+            out_ms, linear_ms = out_ms + u_ext[0], linear_ms + u_ext[1]
         if self.composition is not None:
             ms = self.composition.predict(ms - low_ms, low_ms, len(units),
                                           count_changes(lows)) - self.ops.overhead_ms_
-        return ms, mj, n_hit, len(units), standins, extrapolated
+        return ms, mj, n_hit, len(units), standins, is_extrapolated(out_ms, linear_ms)
 
     def price(self, network, precision: int | None = None) -> Prediction:
         """Latency (ms) and energy (mJ) of one network, whatever form it comes in: the one
@@ -506,8 +527,8 @@ class DeviceModel:
             mj = hit[1]
             return self._finish(ms - self.ops.overhead_ms_, None if mj is None else
                                 mj - self.ops.overhead_mj_, 1, 1, set(), False)
-        ms, mj, standins, extrapolated = self.ops.predict(ops)
-        return self._finish(ms, mj, 0, 1, standins, extrapolated)
+        ms, mj, standins, out_ms = self.ops.predict(ops)
+        return self._finish(ms, mj, 0, 1, standins, is_extrapolated(out_ms, ms))
 
     def _predict_each(self, archs: list) -> list[Prediction]:
         """Each architecture layer by layer: layers measured alone (a profiling bundle's)

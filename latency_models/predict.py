@@ -108,7 +108,8 @@ def print_table(rows: list[dict], device: str) -> None:
         console.print(f"  priced as {PATH_WORDS[path]}: {PATH_NOTES[path]}", highlight=False,
                       soft_wrap=True)
     if any(r["provenance"].get("extrapolated") for r in rows):
-        console.print("  *: some layers lie outside the sizes the device was measured at",
+        console.print("  *: extrapolated: ops outside the sizes the device was measured at "
+                      "carry over 10% of the price",
                       highlight=False, soft_wrap=True)
     notes = sorted({r["provenance"]["note"] for r in rows if r["provenance"].get("note")})
     for note in notes:

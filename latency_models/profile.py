@@ -56,13 +56,15 @@ def _feed(sess, batch: int = 1) -> dict:
 
 def measure_many(paths: list, threads: int = 1, rounds: int = 7, runs: int = 20,
                  warmup: int = 10, batch: int = 1,
-                 on_round: Optional[Callable[[], None]] = None) -> list[dict]:
+                 on_round: Optional[Callable[[], None]] = None,
+                 keep_rounds: bool = False) -> list[dict]:
     """Latency (ms) of several ONNX files, measured side by side.
 
     Timings on shared machines drift by tens of percent within seconds, so every file is
     measured in each of ``rounds`` interleaved rounds (median of ``runs`` runs per round) and
-    the reported figure is the median over rounds; p10/p90 are over all runs. ``on_round`` is
-    called after each round (for progress bars).
+    the reported figure is the median over rounds; p10/p90 are over all runs; with
+    ``keep_rounds``, ``round_ms`` holds the rounds' medians in order. ``on_round`` is called
+    after each round (for progress bars).
     """
     from spaces.onnx_io import ort_session
 
@@ -88,7 +90,8 @@ def measure_many(paths: list, threads: int = 1, rounds: int = 7, runs: int = 20,
     for rounds_ms, all_ms in zip(per_round, every):
         p10, p90 = np.percentile(all_ms, [10, 90])
         out.append({"median_ms": float(np.median(rounds_ms)), "p10_ms": float(p10),
-                    "p90_ms": float(p90), "runs": len(all_ms)})
+                    "p90_ms": float(p90), "runs": len(all_ms),
+                    **({"round_ms": rounds_ms} if keep_rounds else {})})
     return out
 
 
@@ -131,7 +134,11 @@ def cpu_name() -> str:
 
 
 def profile(n: int, seed: int, out: str, threads: int = 1, rounds: int = 7,
-            runs: int = 20) -> None:
+            runs: int = 20, round_ms: list | None = None, announce: bool = True) -> None:
+    """Export ``n`` architectures sampled from the default space (seed ``seed``) in fp32 and,
+    where they have 8-bit layers, mixed int8; measure them here side by side and write the
+    CSV ``out`` (``FIELDS``). ``round_ms``, where given, receives each row's round medians
+    (how steady the machine was)."""
     import onnxruntime
     import torch
     from tqdm import tqdm
@@ -159,23 +166,28 @@ def profile(n: int, seed: int, out: str, threads: int = 1, rounds: int = 7,
                 rows.append({"arch_id": arch.arch_id, "precision": "mixed-int8",
                              "arch_json": arch.to_json(indent=None)})
                 paths.append(p8)
-        print(f"exported {len(paths)} models; measuring {rounds} interleaved rounds",
-              flush=True)
+        print(f"exported {len(paths)} models; measuring {rounds} interleaved rounds"
+              + (" (the same network at the same speed in every round: keep the machine "
+                 "otherwise idle)" if round_ms is not None else ""), flush=True)
         # In chunks of 100 live sessions, as run_on_device.py does: thousands of loaded
         # sessions slow each other down (cache pressure). The first file is timed with every
         # chunk as a reference; a chunk caught in a slow spell is measured again.
         chunks = -(-len(paths) // 100)
         with tqdm(total=chunks * rounds, desc="measuring", unit="round") as bar:
             measured = measure_chunked(paths, threads=threads, rounds=rounds, runs=runs,
-                                       on_round=bar.update)
+                                       on_round=bar.update, keep_rounds=round_ms is not None)
         for row, m in zip(rows, measured):
+            if round_ms is not None:
+                round_ms.append(m["round_ms"])
+            m = {k: v for k, v in m.items() if k != "round_ms"}
             row.update(m, threads=threads, onnxruntime=onnxruntime.__version__, cpu=cpu_name())
     with atomic_path(out) as tmp_out:
         with open(tmp_out, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-    print(f"wrote {len(rows)} measurements to {out}")
+    if announce:
+        print(f"wrote {len(rows)} measurements to {out}")
 
 
 

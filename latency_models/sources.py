@@ -22,7 +22,8 @@ from spaces.arch import Arch, ArchError, conv_out_size
 __all__ = ["bundle_file", "BUNDLE_FORMAT", "BUNDLE_VERSION", "CNN_OPS_COLUMNS", "cnn_cores",
            "COLUMNS", "fbnet_row_ops", "read_cnn",
            "MeasurementError", "ofa_entry_ops", "read_apq_lut", "read_bundle", "read_fbnet",
-           "read_ofa_luts", "read_profile", "read_profile_units", "read_rows"]
+           "read_ofa_luts", "read_profile", "read_profile_archs", "read_profile_units",
+           "read_rows"]
 
 # What ``latency_models.profile`` writes and :func:`read_bundle` reads. Version 2: networks
 # exported as_trained (in version 1 shared zero biases kept many int8 convolutions in float).
@@ -113,6 +114,13 @@ def read_profile(path: str | os.PathLike) -> tuple[list[list[Op]], list[float]]:
             raise MeasurementError(f"{path} row {i + 2}: median_ms {ys[-1]} is not a "
                                    "positive time in milliseconds")
     return samples, ys
+
+
+def read_profile_archs(path: str | os.PathLike) -> list[Arch]:
+    """The architecture of each row of a ``latency_models.profile`` CSV, in the order of
+    :func:`read_profile`."""
+    return [Arch.from_json(row["arch_json"])
+            for row in read_rows(path, ("arch_json", "median_ms"))]
 
 
 def read_profile_units(path: str | os.PathLike, native_bits: tuple[int, ...] = ()

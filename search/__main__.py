@@ -12,7 +12,7 @@ COMMAND = HydraCommand(
     "The same command resumes the study; search.n_trials is the study's total.",
     ["+device=rpi4", "+device=rpi4 search.n_trials=100 budget.latency_ms=0.8",
      "+device=host proxy=zero_cost search.objectives=[accuracy,latency_ms,size_kib]",
-     "+device=rpi4 data=imagefolder data.root=~/photos data.size=32"])
+     "+device=rpi4 space=mobilenet_224 data=imagefolder data.root=~/photos"])
 
 
 def main(dc: DictConfig) -> None:

@@ -20,12 +20,12 @@ from spaces.space import SpaceConfig, SpaceError
 
 __all__ = ["BASELINES", "BudgetConfig", "BUDGETS", "COMBINED_SCORE", "CONF_DIR", "Config",
            "DataConfig", "device_model_file", "DeviceConfig", "EarlyStopConfig", "ExportConfig",
-           "FASHION_MNIST_ROOT", "FinetuneConfig", "group_options", "known_devices", "load",
-           "MODEL_DIR", "OBJECTIVES", "PASSWORD", "PrefilterConfig", "PROXY_KINDS",
+           "FASHION_MNIST_ROOT", "fit_space", "FinetuneConfig", "group_options", "known_devices",
+           "load", "MODEL_DIR", "OBJECTIVES", "PASSWORD", "PrefilterConfig", "PROXY_KINDS",
            "PROXY_SCORES", "ProxyConfig", "redact", "register", "ReportConfig", "SAFE_NAME",
-           "SAMPLERS", "SCHEMA", "SearchConfig", "STORAGE_SCHEMES", "StorageConfig",
-           "StudyConfig", "SupernetConfig", "TeacherConfig", "validate", "without_password",
-           "ZERO_COST_SCORES"]
+           "SAMPLERS", "SCHEMA", "SearchConfig", "space_options", "STORAGE_SCHEMES",
+           "StorageConfig", "StudyConfig", "SupernetConfig", "TeacherConfig", "validate",
+           "without_password", "ZERO_COST_SCORES"]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_DIR = Path(__file__).resolve().parent.parent / "latency_models" / "data"
@@ -75,7 +75,9 @@ class DataConfig:
     kind: str = "fashion_mnist"  # fashion_mnist | imagefolder | synthetic
     root: Optional[str] = FASHION_MNIST_ROOT  # imagefolder: DIR/<class>/<image>
     in_chans: int = 1  # images are converted to this many channels
-    size: int = 28  # and resized to size x size
+    # and resized to size x size; imagefolder: null follows the images (their size, or the
+    # median of their shorter sides where sizes differ)
+    size: Optional[int] = 28
     num_classes: int = 10  # imagefolder: 0, read from the folder
     val_images: int = 5000  # carved from the training set; the search never sees the test set
     synthetic_images: int = 512  # synthetic only
@@ -313,6 +315,44 @@ def known_devices() -> list[str]:
     return group_options("device")
 
 
+def space_options() -> dict[str, SpaceConfig]:
+    """Every space of the ``space`` group (shipped and the user's), as configured."""
+    spaces = {}
+    for name in group_options("space"):
+        for base in (Path.cwd() / "conf" / "space", CONF_DIR / "space"):
+            if (base / f"{name}.yaml").is_file():
+                try:
+                    node = OmegaConf.merge(OmegaConf.structured(SpaceConfig),
+                                           OmegaConf.load(base / f"{name}.yaml"))
+                    spaces[name] = OmegaConf.to_object(node)
+                except OmegaConfBaseException:
+                    pass  # a broken file of the user's is reported when it is chosen
+                break
+    return spaces
+
+
+def fit_space(cfg: Config, size: int) -> None:
+    """Apply the chosen space to the data's image size (``SpaceConfig.for_input``): set
+    ``cfg.space`` to the choices that apply.
+
+    Raises:
+        UserError: the space does not take images of ``size`` px; the message names the
+            spaces that do.
+    """
+    try:
+        cfg.space = cfg.space.for_input(size)
+    except SpaceError as exc:
+        others = [f"space={name} ({s.input_sizes[0] if s.upsample else min(s.resolution)}"
+                  f"-{s.input_sizes[-1]} px, networks at {min(s.resolution)}-"
+                  f"{max(s.resolution)} px)" for name, s in space_options().items()
+                  if name != cfg.space.name and s.takes(size)]
+        hint = (f"use {' or '.join(others)}" if others else
+                "no space of conf/space/ takes that size: resize the images with data.size=N "
+                "or write a space of your own in ./conf/space/ (see docs/own-images.md)")
+        raise UserError(f"{exc}. The data's images are {size} x {size} px (data.size); {hint}"
+                        ", or set data.size to a size the space takes") from None
+
+
 def load(cfg: DictConfig) -> Config:
     """Validate the composed Hydra config and return typed dataclasses.
 
@@ -461,6 +501,13 @@ def validate(c: Config) -> None:
     if c.data.kind not in ("fashion_mnist", "imagefolder", "synthetic"):
         problems.append(f"data.kind={c.data.kind!r} is not fashion_mnist, imagefolder or "
                         "synthetic")
+    if c.data.size is not None and c.data.size < 1:
+        problems.append(f"data.size={c.data.size} must be a positive number of pixels (or "
+                        "null with data=imagefolder: the images' own size)")
+    elif c.data.kind == "fashion_mnist" and c.data.size not in (None, 28):
+        problems.append(f"data.size={c.data.size}: Fashion-MNIST's images are 28 x 28 px and "
+                        "are not resized (a network resizes inside its graph, to "
+                        "space.resolution); leave data.size out")
     try:
         c.space.validate()
     except SpaceError as exc:

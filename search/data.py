@@ -18,11 +18,11 @@ import torch
 from search.errors import UserError
 
 if TYPE_CHECKING:  # (search.config imports Hydra's OmegaConf: search.finetune runs without it)
-    from search.config import DataConfig
+    from search.config import Config, DataConfig
 
 __all__ = ["Dataset", "FMNIST_CLASS_NAMES", "FMNIST_FILES", "FMNIST_INSTALL", "IMAGE_SUFFIXES",
-           "load_dataset", "load_fashion_mnist", "load_image_folder", "make_synthetic",
-           "size_note", "tensor_hash", "to_float"]
+           "folder_size", "image_sizes", "load_dataset", "load_fashion_mnist", "load_for",
+           "load_image_folder", "make_synthetic", "size_note", "tensor_hash", "to_float"]
 
 FMNIST_FILES = {
     "train_x": "train-images-idx3-ubyte.gz", "train_y": "train-labels-idx1-ubyte.gz",
@@ -53,6 +53,8 @@ class Dataset:
     # the label values ("0", "1", ...); ``class_names`` says what they are, where known.
     classes: list[str] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
+    # Lines for the user about how the images were read (e.g. resized from mixed sizes).
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.classes = self.classes or [str(i) for i in range(self.num_classes)]
@@ -144,44 +146,93 @@ def load_fashion_mnist(root: str | None) -> Dataset:
 
 
 # ---- a folder of images -----------------------------------------------------------------
-def _read_class_folders(root: Path, in_chans: int, size: int,
-                        classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray,
-                                                                   list[str]]:
-    from PIL import Image, UnidentifiedImageError
-
+def _class_files(root: Path, classes: list[str] | None = None
+                 ) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(the class names, every image file with its label) of a folder of class folders."""
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "test")
     classes = classes or found
     if len(classes) < 2:
         raise UserError(f"image folder {root} has {len(classes)} class folder(s) "
                         f"({', '.join(classes) or 'none'}); it needs one subfolder per class "
                         "and at least two classes, e.g. DIR/cat/1.png and DIR/dog/2.png")
-    xs, ys = [], []
+    files = []
     for label, name in enumerate(classes):
         folder = root / name
-        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
-            if folder.is_dir() else []
-        for path in files:
-            try:
-                with Image.open(path) as img:
-                    img = img.convert("L" if in_chans == 1 else "RGB").resize((size, size))
-                    a = np.asarray(img, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise UserError(f"cannot read image {path} ({exc.__class__.__name__}); remove "
-                                "or replace it") from None
-            xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-            ys.append(label)
-    if not xs:
+        if folder.is_dir():
+            files += [(p, label) for p in sorted(folder.glob("*"))
+                      if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
         raise UserError(f"image folder {root} has class folders but no images (looked for "
                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
-    counts = np.bincount(ys, minlength=len(classes))
+    counts = np.bincount([label for _, label in files], minlength=len(classes))
     if (counts == 0).any():
         empty = [c for c, n in zip(classes, counts) if n == 0]
         raise UserError(f"image folder {root}: class folder(s) {', '.join(empty)} have no "
                         "images; add images or remove the folder")
-    return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
+    return classes, files
 
 
-def load_image_folder(root: str | None, in_chans: int, size: int, seed: int = 0) -> Dataset:
+def _unreadable(path: Path, exc: Exception) -> UserError:
+    return UserError(f"cannot read image {path} ({exc.__class__.__name__}); remove or replace "
+                     "it")
+
+
+def image_sizes(files: list[Path]) -> list[tuple[int, int]]:
+    """(width, height) of each image, read from its header (the pixels are not decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    sizes = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                sizes.append(img.size)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise _unreadable(path, exc) from None
+    return sizes
+
+
+def folder_size(root: Path, sizes: list[tuple[int, int]]) -> tuple[int, str | None]:
+    """The square size a folder's images are trained at when ``data.size`` is null, and a note
+    for the user where they are not all of one square size (None where they are)."""
+    shorter = np.array([min(w, h) for w, h in sizes])
+    size = int(np.median(shorter))
+    distinct = sorted(set(sizes))
+    if len(distinct) == 1 and distinct[0][0] == distinct[0][1]:
+        return size, None
+    small = int((shorter < size).sum())
+    kinds = (f"come in {len(distinct)} sizes (from {min(distinct, key=lambda s: s[0] * s[1])}"
+             f" to {max(distinct, key=lambda s: s[0] * s[1])}, width x height)"
+             if len(distinct) > 1 else f"are {distinct[0][0]} x {distinct[0][1]}, not square")
+    return size, (f"note: the images of {root} {kinds}; each is resized to {size} x {size} px "
+                  "(the median shorter side; non-square images are centre-cropped to a "
+                  "square first)" + (f", {small} of them enlarged" if small else "")
+                  + ". Set data.size=N to choose another size.")
+
+
+def _read_images(files: list[tuple[Path, int]], in_chans: int, size: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    x = np.empty((len(files), in_chans, size, size), dtype=np.uint8)
+    for i, (path, _) in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if in_chans == 1 else "RGB")
+                if img.size != (size, size):
+                    img = (img.resize((size, size)) if img.width == img.height
+                           else ImageOps.fit(img, (size, size)))  # centre crop, then resize
+                a = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise _unreadable(path, exc) from None
+        x[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return x, np.asarray([label for _, label in files], dtype=np.int64)
+
+
+def load_image_folder(root: str | None, in_chans: int, size: int | None, seed: int = 0
+                      ) -> Dataset:
+    """A folder DIR/<class>/<image> (and an optional DIR/test/<class>/<image>), each image
+    converted to ``in_chans`` channels and resized to ``size`` x ``size`` (None: the images'
+    own size; see :func:`folder_size`). The dataset's ``notes`` say what was resized."""
     if not root:
         raise UserError("data=imagefolder needs data.root=DIR, a folder with one subfolder of "
                         "images per class")
@@ -189,15 +240,25 @@ def load_image_folder(root: str | None, in_chans: int, size: int, seed: int = 0)
     if not base.is_dir():
         raise UserError(f"image folder {base} does not exist; pass data.root=DIR with one "
                         "subfolder of images per class")
-    x, y, classes = _read_class_folders(base, in_chans, size)
-    if (base / "test").is_dir():
-        tx, ty, _ = _read_class_folders(base / "test", in_chans, size, classes)
+    classes, files = _class_files(base)
+    test_files = _class_files(base / "test", classes)[1] if (base / "test").is_dir() else []
+    notes = []
+    if size is None:
+        size, note = folder_size(base, image_sizes([p for p, _ in files + test_files]))
+        notes += [note] if note else []
+    elif size < 1:
+        raise UserError(f"data.size={size} must be a positive number of pixels (or null: the "
+                        "images' own size)")
+    x, y = _read_images(files, in_chans, size)
+    if test_files:
+        tx, ty = _read_images(test_files, in_chans, size)
     else:  # hold out 10% as the test split
         perm = np.random.default_rng(seed).permutation(len(y))
         n_test = max(1, len(y) // 10)
         tx, ty, x, y = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
     return Dataset(f"imagefolder:{base.name}", torch.from_numpy(x), torch.from_numpy(y),
-                   torch.from_numpy(tx), torch.from_numpy(ty), len(classes), classes=classes)
+                   torch.from_numpy(tx), torch.from_numpy(ty), len(classes), classes=classes,
+                   notes=notes)
 
 
 # ---- synthetic ----------------------------------------------------------------------------
@@ -245,4 +306,15 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
         return load_fashion_mnist(cfg.root)
     if cfg.kind == "imagefolder":
         return load_image_folder(cfg.root, cfg.in_chans, cfg.size, seed)
-    return make_synthetic(cfg.synthetic_images, cfg.in_chans, cfg.size, cfg.num_classes, seed)
+    return make_synthetic(cfg.synthetic_images, cfg.in_chans, cfg.size or 28, cfg.num_classes,
+                          seed)
+
+
+def load_for(cfg: Config) -> Dataset:
+    """The dataset of a run, with ``cfg.space`` applied to its image size
+    (:func:`search.config.fit_space`, which refuses a space that does not take the images)."""
+    from search.config import fit_space
+
+    dataset = load_dataset(cfg.data, cfg.seed)
+    fit_space(cfg, dataset.size)
+    return dataset

@@ -475,7 +475,7 @@ def beaten_words(v: dict) -> str:
 def run_report(cfg: Config) -> dict:
     import torch
 
-    from search.data import load_dataset
+    from search.data import load_for
     from search.export import RECIPE_WORDS
     from search.teacher import TeacherCache
 
@@ -485,7 +485,7 @@ def run_report(cfg: Config) -> dict:
     exports = Path(cfg.report.exports or Path(cfg.out_dir) / "export")
     torch.set_num_threads(cfg.search.threads)
     start = time.time()
-    dataset = load_dataset(cfg.data, cfg.seed)
+    dataset = load_for(cfg)
     teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
                            cfg.seed)
     # Trained (or loaded) first: its accuracy is part of every model's recipe fingerprint, so a

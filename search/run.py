@@ -21,7 +21,7 @@ from latency_models.model import LATENCY_WORDS, DeviceModel
 from search.budget import SURPLUS_ATTR, check_slot, wait_for_slot
 from search.cli import suggested_command
 from search.config import BUDGETS, Config, redact
-from search.data import load_dataset
+from search.data import load_for
 from search.errors import UserError
 from search.objective import Objective, fastest_possible
 from search.proxies import make_proxy
@@ -163,11 +163,12 @@ def run_search(cfg: Config) -> None:
     torch.manual_seed(cfg.seed)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own messages say what failed
     device_model = load_device_model(cfg)
-    dataset = load_dataset(cfg.data, cfg.seed)
+    dataset = load_for(cfg)
     proxy = make_proxy(cfg)
-    note = proxy.size_note(dataset)
-    if note:
-        console.print(note, style="yellow", highlight=False, soft_wrap=True)
+    for note in dataset.notes + [proxy.size_note(dataset)]:
+        if note:
+            console.print(note, style="yellow", highlight=False, soft_wrap=True,
+                          markup=False)
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
     objective = Objective(cfg, dataset.in_chans, dataset.size, dataset.num_classes,
                           device_model, proxy, dataset.train_x[train_idx[:64]])

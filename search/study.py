@@ -68,7 +68,7 @@ def study_meta(cfg: Config, data_fingerprint: str, device_model_hash: str) -> di
     """What a study is tied to; stored as study user attributes and checked on resume."""
     return {
         "edgenas_study_format": STUDY_FORMAT,
-        "space": cfg.space.name, "space_hash": stable_hash(asdict(cfg.space)),
+        "space": cfg.space.name, "space_hash": stable_hash(cfg.space.identity()),
         "data": cfg.data.name, "data_fingerprint": data_fingerprint,
         "device": cfg.device.name, "device_bits": list(cfg.device.bits),
         "device_model_hash": device_model_hash,

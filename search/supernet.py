@@ -58,7 +58,7 @@ def supernet_fingerprint(cfg: Config, data: ProxyData, shape: dict,
     recipe = {k: v for k, v in asdict(p.supernet).items() if k != "file"}
     recipe.update(train_images=len(data.train_y), temperature=p.temperature, alpha=p.alpha)
     return {"format": FORMAT, "version": SUPERNET_VERSION, "recipe": recipe,
-            "space": asdict(cfg.space), "shape": shape, "bits": sorted(cfg.device.bits),
+            "space": cfg.space.identity(), "shape": shape, "bits": sorted(cfg.device.bits),
             "seed": cfg.seed, "data": tensor_hash(data.train_x),
             "teacher": teacher if teacher is not None else (
                 None if data.train_teacher is None else tensor_hash(data.train_teacher))}

@@ -36,7 +36,7 @@ def main(dc: DictConfig) -> None:
     import torch
     import torch.distributed as dist
 
-    from search.data import load_dataset
+    from search.data import load_for
     from search.proxy import prepare_proxy_data, to_device
     from search.supernet import train_supernet
     from search.teacher import TeacherCache
@@ -50,7 +50,7 @@ def main(dc: DictConfig) -> None:
     rank = dist.get_rank() if world > 1 else 0
     torch.set_num_threads(cfg.search.threads)
     try:
-        dataset = load_dataset(cfg.data, cfg.seed)
+        dataset = load_for(cfg)
         teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
                                cfg.seed)
         if rank == 0:

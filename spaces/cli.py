@@ -156,6 +156,8 @@ class HydraApp:
         config_dir: the folder of a YAML primary config (``config.yaml``), or None.
         searchpath: further folders Hydra finds config groups in.
         hidden: prefixes of settings ``--help`` leaves to their group's file.
+        group_defaults: (group, option) composed before the command line, for the groups
+            written without ``+`` when the primary config is the schema.
     """
 
     module: str
@@ -168,6 +170,7 @@ class HydraApp:
     config_dir: Optional[str] = None
     searchpath: tuple[str, ...] = ()
     hidden: tuple[str, ...] = ()
+    group_defaults: tuple[tuple[str, str], ...] = ()
 
     def _register(self) -> None:
         """Store the schema and the primary config in Hydra's ``ConfigStore`` (again at each
@@ -179,7 +182,9 @@ class HydraApp:
         store = ConfigStore.instance()
         store.store(name=f"{self.module}.schema", node=self.schema)
         store.store(name=self.module, node={
-            "defaults": [f"{self.module}.schema", "_self_",
+            "defaults": [f"{self.module}.schema",
+                         *({group: option} for group, option in self.group_defaults),
+                         "_self_",
                          {"override hydra/job_logging": "none"},
                          {"override hydra/hydra_logging": "none"}],
             "hydra": {"output_subdir": None, "run": {"dir": "."}, "job": {"chdir": False},

@@ -8,7 +8,7 @@ only module that names the search parameters.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol, Sequence
 
 from spaces.arch import ACTIVATIONS, ALL_BITS, BLOCK_KINDS, KERNELS, Arch, Stage
@@ -39,6 +39,13 @@ class SpaceConfig:
     """
 
     name: str = "mobilenet"
+    # The image sizes (data.size) the space is made for, smallest and largest; the search
+    # refuses others and names a space that takes them.
+    input_sizes: list[int] = field(default_factory=lambda: [8, 64])
+    # Whether a network may resize the images up (resolution above data.size). False: the
+    # resolutions above data.size are left out of the choices (a camera's image is never
+    # upsampled), and images smaller than the smallest resolution are refused.
+    upsample: bool = True
     resolution: list[int] = field(default_factory=lambda: [28, 32])
     stem_chs: list[int] = field(default_factory=lambda: [8, 16, 24])
     head_chs: list[int] = field(default_factory=lambda: [64, 128, 256])
@@ -69,6 +76,9 @@ class SpaceConfig:
                     problems.append(f"space.{name} has {v!r}, not a positive integer")
 
         check("resolution", self.resolution, positive=True)
+        check("input_sizes", self.input_sizes, positive=True)
+        if len(self.input_sizes) != 2 or self.input_sizes[0] > self.input_sizes[-1]:
+            problems.append(f"space.input_sizes={self.input_sizes} is not [smallest, largest]")
         check("stem_chs", self.stem_chs, positive=True)
         check("head_chs", self.head_chs, positive=True)
         check("kernel", self.kernel, KERNELS)
@@ -91,6 +101,45 @@ class SpaceConfig:
         if problems:
             raise SpaceError("the search space is not valid: " + "; ".join(problems)
                              + ". Fix these values in conf/space/ or on the command line.")
+
+
+    def identity(self) -> dict:
+        """What makes two spaces the same space (study and supernet fingerprints): the
+        choices, without ``input_sizes`` and ``upsample``, which only say which data the space
+        takes (:meth:`for_input` applies them to the choices)."""
+        data = asdict(self)
+        del data["input_sizes"], data["upsample"]
+        return data
+
+    def takes(self, input_size: int) -> bool:
+        """Whether images of ``input_size`` px fit this space."""
+        lo, hi = self.input_sizes[0], self.input_sizes[-1]
+        if not self.upsample:
+            lo = max(lo, min(self.resolution))
+        return lo <= input_size <= hi
+
+    def for_input(self, input_size: int) -> SpaceConfig:
+        """The space as it applies to images of ``input_size`` px: where the space does not
+        upsample, the resolutions above ``input_size`` are left out.
+
+        Raises:
+            SpaceError: the images are outside the sizes the space takes.
+        """
+        if not self.takes(input_size):
+            lo, hi = self.input_sizes[0], self.input_sizes[-1]
+            if not self.upsample and input_size < min(self.resolution):
+                why = (f"smaller than its smallest resolution, {min(self.resolution)} px (it "
+                       "does not upsample)")
+            elif input_size < lo:
+                why = f"smaller than the {lo} px it is made for"
+            else:
+                why = f"larger than the {hi} px it is made for (its networks run at " \
+                      f"{min(self.resolution)}-{max(self.resolution)} px)"
+            raise SpaceError(f"space={self.name} does not take images of {input_size} px: "
+                             f"they are {why}")
+        if self.upsample:
+            return self
+        return replace(self, resolution=[r for r in self.resolution if r <= input_size])
 
 
 class Suggester(Protocol):

@@ -145,6 +145,10 @@ def test_image_folder_problems(tmp_path):
     (empty / "b").mkdir()
     assert_clean_error(run_here(*args), "no images")
     (empty / "a" / "x.png").write_bytes(b"not a png")
+    assert_clean_error(run_here(*args), "class folder(s) b have no images")
+    from PIL import Image
+
+    Image.new("L", (12, 12)).save(empty / "b" / "y.png")
     assert_clean_error(run_here(*args), "cannot read image", "x.png")
 
 
