@@ -232,10 +232,10 @@ def calibrate(cfg: CalibrateConfig) -> int:
     cv = cross_validate(lambda: TransferFit(DeviceModel(cfg.name, base.power_w),
                                             base, samples, units, archs), samples, ys,
                         groups=list(groups))
+    # energy: power x the calibrated latency (a transfer keeps no energy regressor)
     model = DeviceModel(cfg.name, base.power_w, power_source=base.power_source,
                         fallback=dict(base.fallback), native_bits=list(base.native_bits),
-                        energy_source="modelled" if base.energy_source == "modelled"
-                        else base.energy_source)
+                        energy_source="modelled")
     model.transfer(base, samples, ys, units=units, archs=archs)
     model.add_measurements(samples, ys)
     uncalibrated = accuracy(before, ys)
@@ -250,7 +250,8 @@ def calibrate(cfg: CalibrateConfig) -> int:
         write_text(targets["csv"], csv_text)
         write_text(targets["yaml"], device_yaml(
             cfg.name, f"conf/device/{cfg.name}.json", list(cfg.device.bits),
-            f"{cpu_name()}, onnxruntime CPU execution provider, {cfg.threads} thread(s); "
+            f"{cpu_name()}, onnxruntime CPU execution provider, {cfg.threads} "
+            f"thread{'s' if cfg.threads > 1 else ''}; "
             f"calibrated from {cfg.device.name}",
             f"{cfg.device.name} calibrated here with {cfg.networks} networks (python -m "
             f"latency_models.calibrate); energy {model.energy_source}",

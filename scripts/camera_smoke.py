@@ -1,7 +1,8 @@
 """Smoke benchmark of the camera-resolution space on 2 CPU cores: a search and an export of
 `space=mobilenet_224` on an image folder of 96 px photos.
 
-    python scripts/camera_smoke.py --work /tmp/camera          # ~15 min on 2 cores
+    python scripts/camera_smoke.py --work /tmp/camera          # ~20 min on 2 cores
+    python scripts/camera_smoke.py --extrapolation-only        # seconds: which devices
 
 The photos: Fashion-MNIST resized to ``--size`` px (bilinear) and written as RGB PNG files,
 ``--per-class`` training and ``--test-per-class`` test images per class, in class folders
@@ -15,7 +16,9 @@ user types them:
 Prints and writes ``scripts/results/camera/smoke.md`` and ``smoke.json``: the teacher's and
 each trial's seconds (from the study's timestamps), the proxy's images per second, each
 trial's prediction and whether it extrapolates, and the export's input shape, test accuracy
-and latency measured here.
+and latency measured here. ``--extrapolation-only`` writes ``extrapolation.md``: for each
+shipped device, the share of 1,000 architectures of the space (224 px images, so every
+resolution is drawn) whose prediction is flagged extrapolated, by resolution.
 """
 
 from __future__ import annotations
@@ -54,6 +57,36 @@ def write_photos(root: Path, size: int, per_class: int, test_per_class: int) -> 
                 img.convert("RGB").save(folder / f"{i}.png")
 
 
+DEVICES = ("rpi4", "pixel3", "jetson_tx2", "note10", "pixel4", "pixel4_a55", "host",
+           "bitfusion")
+
+
+def extrapolation_table(n: int = 1000) -> str:
+    """Per device and resolution, the share of sampled architectures priced extrapolated."""
+    from latency_models.model import DeviceModel
+    from search.config import MODEL_DIR, space_options
+    from spaces.space import RandomChoices, sample_arch
+
+    space = space_options()["mobilenet_224"].for_input(224)
+    archs = [sample_arch(RandomChoices(i), space, in_chans=3, input_size=224, num_classes=10,
+                         bits=[32, 8]) for i in range(n)]
+    res = sorted(set(space.resolution))
+    lines = [f"`python scripts/camera_smoke.py --extrapolation-only`: {n} architectures of "
+             "`space=mobilenet_224` (images of 224 px, bits 32 and 8), the share priced "
+             "extrapolated.", "",
+             "| device | all | " + " | ".join(f"{r} px" for r in res) + " |",
+             "|---" * (len(res) + 2) + "|"]
+    for device in DEVICES:
+        flags = [p.provenance["extrapolated"] for p in
+                 DeviceModel.load(MODEL_DIR / f"{device}.json").price_many(archs)]
+        cells = []
+        for r in res:
+            sel = [f for f, a in zip(flags, archs) if a.resolution == r]
+            cells.append(f"{np.mean(sel):.1%}")
+        lines.append(f"| {device} | {np.mean(flags):.1%} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run(cmd: list[str], log: Path) -> float:
     start = time.time()
     with open(log, "w") as f:
@@ -66,7 +99,8 @@ def run(cmd: list[str], log: Path) -> float:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", required=True)
+    parser.add_argument("--work")
+    parser.add_argument("--extrapolation-only", action="store_true")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--per-class", type=int, default=300)
     parser.add_argument("--test-per-class", type=int, default=100)
@@ -76,6 +110,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--export-epochs", type=int, default=4)
     parser.add_argument("--device", default="rpi4")
     args = parser.parse_args(argv)
+    if args.extrapolation_only:
+        text = extrapolation_table()
+        print(text)
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "extrapolation.md").write_text(text + "\n")
+        return 0
+    if not args.work:
+        parser.error("--work DIR is needed (or --extrapolation-only)")
     work = Path(args.work).resolve()
     images = work / "images"
     if not images.exists():

@@ -145,7 +145,8 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
                       "select=best follow it.", highlight=False)
     console.print("latency from: " + " | ".join(f"{word} ({meaning})" for word, meaning
                                                 in LATENCY_WORDS.items())
-                  + f"; * = outside the measured range.\nEnergy is {energy_note} (see "
+                  + "; * = extrapolated (ops outside the sizes the device was measured at "
+                  f"carry over 10% of the price).\nEnergy is {energy_note} (see "
                   f"conf/device/{cfg.device.name}.yaml).")
     console.print(f"study: {study.study_name} in {redact(cfg.storage.url)}")
     console.print(f"outputs: {out_dir} (pareto.csv, summary.json, config.json)")

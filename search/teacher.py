@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
 import time
 from dataclasses import asdict
@@ -27,9 +28,15 @@ from search.errors import UserError
 from search.train import Recipe, Trainer, accuracy, predict_logits
 from spaces.files import atomic_path, write_text
 
-__all__ = ["build_teacher", "load_weights", "TEACHER_VERSION", "TeacherCache"]
+__all__ = ["build_teacher", "load_weights", "TEACHER_MAX_STRETCH", "TEACHER_MIN_STEPS",
+           "TEACHER_STRETCH_FROM", "TEACHER_VERSION", "TeacherCache"]
 
 TEACHER_VERSION = 1
+# A teacher trains at least this many optimizer steps (TeacherCache.epochs), stretching its
+# epochs at most this many times.
+TEACHER_MIN_STEPS = 800
+TEACHER_MAX_STRETCH = 20
+TEACHER_STRETCH_FROM = 1000  # training images
 
 
 def build_teacher(cfg: TeacherConfig, dataset: Dataset) -> nn.Module:
@@ -80,9 +87,25 @@ class TeacherCache:
         self._model: nn.Module | None = None
 
     @cached_property
+    def epochs(self) -> float:
+        """The epochs the teacher trains: ``proxy.teacher.epochs``, raised on a small dataset
+        to give it at least ``TEACHER_MIN_STEPS`` optimizer steps (at most
+        ``TEACHER_MAX_STRETCH`` times the epochs asked for). Two epochs of Fashion-MNIST are
+        860 steps; two epochs of 2,500 photos would be 40, and leave the teacher near chance.
+        Under ``TEACHER_STRETCH_FROM`` training images nothing is stretched: so few images
+        make a smoke test (the search says they rank architectures noisily), and many epochs
+        over them would only memorize them."""
+        train = len(self.dataset.split(self.val_images, self.seed)[0])
+        per_epoch = max(1, math.ceil(train / self.cfg.batch))
+        if self.cfg.epochs * per_epoch >= TEACHER_MIN_STEPS or train < TEACHER_STRETCH_FROM:
+            return self.cfg.epochs
+        return min(self.cfg.epochs * TEACHER_MAX_STRETCH,
+                   round(TEACHER_MIN_STEPS / per_epoch, 3))
+
+    @cached_property
     def recipe(self) -> dict:
         """Everything the teacher depends on (a user checkpoint by its content hash)."""
-        recipe = dict(asdict(self.cfg), checkpoint=None, seed=self.seed,
+        recipe = dict(asdict(self.cfg), epochs=self.epochs, checkpoint=None, seed=self.seed,
                       val_images=self.val_images, version=TEACHER_VERSION,
                       data=self.dataset.fingerprint())
         if self.cfg.checkpoint:
@@ -142,7 +165,7 @@ class TeacherCache:
     def _train(self, model: nn.Module) -> nn.Module:
         ds = self.dataset
         train_idx, _ = ds.split(self.val_images, self.seed)
-        recipe = Recipe(epochs=self.cfg.epochs, batch=self.cfg.batch, lr=self.cfg.lr, alpha=0.0,
+        recipe = Recipe(epochs=self.epochs, batch=self.cfg.batch, lr=self.cfg.lr, alpha=0.0,
                         hflip=True)
         torch.manual_seed(self.seed)
         trainer = Trainer(model, ds.train_x[train_idx], ds.train_y[train_idx], None, recipe,

@@ -265,3 +265,24 @@ def test_calibrate_writes_a_device_the_search_finds(tmp_path):
     assert predicted.returncode == 0, predicted.stderr
     (line,) = predicted.stdout.splitlines()
     assert json.loads(line)["provenance"]["device"] == "here"
+
+
+def test_a_small_folder_trains_the_teacher_long_enough(tmp_path):
+    """Two epochs of a few thousand photos are a few dozen steps: the teacher would stay
+    near chance. It trains at least TEACHER_MIN_STEPS steps (at most 20 times the epochs);
+    Fashion-MNIST's two epochs, and so its cached teacher, are unchanged."""
+    from search.config import TeacherConfig
+    from search.data import make_synthetic
+    from search.teacher import TEACHER_MIN_STEPS, TeacherCache
+
+    small = make_synthetic(2000, 1, 8, 4)
+    assert TeacherCache(TeacherConfig(), small, tmp_path, 100).epochs == 40  # capped
+    stretched = TeacherCache(TeacherConfig(batch=16), small, tmp_path, 100)
+    steps = stretched.epochs * 119  # 1,900 training images in batches of 16
+    assert TEACHER_MIN_STEPS <= steps < TEACHER_MIN_STEPS + 1
+    assert stretched.recipe["epochs"] == stretched.epochs
+    large = make_synthetic(60000, 1, 2, 2)
+    teacher = TeacherCache(TeacherConfig(), large, tmp_path, 5000)
+    assert teacher.epochs == 2 and isinstance(teacher.epochs, int)
+    tiny = make_synthetic(500, 1, 8, 4)  # a smoke test's folder: not stretched
+    assert TeacherCache(TeacherConfig(), tiny, tmp_path, 100).epochs == 2
