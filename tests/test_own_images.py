@@ -183,6 +183,32 @@ def test_camera_images_search_and_export_at_their_size(tmp_path):
     assert arch["input_size"] == 96 and arch["resolution"] == 96
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("proxy", [
+    ("proxy=distill", "proxy.train_images=16", "proxy.epochs=1", "proxy.score=accuracy",
+     "proxy.teacher.epochs=1"),
+    ("proxy=supernet", "proxy.train_images=16", "proxy.supernet.epochs=1",
+     "proxy.supernet.warmup_epochs=0", "proxy.supernet.calibration_images=8",
+     "proxy.supernet.random_archs=0", "proxy.score=accuracy", "proxy.teacher.epochs=1"),
+], ids=["distill", "supernet"])
+def test_the_training_proxies_score_camera_architectures(tmp_path, proxy):
+    """The distilled proxy and the supernet (trained on first use for this space and data)
+    score trials of space=mobilenet_224 on 96 px photos."""
+    import optuna
+
+    write_photos(tmp_path / "imgs", sizes=((96, 96),), per_class=8)
+    result = run_here(*search_args(tmp_path, "space=mobilenet_224", "data=imagefolder",
+                                   f"data.root={tmp_path}/imgs", "search.n_trials=2",
+                                   "data.val_images=4", "proxy.val_images=4", *proxy))
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="rpi4-imagefolder-mobilenet_224",
+                              storage=f"sqlite:///{tmp_path}/study.db")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2
+    assert {t.user_attrs["proxy"] for t in done} == {proxy[0].split("=")[1]}
+    assert all(0 <= t.user_attrs["proxy_accuracy"] <= 1 for t in done)
+
+
 # ---- calibrating to this machine -----------------------------------------------------------
 def test_steadiness_tells_noise_and_throttling_from_a_quiet_machine():
     from latency_models.calibrate import steadiness
