@@ -29,12 +29,12 @@ from typing import Iterator
 import numpy as np
 
 from latency_models.estimators import DeviceModelError
-from search.config import CONF_DIR, SAFE_NAME, DeviceConfig, known_devices
+from search.config import DEVICE_GROUP, SAFE_NAME, DeviceConfig, known_devices
 from spaces.arch import all_bits
 from spaces.cli import HydraApp, arg
 
 __all__ = ["busy_share", "calibrate", "CalibrateConfig", "CalibrationError", "COMMAND",
-           "main", "steadiness"]
+           "main", "pinned", "steadiness"]
 
 
 class CalibrationError(ValueError):
@@ -69,8 +69,7 @@ COMMAND = HydraApp(
             "`python -m search +device=NAME` prices for this machine.",
     schema=CalibrateConfig,
     usage_args="+device=NAME name=NEW",
-    groups={"device": known_devices}, add_groups=("device",), hidden=("device",),
-    searchpath=(str(CONF_DIR), "conf"),
+    **DEVICE_GROUP,
     examples=["+device=host name=mylaptop", "+device=rpi4 name=mypi networks=60"],
 )
 
@@ -120,7 +119,7 @@ def steadiness(round_ms: list[list[float]]) -> tuple[float, float]:
 
 
 @contextmanager
-def _pinned(threads: int) -> Iterator[None]:
+def pinned(threads: int) -> Iterator[None]:
     """One thread runs on one core (as the shipped host model was measured): the scheduler
     moving it between cores adds noise. Restored afterwards."""
     if threads != 1 or not hasattr(os, "sched_setaffinity"):
@@ -183,13 +182,9 @@ def calibrate(cfg: CalibrateConfig) -> int:
     """Measure, transfer and write the device ``cfg.name``. Returns the exit status."""
     from latency_models.fit import TransferFit, accuracy, cross_validate, device_yaml
     from latency_models.model import DeviceModel
+    from latency_models.ops import arch_ops, arch_units
     from latency_models.profile import cpu_name, profile
-    from latency_models.sources import (
-        MeasurementError,
-        read_profile,
-        read_profile_archs,
-        read_profile_units,
-    )
+    from latency_models.sources import MeasurementError, read_profile_archs
     from spaces.files import write_text
 
     try:
@@ -205,7 +200,7 @@ def calibrate(cfg: CalibrateConfig) -> int:
               "are checked for it when they are done", flush=True)
     start = time.time()
     rounds: list[list[float]] = []
-    with tempfile.TemporaryDirectory() as tmp, _pinned(cfg.threads):
+    with tempfile.TemporaryDirectory() as tmp, pinned(cfg.threads):
         measured = Path(tmp) / "measurements.csv"
         profile(n=cfg.networks, seed=cfg.seed, out=str(measured), threads=cfg.threads,
                 rounds=cfg.rounds, runs=cfg.runs, round_ms=rounds, announce=False)
@@ -215,16 +210,16 @@ def calibrate(cfg: CalibrateConfig) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 1
         try:
-            samples, ys = read_profile(measured)
-            units = read_profile_units(measured, tuple(base.native_bits))
-            measured_archs = read_profile_archs(measured)
+            measured_archs, ys = read_profile_archs(measured)
         except MeasurementError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         csv_text = measured.read_text()
     ys = np.asarray(ys)
+    samples = [arch_ops(a) for a in measured_archs]
     before = np.array([base.price(a).latency_ms for a in measured_archs])
-    archs = measured_archs
+    archs, units = measured_archs, [arch_units(a, tuple(base.native_bits))
+                                    for a in measured_archs]
     if base.layers is None:
         units = archs = None  # a device fitted from blocks: its op model is scaled
     # a network's fp32 and int8 files fall in the same fold

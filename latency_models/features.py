@@ -11,7 +11,7 @@ from latency_models.ops import KINDS, Op
 __all__ = ["CONV_KINDS", "count_changes", "EXTRAPOLATED_SHARE", "FEATURE_NAMES", "FEATURES",
            "featurize", "in_range", "is_extrapolated", "kind_matrix", "kind_ranges",
            "LAYER_FEATURES", "low_precision", "N_FEATURES", "network_features", "OFFSETS",
-           "op_features", "op_ranges", "outside", "precision_transitions", "size_terms",
+           "op_features", "op_ranges", "precision_transitions", "size_terms",
            "SLOT_KINDS", "unit_features", "UNIT_SLOTS"]
 
 _CONV = ("calls", "macs", "elems", "weights", "misaligned")
@@ -160,11 +160,6 @@ def is_extrapolated(outside_ms: float, linear_ms: float) -> bool:
     """Whether ops outside the measured ranges, priced ``outside_ms`` by the linear model
     (infinite for a kind never measured), make a network priced ``linear_ms`` a guess."""
     return outside_ms > EXTRAPOLATED_SHARE * max(linear_ms, 0.0) or outside_ms == np.inf
-
-
-def outside(op: Op, ranges: dict, bits: int | None = None) -> bool:
-    """Whether an op lies outside what was measured (its kind never, or smaller or larger)."""
-    return not in_range(op, ranges.get(f"{op.kind}/{op.bits if bits is None else bits}"))
 
 
 def in_range(op: Op, r: list | None) -> bool:

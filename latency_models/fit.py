@@ -43,7 +43,7 @@ import numpy as np
 
 from latency_models.estimators import nnls
 from latency_models.model import DeviceModel, DeviceModelError
-from latency_models.ops import Op, signature
+from latency_models.ops import Op, arch_ops, arch_units, signature
 from latency_models.sources import (
     MeasurementError,
     read_apq_lut,
@@ -51,9 +51,7 @@ from latency_models.sources import (
     read_cnn,
     read_fbnet,
     read_ofa_luts,
-    read_profile,
     read_profile_archs,
-    read_profile_units,
 )
 from spaces.cli import HydraApp, arg
 from spaces.files import write_text
@@ -312,7 +310,8 @@ def fit(cfg: FitConfig) -> int:
             samples, ys, _, energy = read_fbnet(args["fbnet"], column, args.get("energy"))
             source = f"{args['fbnet']} column {column}"
         else:
-            samples, ys = read_profile(args["measurements"])
+            profiled, ys = read_profile_archs(args["measurements"])
+            samples = [arch_ops(a) for a in profiled]
             source = args["measurements"]
         if "power_log" in args:
             from latency_models.power import energy_from_log
@@ -344,8 +343,8 @@ def fit(cfg: FitConfig) -> int:
         # networks of the search space: only the composition is refitted.
         units = archs = None
         if base.layers is not None and "measurements" in args and "bundle" not in args:
-            units = read_profile_units(args["measurements"], tuple(base.native_bits))
-            archs = read_profile_archs(args["measurements"])
+            archs = profiled
+            units = [arch_units(a, tuple(base.native_bits)) for a in archs]
         cv = cross_validate(lambda: TransferFit(make(), base, samples, units, archs), samples,
                             ys, groups=groups, evaluate=evaluate)
         model = make().transfer(base, samples, ys, units=units, archs=archs)

@@ -392,10 +392,10 @@ class DeviceModel:
             ms = hit[0] if composed else max(0.0, hit[0] - self.ops.overhead_ms_)
             return ms, mj, True, set(), (0.0, ms)
         ms, mj, standins, out_ms = self.ops.predict(ops)
-        linear = (out_ms, ms)
+        reach = (out_ms, ms)  # both linear prices, before the layer model replaces ms
         if self.layers is not None and any(op.kind in SLOT_KINDS for op in ops):
             ms = self.layers.predict(ops)  # a layer; the input preprocessing stays linear
-        return ms, mj, False, standins, linear
+        return ms, mj, False, standins, reach
 
     def _predict_units(self, units: list[list[Op]], cache_keys: list | None = None
                        ) -> Prediction:
@@ -421,7 +421,7 @@ class DeviceModel:
                     if len(self._cache) > 200_000:
                         self._cache.clear()
                     self._cache[key] = got
-            u_ms, u_mj, hit, u_standins, u_ext = got
+            u_ms, u_mj, hit, u_standins, u_reach = got
             if self.composition is not None and ops:
                 lows.append(low_precision(ops))
                 low_ms += u_ms if lows[-1] else 0.0
@@ -429,7 +429,7 @@ class DeviceModel:
             mj = None if (mj is None or u_mj is None) else mj + u_mj
             n_hit += hit
             standins |= u_standins
-            out_ms, linear_ms = out_ms + u_ext[0], linear_ms + u_ext[1]
+            out_ms, linear_ms = out_ms + u_reach[0], linear_ms + u_reach[1]
         if self.composition is not None:
             ms = self.composition.predict(ms - low_ms, low_ms, len(units),
                                           count_changes(lows)) - self.ops.overhead_ms_

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from search.config import CONF_DIR, DeviceConfig, known_devices
+from search.config import DEVICE_GROUP, DeviceConfig
 from search.finetune_config import FinetuneConfig
 from spaces.cli import HydraApp, arg
 
@@ -63,8 +63,7 @@ COMMAND = HydraApp(
             "per model.",
     schema=PredictConfig,
     usage_args="+device=NAME model=PATH",
-    groups={"device": known_devices}, add_groups=("device",), hidden=("device",),
-    searchpath=(str(CONF_DIR), "conf"),
+    **DEVICE_GROUP,
     examples=["+device=rpi4 model=outputs/rpi4-fashion_mnist-mobilenet/export/",
               "+device=host model=arch.json format=jsonl"],
 )

@@ -103,24 +103,24 @@ def read_rows(path: str | os.PathLike, required: tuple[str, ...]) -> list[dict]:
 
 def read_profile(path: str | os.PathLike) -> tuple[list[list[Op]], list[float]]:
     """Op lists and median latencies (ms) from a ``latency_models.profile`` CSV."""
-    samples, ys = [], []
+    archs, ys = read_profile_archs(path)
+    return [arch_ops(a) for a in archs], ys
+
+
+def read_profile_archs(path: str | os.PathLike) -> tuple[list[Arch], list[float]]:
+    """The architecture and median latency (ms) of each row of a ``latency_models.profile``
+    CSV (what :func:`read_profile` and :func:`read_profile_units` derive their ops from)."""
+    archs, ys = [], []
     for i, row in enumerate(read_rows(path, ("arch_json", "median_ms"))):
         try:
-            samples.append(arch_ops(Arch.from_json(row["arch_json"])))
+            archs.append(Arch.from_json(row["arch_json"]))
             ys.append(float(row["median_ms"]))
         except (ArchError, ValueError) as exc:
             raise MeasurementError(f"{path} row {i + 2}: {exc}") from None
         if not ys[-1] > 0:
             raise MeasurementError(f"{path} row {i + 2}: median_ms {ys[-1]} is not a "
                                    "positive time in milliseconds")
-    return samples, ys
-
-
-def read_profile_archs(path: str | os.PathLike) -> list[Arch]:
-    """The architecture of each row of a ``latency_models.profile`` CSV, in the order of
-    :func:`read_profile`."""
-    return [Arch.from_json(row["arch_json"])
-            for row in read_rows(path, ("arch_json", "median_ms"))]
+    return archs, ys
 
 
 def read_profile_units(path: str | os.PathLike, native_bits: tuple[int, ...] = ()
@@ -129,8 +129,7 @@ def read_profile_units(path: str | os.PathLike, native_bits: tuple[int, ...] = (
     model prices), in the order of :func:`read_profile`."""
     from latency_models.ops import arch_units
 
-    return [arch_units(Arch.from_json(row["arch_json"]), native_bits)
-            for row in read_rows(path, ("arch_json", "median_ms"))]
+    return [arch_units(a, native_bits) for a in read_profile_archs(path)[0]]
 
 
 def _positive(path, i: int, column: str, value: str) -> float:

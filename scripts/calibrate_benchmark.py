@@ -35,15 +35,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from latency_models.calibrate import pinned  # noqa: E402
 from latency_models.fit import accuracy  # noqa: E402
 from latency_models.model import DeviceModel  # noqa: E402
+from latency_models.ops import arch_ops, arch_units  # noqa: E402
 from latency_models.profile import cpu_name, profile  # noqa: E402
-from latency_models.sources import (  # noqa: E402
-    read_profile,
-    read_profile_archs,
-    read_profile_units,
-    read_rows,
-)
+from latency_models.sources import read_profile_archs, read_rows  # noqa: E402
 from search.config import MODEL_DIR  # noqa: E402
 
 OUT = ROOT / "scripts" / "results" / "latency"
@@ -55,11 +52,11 @@ def old_calibration(base: DeviceModel, measurements: Path, n: int) -> DeviceMode
     without the architectures (so without the base's network correction)."""
     rows = read_rows(measurements, ("arch_json", "median_ms", "precision"))
     net = np.cumsum([r["precision"] == "fp32" for r in rows])
+    archs, ys = read_profile_archs(measurements)
     keep = [i for i in range(len(rows)) if net[i] <= n]
-    samples, ys = read_profile(measurements)
-    units = read_profile_units(measurements, tuple(base.native_bits))
     return DeviceModel("old", base.power_w).transfer(
-        base, [samples[i] for i in keep], [ys[i] for i in keep], units=[units[i] for i in keep])
+        base, [arch_ops(archs[i]) for i in keep], [ys[i] for i in keep],
+        units=[arch_units(archs[i], tuple(base.native_bits)) for i in keep])
 
 
 def scores(model: DeviceModel, archs: list, ys: np.ndarray, precision: np.ndarray) -> dict:
@@ -87,18 +84,11 @@ def run(threads: int, held_n: int, work: Path) -> dict:
     calibrated = DeviceModel.load(folder / "conf" / "device" / "bench.json")
     base = DeviceModel.load(MODEL_DIR / "host.json")
     held = folder / "held_out.csv"
-    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    if threads == 1 and cores:
-        os.sched_setaffinity(0, {max(cores)})
-    try:
+    with pinned(threads):  # as the command measures
         profile(n=held_n, seed=0, out=str(held), threads=threads, rounds=21, runs=20)
-    finally:
-        if cores:
-            os.sched_setaffinity(0, cores)
-    rows = read_rows(held, ("arch_json", "median_ms", "precision"))
-    archs = read_profile_archs(held)
-    ys = np.array([float(r["median_ms"]) for r in rows])
-    precision = np.array([r["precision"] for r in rows])
+    archs, ys = read_profile_archs(held)
+    ys = np.asarray(ys)
+    precision = np.array([r["precision"] for r in read_rows(held, ("precision",))])
     old = old_calibration(base, folder / "conf" / "device" / "bench.measurements.csv", 20)
     return {"threads": threads, "calibrate_s": round(calib_s, 1), "held_out_files": len(ys),
             "command_output": lines[-3:-1],  # the last: a scratch path

@@ -19,11 +19,11 @@ from spaces.arch import ALL_BITS
 from spaces.space import SpaceConfig, SpaceError
 
 __all__ = ["BASELINES", "BudgetConfig", "BUDGETS", "COMBINED_SCORE", "CONF_DIR", "Config",
-           "DataConfig", "device_model_file", "DeviceConfig", "EarlyStopConfig", "ExportConfig",
-           "FASHION_MNIST_ROOT", "fit_space", "FinetuneConfig", "group_options", "known_devices",
-           "load", "MODEL_DIR", "OBJECTIVES", "PASSWORD", "PrefilterConfig", "PROXY_KINDS",
-           "PROXY_SCORES", "ProxyConfig", "redact", "register", "ReportConfig", "SAFE_NAME",
-           "SAMPLERS", "SCHEMA", "SearchConfig", "space_options", "STORAGE_SCHEMES",
+           "DataConfig", "DEVICE_GROUP", "device_model_file", "DeviceConfig", "EarlyStopConfig",
+           "ExportConfig", "FASHION_MNIST_ROOT", "fit_space", "FinetuneConfig", "group_options",
+           "known_devices", "load", "MODEL_DIR", "OBJECTIVES", "PASSWORD", "PrefilterConfig",
+           "PROXY_KINDS", "PROXY_SCORES", "ProxyConfig", "redact", "register", "ReportConfig",
+           "SAFE_NAME", "SAMPLERS", "SCHEMA", "SearchConfig", "space_options", "STORAGE_SCHEMES",
            "StorageConfig", "StudyConfig", "SupernetConfig", "TeacherConfig", "validate",
            "without_password", "ZERO_COST_SCORES"]
 
@@ -304,15 +304,19 @@ register()
 def group_options(group: str) -> list[str]:
     """The options of a config group: shipped (``conf/GROUP``) and the user's
     (``./conf/GROUP``, where Hydra finds them too)."""
-    found = set()
-    for base in (CONF_DIR / group, Path.cwd() / "conf" / group):
-        if base.is_dir():
-            found.update(p.stem for p in base.glob("*.yaml"))
-    return sorted(found)
+    from spaces.cli import group_options as options
+
+    return options(CONF_DIR, group)
 
 
 def known_devices() -> list[str]:
     return group_options("device")
+
+
+# How a helper command (latency_models.predict, .calibrate) takes +device=NAME: the settings
+# of its spaces.cli.HydraApp.
+DEVICE_GROUP = {"groups": {"device": known_devices}, "add_groups": ("device",),
+                "hidden": ("device",), "searchpath": (str(CONF_DIR), "conf")}
 
 
 def space_options() -> dict[str, SpaceConfig]:
@@ -342,9 +346,9 @@ def fit_space(cfg: Config, size: int) -> None:
     try:
         cfg.space = cfg.space.for_input(size)
     except SpaceError as exc:
-        others = [f"space={name} ({s.input_sizes[0] if s.upsample else min(s.resolution)}"
-                  f"-{s.input_sizes[-1]} px, networks at {min(s.resolution)}-"
-                  f"{max(s.resolution)} px)" for name, s in space_options().items()
+        others = [f"space={name} ({'-'.join(map(str, s.size_range()))} px, networks at "
+                  f"{min(s.resolution)}-{max(s.resolution)} px)"
+                  for name, s in space_options().items()
                   if name != cfg.space.name and s.takes(size)]
         hint = (f"use {' or '.join(others)}" if others else
                 "no space of conf/space/ takes that size: resize the images with data.size=N "

@@ -243,12 +243,9 @@ def load_image_folder(root: str | None, in_chans: int, size: int | None, seed: i
     classes, files = _class_files(base)
     test_files = _class_files(base / "test", classes)[1] if (base / "test").is_dir() else []
     notes = []
-    if size is None:
+    if size is None:  # (a set size was checked with the configuration: search.config)
         size, note = folder_size(base, image_sizes([p for p, _ in files + test_files]))
         notes += [note] if note else []
-    elif size < 1:
-        raise UserError(f"data.size={size} must be a positive number of pixels (or null: the "
-                        "images' own size)")
     x, y = _read_images(files, in_chans, size)
     if test_files:
         tx, ty = _read_images(test_files, in_chans, size)

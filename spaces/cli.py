@@ -17,8 +17,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-__all__ = ["CliError", "HydraApp", "arg", "as_override", "closest", "python_cmd", "settings",
-           "shell_join"]
+__all__ = ["CliError", "HydraApp", "arg", "as_override", "closest", "group_options",
+           "python_cmd", "settings", "shell_join"]
 
 
 class CliError(ValueError):
@@ -34,6 +34,16 @@ def closest(word: str, known: list[str] | set[str], n: int = 1) -> list[str]:
         found = [tail[m] for m in difflib.get_close_matches(word.rsplit(".", 1)[-1], list(tail),
                                                             n=n, cutoff=0.75)]
     return found
+
+
+def group_options(conf_dir: str | os.PathLike, group: str) -> list[str]:
+    """The options of a config group: shipped (``CONF_DIR/GROUP``) and the user's
+    (``./conf/GROUP``, where Hydra finds them too)."""
+    found = set()
+    for base in (Path(conf_dir) / group, Path.cwd() / "conf" / group):
+        if base.is_dir():
+            found.update(p.stem for p in base.glob("*.yaml"))
+    return sorted(found)
 
 
 def python_cmd() -> str:

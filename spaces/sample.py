@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spaces.cli import HydraApp, arg
+from spaces.cli import HydraApp, arg, group_options
 from spaces.space import SpaceConfig
 
 __all__ = ["COMMAND", "main", "sample", "SampleConfig", "space_names", "SPACE_CONF"]
@@ -24,11 +24,7 @@ SPACE_CONF = Path(__file__).resolve().parent.parent / "conf"
 
 def space_names() -> list[str]:
     """The options of the ``space`` config group (shipped and the user's)."""
-    found = set()
-    for base in (SPACE_CONF / "space", Path.cwd() / "conf" / "space"):
-        if base.is_dir():
-            found.update(p.stem for p in base.glob("*.yaml"))
-    return sorted(found)
+    return group_options(SPACE_CONF, "space")
 
 
 @dataclass

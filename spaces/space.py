@@ -111,11 +111,15 @@ class SpaceConfig:
         del data["input_sizes"], data["upsample"]
         return data
 
+    def size_range(self) -> tuple[int, int]:
+        """(smallest, largest) image size in px the space takes: ``input_sizes``, and where
+        it does not upsample, no smaller than its smallest resolution."""
+        lo, hi = self.input_sizes[0], self.input_sizes[-1]
+        return (lo if self.upsample else max(lo, min(self.resolution))), hi
+
     def takes(self, input_size: int) -> bool:
         """Whether images of ``input_size`` px fit this space."""
-        lo, hi = self.input_sizes[0], self.input_sizes[-1]
-        if not self.upsample:
-            lo = max(lo, min(self.resolution))
+        lo, hi = self.size_range()
         return lo <= input_size <= hi
 
     def for_input(self, input_size: int) -> SpaceConfig:
