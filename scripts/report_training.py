@@ -96,22 +96,13 @@ def context(cfg):
 
 # ---- pack (here) ----------------------------------------------------------------------------
 def pack(folder: Path, overrides: list[str], every: bool) -> None:
-    from safetensors.torch import save_file
-
     from search.baselines import baseline_fingerprint
-    from search.export import (
-        final_recipe,
-        load_study,
-        recipe_fingerprint,
-        select_trials,
-        study_names,
-    )
+    from search.export import load_study, recipe_fingerprint, select_trials, study_names
     from search.report import recorded
 
     cfg = compose(overrides)
     dataset, teacher, exports, baselines = context(cfg)
-    train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
-    soft = teacher.logits(train_idx)  # trains the teacher if needed: its accuracy is recorded
+    teacher.model()  # trained here if needed: its accuracy is part of the fingerprint
     fingerprint = recipe_fingerprint(cfg, teacher)
     jobs = []
     if cfg.study.name in study_names(cfg):
@@ -126,21 +117,35 @@ def pack(folder: Path, overrides: list[str], every: bool) -> None:
         if every or recorded(baselines / name, "training", "fingerprint") != \
                 baseline_fingerprint(fingerprint, name):
             jobs.append({"name": name, "kind": "baseline"})
+    write_pack(folder, cfg, dataset, teacher, jobs, overrides, cfg.study.name)
+    print(f"{len(jobs)} models to train in {folder}: "
+          + (", ".join(j["name"] for j in jobs) or "none (all up to date; --all packs them)"))
+
+
+def write_pack(folder: Path, cfg, dataset, teacher, jobs: list[dict], overrides: list[str],
+               study: str | None) -> None:
+    """``folder/jobs.json`` and ``folder/train.safetensors``: ``jobs`` (``{"name", "kind":
+    "trial", "arch_id", "arch_json"}`` or ``{"name", "kind": "baseline"}``) to train with
+    ``cfg``'s export recipe on the training split, with the teacher's soft labels."""
+    from safetensors.torch import save_file
+
+    from search.export import final_recipe, recipe_fingerprint
+
+    train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
+    soft = teacher.logits(train_idx)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"train_idx": train_idx.contiguous(),
                "teacher_logits": soft.contiguous()},
               str(folder / "train.safetensors"))
     x = dataset.train_x[train_idx]
     (folder / "jobs.json").write_text(json.dumps({
-        "version": JOBS_VERSION, "fingerprint": fingerprint,
+        "version": JOBS_VERSION, "fingerprint": recipe_fingerprint(cfg, teacher),
         "recipe": final_recipe(cfg).__dict__, "seed": cfg.seed,
         "data": {"kind": cfg.data.kind, "root": cfg.data.root, "name": cfg.data.name,
                  "in_chans": dataset.in_chans, "num_classes": dataset.num_classes,
                  "train_images": len(train_idx), "digest": data_digest(x)},
-        "study": cfg.study.name, "overrides": overrides, "jobs": jobs,
+        "study": study, "overrides": overrides, "jobs": jobs,
         "date": time.strftime("%Y-%m-%d")}, indent=1))
-    print(f"{len(jobs)} models to train in {folder}: "
-          + (", ".join(j["name"] for j in jobs) or "none (all up to date; --all packs them)"))
 
 
 def packed_dataset(jobs: dict, data_root: str | None):

@@ -194,6 +194,11 @@ class BudgetConfig:
 class SearchConfig:
     sampler: str = "tpe"  # tpe (multi-objective TPE, Optuna 5's default) | nsga2 | random
     n_trials: int = 32  # the study's total; a resumed study only runs what is missing
+    # This run's time for trials, in minutes (counted once the proxy is ready): no trial
+    # starts after it; the study keeps what finished, and the same command continues it.
+    # null: no limit (search.n_trials alone ends the run). E.g. search.minutes=30
+    # search.n_trials=100000 for as many trials as fit in half an hour.
+    minutes: Optional[float] = None
     threads: int = 2  # torch threads for the proxy's training
     # accuracy plus any of latency_ms, energy_mj, size_kib, peak_memory_kib, train_memory_kib
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency_ms"])
@@ -410,6 +415,9 @@ def validate(c: Config) -> None:
         problems.append(f"search.sampler={c.search.sampler!r} is not one of {list(SAMPLERS)}")
     if c.search.n_trials < 1:
         problems.append(f"search.n_trials={c.search.n_trials} must be at least 1")
+    if c.search.minutes is not None and not c.search.minutes > 0:
+        problems.append(f"search.minutes={c.search.minutes} must be above 0 (or null: no "
+                        "time limit)")
     if not c.storage.url.startswith(STORAGE_SCHEMES):
         problems.append(f"storage.url={redact(c.storage.url)!r} is not a storage this tool "
                         "knows: use sqlite:///PATH (one process), journal:PATH (several "

@@ -70,7 +70,8 @@ def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
                     teacher: Optional[torch.Tensor], recipe: Recipe, seed: int = 0,
                     on_step: Optional[Callable[[int], None]] = None,
                     checkpoint: Optional[tuple[float, Callable[[nn.Module], bool]]] = None,
-                    prune_at: float = 0.5) -> nn.Module:
+                    prune_at: float = 0.5,
+                    start: Optional[dict[str, torch.Tensor]] = None) -> nn.Module:
     """Train ``arch`` as deployed: dense, prune at ``prune_at`` of the steps (half-way by
     default), fine-tune with fake quantization. ``prune_at=0`` trains the pruned widths from
     the start (no dense phase, no weights carried over by the pruning).
@@ -79,7 +80,9 @@ def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
     ``on_step`` is called after every optimizer step (for progress bars). ``checkpoint``:
     ``(fraction, fn)``: after that fraction of the steps ``fn(model)`` is called (the model as
     it is then: dense before the half-way prune, pruned after); if it returns True, training
-    stops there and that model is returned.
+    stops there and that model is returned. ``start``: the weights the first phase's model
+    starts from (its state dict: dense widths when there is a dense phase), e.g. a supernet's
+    (:meth:`spaces.supernet.SuperNet.extract`); a fresh initialisation without it.
     """
     torch.manual_seed(seed)
     quantized = any(b < 32 for b in arch.bits)
@@ -88,6 +91,8 @@ def train_candidate(arch: Arch, x: torch.Tensor, y: torch.Tensor,
     dense_phase = arch.is_pruned and prune_at > 0
     # dense widths, or the deployed ones when there is no dense phase (equal when unpruned)
     model = build_model(arch, pruned=not dense_phase)
+    if start is not None:
+        model.load_state_dict(start)
     if not dense_phase and quantized:
         attach_fake_quant(model, arch)
     model.to(x.device)  # trains where the data is (a GPU if the caller put it there)

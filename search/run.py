@@ -249,9 +249,12 @@ def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int
     worker's (see :mod:`search.budget`).
 
     A candidate whose training fails (e.g. diverges) fails its trial and the search goes on;
-    after ``MAX_FAILURES`` failures in one run it stops, since something is wrong.
+    after ``MAX_FAILURES`` failures in one run it stops, since something is wrong. With
+    ``search.minutes``, no trial starts after that many minutes of this run.
     """
     n_trials = cfg.search.n_trials
+    minutes = cfg.search.minutes
+    deadline = None if minutes is None else time.time() + 60 * minutes
     label = score_name(cfg)
     bar = tqdm(total=n_trials, initial=done, desc="trials", unit="trial")
     failures = []
@@ -286,6 +289,10 @@ def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int
                 f"{label} {fastest.values[0]:.3f} @ {fastest.user_attrs['latency_ms']:.3f} ms"
                 f" | front {len(front)}")
         if not wait_for_slot(study, n_trials, on_wait=on_wait, trials=trials):
+            study.stop()
+        elif deadline is not None and time.time() >= deadline:
+            bar.write(f"search.minutes={minutes:g} reached: no more trials in this run (the "
+                      "same command continues the study)")
             study.stop()
 
     try:

@@ -303,14 +303,21 @@ class SuperNet(nn.Module):
             self.train(was)
         return weights
 
-    def extract(self, arch: Arch, weights: dict[str, torch.Tensor] | None = None) -> EdgeNet:
+    def extract(self, arch: Arch, weights: dict[str, torch.Tensor] | None = None, *,
+                pruned: bool = True) -> EdgeNet:
         """A standalone model of ``arch`` (the one :func:`spaces.build.build_model` builds)
         holding the supernet's float weights (or ``weights``, e.g. recalibrated ones): to
-        export, or to start the export's training from."""
-        model = build_model(arch)
-        weights = self.weights(arch, quantize=False) if weights is None else weights
+        export, or to start the export's training from. ``pruned=False``: the architecture
+        at its dense widths (before its pruning ratios), cut from the supernet the same way,
+        as the dense phase of :func:`search.proxy.train_candidate` starts from it."""
+        self._check(arch)
+        model = build_model(arch, pruned=pruned)
+        if weights is None:
+            weights = (self.weights(arch, quantize=False) if pruned else
+                       {name: slice_like(self._source(name, arch), mine.shape)
+                        for name, mine in model.state_dict().items()})
         model.load_state_dict({k: v.detach().clone() for k, v in weights.items()})
-        return model
+        return model.to(self.ir.net.conv_stem.weight.device)
 
     # ---- importance order ----------------------------------------------------------------
     @torch.no_grad()

@@ -187,6 +187,8 @@ CASES = [
          ("n_trials",)),
     Case("config-zero-trials", lambda t: search_args(t, "search.n_trials=0"),
          ("search.n_trials=0 must be at least 1",)),
+    Case("config-no-minutes", lambda t: search_args(t, "search.minutes=0"),
+         ("search.minutes=0.0 must be above 0",)),
     Case("config-negative-budget", lambda t: search_args(t, "budget.latency_ms=-2"),
          ("budget.latency_ms=-2.0 must be positive",)),
     Case("config-zero-proxy-budget", lambda t: search_args(t, "proxy.train_images=0"),

@@ -91,6 +91,39 @@ def test_the_outcome_benchmark_writes_the_hypervolume_comparison(tmp_path):
     assert hv["nsga2_above_random_median"] == 2 and hv["of"] == 2
 
 
+def test_the_search_quality_benchmark_compares_trained_fronts_at_equal_time(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from supernet_search_benchmark import ARMS, report, study_name
+
+    def member(arch_id, latency):
+        return SimpleNamespace(user_attrs={"arch_id": arch_id, "latency_ms": latency})
+
+    # test accuracy of each trained architecture; the supernet's fronts dominate random's
+    acc = {"a": 0.90, "b": 0.86, "c": 0.84, "d": 0.80, "e": 0.88}
+    fronts = {0: {"supernet": [member("a", 2.0), member("b", 1.0)],
+                  "default": [member("e", 2.0), member("d", 1.0)],
+                  "random": [member("c", 1.5)]},
+              1: {"supernet": [member("a", 2.0), member("c", 0.5)],
+                  "default": [member("a", 2.0)],
+                  "random": [member("b", 2.0), member("d", 1.0)]}}
+    front = {study_name("rpi4", arm, seed): fronts[seed][arm] for seed in fronts
+             for arm in ARMS}
+    searches = {name: {"trials": 10} for name in front}
+    args = SimpleNamespace(seeds=2, device="rpi4", minutes=1.0, out=str(tmp_path))
+    report(args, searches, front, acc, {"recipe": {"epochs": 4}, "fingerprint": "f"})
+    out = json.loads((tmp_path / "search.json").read_text())
+    assert out["targets"] == {"supernet_above_random_same_seed": 2, "of": 2,
+                              "supernet_median_above_default_median": True}
+    s0 = out["studies"][study_name("rpi4", "supernet", 0)]
+    assert s0["front"] == 2 and s0["front_test_accuracy"] == [0.86, 0.9]
+    # one reference for all: accuracy 0.80..0.90 and latency up to 2.0 ms, both scaled; b
+    # scales to (0.6, 0.5) and covers 0.6 x (1 - 0.5); a, at the slowest latency, adds nothing
+    assert s0["hypervolume"] == pytest.approx(0.3, abs=1e-4)
+    assert "| supernet | 0 | 10 | 2 |" in (tmp_path / "search.md").read_text()
+
+
 # Modules the training machine of scripts/report_training.py need not have (a GPU box with
 # torch, timm, safetensors, numpy and omegaconf): importing one there fails the test.
 NOT_ON_THE_TRAINING_MACHINE = ("optuna", "hydra", "sqlalchemy", "lightgbm", "plotly",

@@ -54,6 +54,18 @@ def test_search_runs_then_resumes_to_the_total(tmp_path):
     assert attrs["provenance"]["energy"] == "modelled"
 
 
+def test_a_time_budget_ends_the_run_and_the_same_command_continues(tmp_path):
+    args = search_args(tmp_path, "search.n_trials=100000", "search.minutes=0.005")  # 0.3 s
+    first = run_here(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "search.minutes=0.005 reached" in first.stdout + first.stderr
+    n = len(complete(tmp_path / "study.db"))
+    assert 1 <= n < 100000
+    again = run_here(*args)
+    assert again.returncode == 0 and "resuming study" in again.stdout
+    assert len(complete(tmp_path / "study.db")) > n
+
+
 def test_distilled_proxy_trains_against_a_cached_teacher(tmp_path):
     args = search_args(tmp_path, "proxy=distill", "proxy.train_images=256",
                        "proxy.val_images=64", "proxy.epochs=1", "proxy.teacher.epochs=1",

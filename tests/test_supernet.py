@@ -63,6 +63,37 @@ def test_a_sub_network_is_its_architectures_own_model_with_sliced_weights(supern
         assert torch.allclose(got, ref, atol=1e-5), (seed, (got - ref).abs().max())
 
 
+def test_the_dense_widths_of_an_architecture_start_the_exports_training(supernet):
+    from search.proxy import train_candidate
+    from search.train import Recipe
+
+    arch = next(a for a in (sample(s, bits=(32,)) for s in range(40)) if a.is_pruned)
+    dense = supernet.extract(arch, pruned=False)
+    assert type(dense) is type(build_model(arch, pruned=False))
+    state = dense.state_dict()
+    for name, t in state.items():  # each tensor is the supernet's slice of its shape
+        assert torch.equal(t, slice_like(supernet._source(name, arch), t.shape)), name
+    assert sum(t.numel() for t in state.values()) > sum(
+        t.numel() for t in supernet.extract(arch).state_dict().values())
+    unpruned = dataclasses.replace(arch, stages=[dataclasses.replace(st, prune_ratio=0.0)
+                                                 for st in arch.stages])
+    assert all(torch.equal(a, b) for a, b in zip(
+        supernet.extract(unpruned, pruned=False).state_dict().values(),
+        supernet.extract(unpruned).state_dict().values()))
+    # train_candidate's dense phase starts from those weights: with a zero learning rate they
+    # are what it prunes (the first step's model), and without start= it is another model
+    x = (images(8) * 255).to(torch.uint8)
+    y = torch.arange(8) % 10
+    frozen = Recipe(epochs=1, batch=8, lr=0.0, weight_decay=0.0)
+    got = train_candidate(unpruned, x, y, None, frozen,
+                          start=supernet.extract(unpruned, pruned=False).state_dict())
+    fresh = train_candidate(unpruned, x, y, None, frozen)
+    ref = supernet.extract(unpruned, pruned=False)
+    for (name, t), r in zip(got.named_parameters(), ref.parameters()):
+        assert torch.equal(t, r), name
+    assert not all(torch.equal(r, f) for r, f in zip(ref.parameters(), fresh.parameters()))
+
+
 def test_training_a_sub_network_trains_only_the_shared_weights_it_uses(supernet):
     arch = sample(3, bits=(32,))
     supernet.zero_grad(set_to_none=True)
