@@ -77,7 +77,8 @@ def run_searches(args, common: list[str], storage: str, work: Path) -> dict:
     for seed in range(args.seeds):
         for arm, overrides in ARMS.items():
             name = study_name(args.device, arm, seed)
-            if done.get(name, {}).get("minutes") == args.minutes:
+            if (done.get(name, {}).get("minutes"), done.get(name, {}).get("overrides")) == (
+                    args.minutes, args.overrides):  # finished with these settings: kept
                 continue
             try:  # a search killed before its end: run it again whole
                 optuna.delete_study(study_name=name, storage=storage)
@@ -95,6 +96,7 @@ def run_searches(args, common: list[str], storage: str, work: Path) -> dict:
                              "again to go on")
             summary = json.loads((work / name / "summary.json").read_text())
             done[name] = {"arm": arm, "seed": seed, "minutes": args.minutes,
+                          "overrides": args.overrides,
                           "command_seconds": round(time.time() - start, 1),
                           "trials": summary["trials"]["complete"],
                           "proxy_seconds": summary["proxy"]["seconds"]}
