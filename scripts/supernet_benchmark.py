@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,8 +51,20 @@ def compose(overrides: list[str]):
                                   overrides=["+device=rpi4", "proxy=supernet", *overrides]))
 
 
-def prepared(cfg, device: str):
-    """The search's proxy data (teacher logits included) and the trained supernet."""
+class Prepared(NamedTuple):
+    data: Any  # the proxy's ProxyData (teacher logits included)
+    shape: dict
+    net: Any  # the trained SuperNet
+    path: Path  # its .safetensors
+    manifest: dict
+    images: Any  # 64 training images (NASWOT's batch)
+    dataset: Any
+    teacher: Any  # its TeacherCache
+
+
+def prepared(cfg, device: str) -> Prepared:
+    """The search's proxy data (teacher logits included) and the trained supernet, with the
+    dataset and teacher they come from."""
     import torch
 
     from search.data import load_dataset
@@ -79,7 +92,8 @@ def prepared(cfg, device: str):
                                teacher=teacher.recipe)
     manifest = json.loads(path.with_name("manifest.json").read_text())
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
-    return data, shape, net, path, manifest, dataset.train_x[train_idx[:64]]
+    return Prepared(data, shape, net, path, manifest, dataset.train_x[train_idx[:64]], dataset,
+                    teacher)
 
 
 def rank_stats(pred: list[float], truth: list[float]) -> dict:
@@ -114,7 +128,7 @@ def score(cfg, args, out_dir: Path) -> None:
     from spaces.arch import Arch
     from spaces.space import RandomChoices, sample_arch
 
-    data, shape, net, path, manifest, images = prepared(cfg, args.device)
+    data, shape, net, path, manifest, images, _, _ = prepared(cfg, args.device)
     if args.ship:
         import shutil
 

@@ -55,18 +55,16 @@ def chosen(n: int) -> list[dict]:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from search.data import load_dataset, to_float
+    from search.data import to_float
     from search.export import final_recipe
     from search.proxy import train_candidate
-    from search.teacher import TeacherCache
     from search.train import accuracy, predict_logits
     from spaces.arch import Arch
 
     cfg = compose(args.overrides)
-    data, _shape, net, path, _manifest, _images = prepared(cfg, "cpu")
-    dataset = load_dataset(cfg.data, cfg.seed)
-    teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
-                           cfg.seed)
+    ready = prepared(cfg, "cpu")
+    data, net, path, dataset, teacher = (ready.data, ready.net, ready.path, ready.dataset,
+                                         ready.teacher)
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
     x, y = dataset.train_x[train_idx], dataset.train_y[train_idx]
     soft = teacher.logits(train_idx)
@@ -159,6 +157,8 @@ def report(out_dir: Path) -> str:
               "|---|---|---|---|---|"]
     for arm in ARMS:
         secs = [float(r["train_seconds"]) for r in rows if r["arm"] == arm]
+        if not secs:
+            continue
         if arm == "scratch":
             lines.append(f"| scratch | | | | {statistics.median(secs):.0f} |")
             continue

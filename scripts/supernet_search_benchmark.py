@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts.outcome_benchmark import compare_samplers, normalized_volumes  # noqa: E402
-from scripts.report_training import result_files, write_pack  # noqa: E402
+from scripts.report_training import compose, result_files, write_pack  # noqa: E402
 
 OUT = ROOT / "scripts" / "results" / "supernet"
 # arm -> its overrides of the search (the default search: none)
@@ -56,16 +56,6 @@ ARMS = {"supernet": ["proxy=supernet", "search.sampler=tpe"],
 
 def study_name(device: str, arm: str, seed: int) -> str:
     return f"search-quality-{device}-{arm}-s{seed}"
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from search.config import CONF_DIR, load
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return load(hydra_compose(config_name="config", overrides=overrides))
 
 
 def run_searches(args, common: list[str], storage: str, work: Path) -> dict:
@@ -179,7 +169,6 @@ def run(args) -> int:
                                       "trial": t.number, "arch_id": arch_id,
                                       "arch_json": t.user_attrs["arch_json"]})
     pack = work / "pack"
-    teacher.model()
     write_pack(pack, cfg, dataset, teacher, list(jobs.values()), common, None)
     print(f"{len(jobs)} distinct architectures on {len(front)} fronts, packed in {pack}",
           flush=True)
