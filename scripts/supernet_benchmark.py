@@ -62,9 +62,10 @@ class Prepared(NamedTuple):
     teacher: Any  # its TeacherCache
 
 
-def prepared(cfg, device: str) -> Prepared:
+def prepared(cfg, device: str, curve: Path | None = None) -> Prepared:
     """The search's proxy data (teacher logits included) and the trained supernet, with the
-    dataset and teacher they come from."""
+    dataset and teacher they come from; ``curve``: a CSV that gets the 48's rank statistics
+    after every epoch of a training (:class:`Curve`)."""
     import torch
 
     from search.data import load_dataset
@@ -88,12 +89,13 @@ def prepared(cfg, device: str) -> Prepared:
             last[0] = now
             print(f"supernet: step {step}/{total}, {now - start:.0f} s", flush=True)
 
-    net, path = train_supernet(cfg, data, shape, on_step=on_step, device=device,
-                               teacher=teacher.recipe)
-    manifest = json.loads(path.with_name("manifest.json").read_text())
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
-    return Prepared(data, shape, net, path, manifest, dataset.train_x[train_idx[:64]], dataset,
-                    teacher)
+    images = dataset.train_x[train_idx[:64]]
+    on_epoch = None if curve is None else Curve(cfg, curve, data, shape, images)
+    net, path = train_supernet(cfg, data, shape, on_step=on_step, device=device,
+                               teacher=teacher.recipe, on_epoch=on_epoch)
+    manifest = json.loads(path.with_name("manifest.json").read_text())
+    return Prepared(data, shape, net, path, manifest, images, dataset, teacher)
 
 
 def rank_stats(pred: list[float], truth: list[float]) -> dict:
@@ -111,6 +113,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default=str(OUT), help="the results folder")
     parser.add_argument("--ship", action="store_true",
                         help="copy the trained supernet into the package (search/supernets/)")
+    parser.add_argument("--curve", action="store_true",
+                        help="score the 48 after every epoch of training (curve.csv)")
     parser.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     args = parser.parse_args(argv)
     cfg = compose(args.overrides)
@@ -122,13 +126,12 @@ def main(argv: list[str]) -> int:
 
 
 def score(cfg, args, out_dir: Path) -> None:
-    from search.proxies import SupernetProxy
     from search.proxy import naswot
     from search.supernet import score_sub_network
-    from spaces.arch import Arch
     from spaces.space import RandomChoices, sample_arch
 
-    data, shape, net, path, manifest, images, _, _ = prepared(cfg, args.device)
+    data, shape, net, path, manifest, images, _, _ = prepared(
+        cfg, args.device, out_dir / "curve.csv" if args.curve else None)
     if args.ship:
         import shutil
 
@@ -139,23 +142,8 @@ def score(cfg, args, out_dir: Path) -> None:
         shutil.copyfile(path, target / "supernet.safetensors")
         shutil.copyfile(path.with_name("manifest.json"), target / "manifest.json")
         print(f"shipped: {target}")
-    proxy = SupernetProxy(cfg)
-    proxy.data, proxy.net, proxy.shape, proxy.images = data, net, shape, images
-    proxy.supernet_key = manifest["fingerprint_hash"]
-    cal = proxy.calibrate_scales()
+    rows, cal = score_48(cfg, net, data, shape, images, manifest["fingerprint_hash"])
     calib_x = data.train_x[:cfg.proxy.supernet.calibration_images]
-    archs = [Arch.from_json(json.dumps(a["arch"])) for a in json.loads(
-        (PROXY / "archs.json").read_text())["archs"]]
-    rows = []
-    for arch in archs:
-        out = score_sub_network(net, arch, data, "fidelity", calib_x)
-        zc = naswot(arch, images, cfg.seed)
-        combined = ((out["trained_score"] - cal["fidelity"]["mean"]) / cal["fidelity"]["std"]
-                    + (zc - cal["naswot"]["mean"]) / cal["naswot"]["std"])
-        rows.append({"arch_id": arch.arch_id, "supernet": round(combined, 6),
-                     "supernet_fidelity": round(out["trained_score"], 6),
-                     "supernet_accuracy": out["accuracy"],
-                     "cost_s": round(out["cost_s"], 4)})
     with open(out_dir / "scores.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -180,12 +168,80 @@ def score(cfg, args, out_dir: Path) -> None:
     }, indent=1))
 
 
-def report(out_dir: Path, overrides: list[str]) -> int:
-    truth = {}
+def the_48() -> list:
+    """The proxy benchmark's 48 architectures."""
+    from spaces.arch import Arch
+
+    return [Arch.from_json(json.dumps(a["arch"])) for a in json.loads(
+        (PROXY / "archs.json").read_text())["archs"]]
+
+
+def score_48(cfg, net, data, shape, images, key: str) -> tuple[list[dict], dict]:
+    """The 48 scored by the supernet ``net`` (the search's score, its fidelity and
+    accuracy), with the score scales calibrated for it."""
+    from search.proxies import SupernetProxy
+    from search.proxy import naswot
+    from search.supernet import score_sub_network
+
+    proxy = SupernetProxy(cfg)
+    proxy.data, proxy.net, proxy.shape, proxy.images = data, net, shape, images
+    proxy.supernet_key = key
+    cal = proxy.calibrate_scales()
+    calib_x = data.train_x[:cfg.proxy.supernet.calibration_images]
+    rows = []
+    for arch in the_48():
+        out = score_sub_network(net, arch, data, "fidelity", calib_x)
+        zc = naswot(arch, images, cfg.seed)
+        combined = ((out["trained_score"] - cal["fidelity"]["mean"]) / cal["fidelity"]["std"]
+                    + (zc - cal["naswot"]["mean"]) / cal["naswot"]["std"])
+        rows.append({"arch_id": arch.arch_id, "supernet": round(combined, 6),
+                     "supernet_fidelity": round(out["trained_score"], 6),
+                     "supernet_accuracy": out["accuracy"],
+                     "cost_s": round(out["cost_s"], 4)})
+    return rows, cal
+
+
+def ground_truth() -> dict[str, float]:
+    """Seed-0 test accuracy of the 48 after full training."""
     with open(PROXY / "ground_truth.csv") as f:
-        for r in csv.DictReader(f):
-            if r["seed"] == "0":
-                truth[r["arch_id"]] = float(r["test_accuracy"])
+        return {r["arch_id"]: float(r["test_accuracy"]) for r in csv.DictReader(f)
+                if r["seed"] == "0"}
+
+
+class Curve:
+    """``on_epoch`` of the training: the 48 scored after each epoch, a row of
+    ``curve.csv`` (epoch, seconds, Spearman and Kendall of each measure); rows of epochs
+    already in the file are kept (a resumed training)."""
+
+    MEASURES = ("supernet", "supernet_fidelity", "supernet_accuracy")
+
+    def __init__(self, cfg, path: Path, data, shape: dict, images) -> None:
+        self.cfg, self.path, self.began = cfg, path, time.time()
+        self.data, self.shape, self.images = data, shape, images
+        self.truth = ground_truth()
+
+    def __call__(self, epoch: int, net) -> None:
+        start = time.time()
+        rows, _ = score_48(self.cfg, net, self.data, self.shape, self.images, "curve")
+        row = {"epoch": epoch, "train_s": round(start - self.began, 1),
+               "score_s": round(time.time() - start, 1)}
+        for m in self.MEASURES:
+            stats = rank_stats([float(r[m]) for r in rows],
+                               [self.truth[r["arch_id"]] for r in rows])
+            row[f"{m}_spearman"], row[f"{m}_kendall"] = stats["spearman"], stats["kendall"]
+        row["mean_accuracy"] = round(statistics.mean(r["supernet_accuracy"] for r in rows), 4)
+        new = not self.path.is_file()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        print(f"curve: epoch {epoch}: " + ", ".join(f"{k} {v}" for k, v in row.items()),
+              flush=True)
+
+
+def report(out_dir: Path, overrides: list[str]) -> int:
+    truth = ground_truth()
     ours = {r["arch_id"]: r for r in csv.DictReader(open(out_dir / "scores.csv"))}
     others = {r["arch_id"]: r for r in csv.DictReader(open(PROXY / "scores.csv"))}
     cal = json.loads((PROXY / "calibration.json").read_text())

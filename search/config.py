@@ -6,7 +6,7 @@ stops here: entry points call :func:`load` and library code only sees these data
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -140,9 +140,21 @@ class SupernetConfig:
     # true: the sandwich rule, the smallest sub-network every step too (it ranked worse here:
     # docs/results/supernet.md)
     smallest: bool = False
+    # true: in-place distillation (BigNAS, Once-for-All): the sampled sub-networks learn from
+    # the largest's soft predictions of the same batch, the largest from the teacher's
+    inplace: bool = False
     calibration_images: int = 256  # training images that recalibrate a sub-network's norms
     # a trained supernet (its .safetensors, a manifest .json beside it); null: the cache's
     file: Optional[str] = None
+
+    def recipe(self) -> dict:
+        """What the trained weights depend on (not ``file``); settings added since the first
+        supernets shipped count only where they differ from their default, so the fingerprints
+        (and the studies) of supernets trained before them stay valid."""
+        out = {k: v for k, v in asdict(self).items() if k != "file"}
+        if not out["inplace"]:
+            del out["inplace"]
+        return out
 
 
 @dataclass

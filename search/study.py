@@ -50,6 +50,8 @@ def proxy_hash(cfg: Config) -> str:
         del settings["calibration_archs"]
     if settings["kind"] != "supernet":
         del settings["supernet"]
+    else:
+        settings["supernet"] = {**cfg.proxy.supernet.recipe(), "file": cfg.proxy.supernet.file}
     return stable_hash(settings)
 
 

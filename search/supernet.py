@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -55,7 +54,7 @@ def supernet_fingerprint(cfg: Config, data: ProxyData, shape: dict,
     fingerprint differs is never used). ``teacher``: the teacher's recipe (what it was
     trained from: the same on every machine); without it, a hash of its logits."""
     p = cfg.proxy
-    recipe = {k: v for k, v in asdict(p.supernet).items() if k != "file"}
+    recipe = p.supernet.recipe()
     recipe.update(train_images=len(data.train_y), temperature=p.temperature, alpha=p.alpha)
     return {"format": FORMAT, "version": SUPERNET_VERSION, "recipe": recipe,
             "space": cfg.space.identity(), "shape": shape, "bits": sorted(cfg.device.bits),
@@ -159,7 +158,8 @@ def elastic_dimensions(epoch: int, epochs: int) -> list[str]:
 
 def train_supernet(cfg: Config, data: ProxyData, shape: dict,
                    on_step: Optional[Callable[[int, int], None]] = None,
-                   device: str = "cpu", teacher: Optional[dict] = None, shards: int = 1
+                   device: str = "cpu", teacher: Optional[dict] = None, shards: int = 1,
+                   on_epoch: Optional[Callable[[int, SuperNet], None]] = None
                    ) -> tuple[SuperNet, Path]:
     """The supernet of this setup: ``proxy.supernet.file``, or the cache's, or the one that
     ships with the package (``search/supernets/``) where their fingerprint is this setup's;
@@ -172,7 +172,9 @@ def train_supernet(cfg: Config, data: ProxyData, shape: dict,
     the processes before each step, as ``DistributedDataParallel`` does (each part's batch
     norm sees its own images); process 0 writes the checkpoints and the result. ``shards``
     does the same within one process (the batch in that many parts, gradients averaged):
-    one process with ``shards=N`` trains what ``N`` processes do."""
+    one process with ``shards=N`` trains what ``N`` processes do. ``on_epoch(epoch, net)``
+    (process 0) after each epoch's checkpoint, the global random state restored after it
+    (a benchmark scores the weights as they train without changing what they become)."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file, save_file
 
@@ -235,10 +237,13 @@ def train_supernet(cfg: Config, data: ProxyData, shape: dict,
             for idx in mine:
                 xb, yb = to_float(x[idx]), y[idx]
                 tb = None if teacher is None else teacher[idx].float()
-                for arch in archs:
-                    loss = kd_loss(net.run(arch, xb), yb, tb, cfg.proxy.temperature,
-                                   cfg.proxy.alpha)
+                target = tb
+                for j, arch in enumerate(archs):
+                    logits = net.run(arch, xb)
+                    loss = kd_loss(logits, yb, target, cfg.proxy.temperature, cfg.proxy.alpha)
                     (loss / (len(archs) * len(parts))).backward()
+                    if j == 0 and sn.inplace:  # the largest teaches the others
+                        target = logits.detach()
             if world > 1:
                 _sum_gradients(net)
             opt.step()
@@ -246,6 +251,9 @@ def train_supernet(cfg: Config, data: ProxyData, shape: dict,
                 on_step(step + 1, total)
         if rank == 0:
             _save_checkpoint(folder, net, opt, epoch + 1, key, save_file)
+            if on_epoch is not None:
+                with torch.random.fork_rng(devices=[]):
+                    on_epoch(epoch + 1, net)
         _barrier(world)
     net.eval()
     if rank == 0:
