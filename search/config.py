@@ -299,6 +299,8 @@ class Config:
     cache_dir: str = ".cache/edgenas"  # teachers and calibrations, reused across studies
     select: str = "pareto"  # export: pareto | best | <trial number>
     out: Optional[str] = None  # export: its folder (default <out_dir>/export); report: its own
+    # score: the architectures to score (a folder of arch.json files, or a JSON-lines file)
+    archs: Optional[str] = None
     debug: bool = False  # true: show tracebacks
 
 

@@ -13,8 +13,8 @@ from typing import Any, Protocol, Sequence
 
 from spaces.arch import ACTIVATIONS, ALL_BITS, BLOCK_KINDS, KERNELS, Arch, Stage
 
-__all__ = ["RandomChoices", "sample_arch", "SpaceConfig", "SpaceError", "StageChoices",
-           "Suggester"]
+__all__ = ["arch_params", "outside_space", "RandomChoices", "sample_arch", "SpaceConfig",
+           "SpaceError", "StageChoices", "Suggester"]
 
 
 class SpaceError(ValueError):
@@ -210,3 +210,53 @@ def sample_arch(trial: Suggester, space: SpaceConfig, *, in_chans: int, input_si
         head_chs=pick("head_chs", space.head_chs), head_bits=pick("head_bits", bits),
         classifier_bits=pick("classifier_bits", bits),
     )
+
+
+def arch_params(arch: Arch) -> dict[str, Any]:
+    """The choices :func:`sample_arch` makes for ``arch``, by name (the parameters of the
+    Optuna trial that samples it)."""
+    params: dict[str, Any] = {"resolution": arch.resolution, "stem_chs": arch.stem_chs,
+                              "stem_bits": arch.stem_bits, "head_chs": arch.head_chs,
+                              "head_bits": arch.head_bits,
+                              "classifier_bits": arch.classifier_bits}
+    for i, st in enumerate(arch.stages):
+        params.update({f"s{i}_block": st.block, f"s{i}_depth": st.depth,
+                       f"s{i}_kernel": st.kernel, f"s{i}_se_ratio": st.se_ratio,
+                       f"s{i}_act": st.act, f"s{i}_out_chs": st.out_chs,
+                       f"s{i}_prune_ratio": st.prune_ratio})
+        if st.block == "ir":
+            params[f"s{i}_expansion"] = st.expansion
+        params.update({f"s{i}_b{b}_bits": bits for b, bits in enumerate(st.bits)})
+    return params
+
+
+class _Replay:
+    """Answers each choice with an architecture's own, noting those the space does not
+    offer."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params, self.outside = params, []
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        value = self.params.get(name, choices[0])
+        if value not in choices:
+            self.outside.append(f"{name}={value} (the space offers {list(choices)})")
+        return value
+
+
+def outside_space(arch: Arch, space: SpaceConfig, bits: Sequence[int]) -> list[str]:
+    """What makes ``arch`` an architecture the space (at these bit-widths) does not hold:
+    each choice it does not offer, or its number of stages or strides; empty when the space
+    holds it."""
+    if len(arch.stages) != len(space.stages):
+        return [f"{len(arch.stages)} stages (the space has {len(space.stages)})"]
+    replay = _Replay(arch_params(arch))
+    again = sample_arch(replay, space, in_chans=arch.in_chans, input_size=arch.input_size,
+                        num_classes=arch.num_classes, bits=bits)
+    problems = list(replay.outside)
+    problems += [f"stage {i} has stride {mine.stride} (the space: {theirs.stride})"
+                 for i, (mine, theirs) in enumerate(zip(arch.stages, again.stages))
+                 if mine.stride != theirs.stride]
+    if not problems and again != arch:
+        problems.append("it is not one the space samples")
+    return problems
