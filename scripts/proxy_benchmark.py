@@ -99,7 +99,8 @@ def column_settings(proxy) -> dict:
     """What a trained proxy's scores depend on: a stored column made with other settings is
     scored again (``scores.settings.json`` records them)."""
     settings = dataclasses.asdict(proxy)
-    for key in ("kind", "early_stop", "prefilter", "calibration_archs", "supernet", "rescore"):
+    for key in ("kind", "early_stop", "prefilter", "calibration_archs", "supernet", "rescore",
+                "promote"):
         settings.pop(key)
     return settings
 

@@ -103,6 +103,21 @@ class EarlyStopConfig:
     margin: float = 0.01  # score (accuracy or fidelity, 0.01 = 1 point) it must lose by
 
 
+@dataclass
+class PromoteConfig:
+    """Multi-fidelity during the search: the cheap proxy (``proxy=supernet`` or
+    ``zero_cost``) scores every trial, and the members of its Pareto front are promoted to the
+    distilled proxy while the search runs: each is run again as a new trial of the same
+    architecture, scored by ``to``, and takes the place of its cheap twin in the front, the
+    table and ``select=best``."""
+
+    to: Optional[str] = None  # distill: the proxy promoted trials are scored by; null: off
+    # the most of this run's trial time that promotions may take (0.5: as long as the cheap
+    # trials); a promotion starts whenever they have taken less
+    share: float = 0.5
+    after: int = 20  # complete cheap trials before the first promotion (a front to promote)
+
+
 ZERO_COST_SCORES = ("naswot", "synflow", "params")
 # What the distilled proxy reports as the study's accuracy objective: validation accuracy, or
 # fidelity to the teacher, exp(-KL(teacher || candidate)) on the validation images (in (0, 1],
@@ -187,6 +202,7 @@ class ProxyConfig:
     # searches, the better one ranks its front); recorded in the study, shown beside the
     # search's score, and what select=best exports by. null: off
     rescore: Optional[str] = None
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
 
 
 @dataclass
@@ -480,6 +496,17 @@ def validate(c: Config) -> None:
             0 <= sn.warmup_epochs < sn.epochs):
         problems.append("proxy.supernet: epochs, batch and calibration_images must be at "
                         "least 1, random_archs at least 0, warmup_epochs from 0 to epochs - 1")
+    if c.proxy.promote.to not in (None, "distill"):
+        problems.append(f"proxy.promote.to={c.proxy.promote.to!r} is not 'distill' or null")
+    elif c.proxy.promote.to == c.proxy.kind:
+        problems.append("proxy.promote.to=distill promotes the front of a cheaper proxy "
+                        "(proxy=supernet or proxy=zero_cost) to the distilled proxy; with "
+                        "proxy=distill every trial is scored by it already: drop it")
+    if not 0 < c.proxy.promote.share < 1:
+        problems.append(f"proxy.promote.share={c.proxy.promote.share} must be between 0 and 1 "
+                        "(the part of the trials' time promotions may take)")
+    if c.proxy.promote.after < 1:
+        problems.append(f"proxy.promote.after={c.proxy.promote.after} must be at least 1")
     if c.proxy.rescore not in (None, "distill"):
         problems.append(f"proxy.rescore={c.proxy.rescore!r} is not 'distill' or null")
     elif c.proxy.rescore == c.proxy.kind:

@@ -28,9 +28,13 @@ from spaces.arch import Arch
 from spaces.space import sample_arch
 
 __all__ = ["constraint_values", "costs", "DIRECTIONS", "early_stopper", "fastest_possible",
-           "Objective", "prefilter_reason"]
+           "FIDELITY", "Objective", "prefilter_reason", "PROMOTE_HASH", "PROMOTE_OF"]
 
 DIRECTIONS = {"accuracy": "maximize", **{name: "minimize" for name in BUDGETS}}
+FIDELITY = "fidelity"  # every trial's user attribute: the proxy whose score is its value
+# A promoted trial's (search.promote): the number of its cheap twin, and the hash of the
+# settings of the proxy that scores it
+PROMOTE_OF, PROMOTE_HASH = "promote_of", "promote_hash"
 
 
 def costs(arch: Arch, device_model: DeviceModel, finetune: FinetuneConfig | None = None
@@ -107,16 +111,18 @@ class Objective:
 
     ``proxy``: the accuracy proxy (:mod:`search.proxies`; by default the one ``proxy.kind``
     names, prepared by the caller). ``images``: a fixed minibatch (uint8, N C H W) of the
-    proxy's training images, for NASWOT.
+    proxy's training images, for NASWOT. ``promoted``: the proxy that scores promoted trials
+    (``proxy.promote``: :mod:`search.promote`), prepared by the caller.
     """
 
     def __init__(self, cfg: Config, in_chans: int, input_size: int, num_classes: int,
                  device_model: DeviceModel, proxy: Proxy | None,
-                 images: torch.Tensor) -> None:
+                 images: torch.Tensor, promoted: Proxy | None = None) -> None:
         self.cfg = cfg
         self.shape = dict(in_chans=in_chans, input_size=input_size, num_classes=num_classes)
         self.device_model = device_model
         self.proxy = proxy if proxy is not None else make_proxy(cfg)
+        self.promoted = promoted
         self.images = images
         self.cost_objectives = [o for o in cfg.search.objectives if o != "accuracy"]
 
@@ -151,6 +157,12 @@ class Objective:
 
         info = TrialInfo(scores, c, read_finished)
         proxy = self.proxy
+        if PROMOTE_OF in trial.user_attrs:
+            if self.promoted is None:
+                raise RuntimeError(f"trial {trial.number} promotes trial "
+                                   f"{trial.user_attrs[PROMOTE_OF]} but no promoted proxy "
+                                   "is prepared (proxy.promote.to)")
+            proxy = self.promoted
         if any(v > 0 for v in over.values()):
             result = {"score": proxy.floor(info), "accuracy": 0.0, "cost_s": 0.0}
             trial.set_user_attr("skipped", "over budget: " + ", ".join(
@@ -165,6 +177,7 @@ class Objective:
             result = proxy.score(arch, info)
         with batched_writes(trial):
             trial.set_user_attr("proxy", proxy.kind)
+            trial.set_user_attr(FIDELITY, proxy.kind)
             trial.set_user_attr("proxy_score_name", proxy.score_name())  # the objective's
             for key, value in result.items():
                 trial.set_user_attr(f"proxy_{key}", value)

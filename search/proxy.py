@@ -244,7 +244,7 @@ def calibrate(cfg: Config, data: ProxyData, images: torch.Tensor, shape: dict,
     p = cfg.proxy
     key_fields = {"proxy": {k: v for k, v in asdict(p).items()  # what the training uses
                             if k not in ("early_stop", "prefilter", "score", "supernet",
-                                         "rescore")},
+                                         "rescore", "promote")},
                   "space": cfg.space.identity(), "shape": shape, "bits": list(cfg.device.bits),
                   "seed": cfg.seed, "version": CALIBRATION_VERSION,
                   "data": tensor_hash(images),

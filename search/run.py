@@ -24,15 +24,18 @@ from search.config import BUDGETS, Config, redact
 from search.data import load_for
 from search.errors import UserError
 from search.objective import Objective, fastest_possible
+from search.promote import next_promotion, promote, promoted_config
 from search.proxies import make_proxy
 from search.storage import open_storage, storage_error
 from search.study import (
     SCORE_MEANING,
     FrontTracker,
     complete_trials,
+    fidelity,
     open_study,
     pareto_trials,
     proxy_accuracy,
+    proxy_hash,
     rescored,
     study_meta,
 )
@@ -92,6 +95,7 @@ def pareto_rows(study: optuna.Study) -> list[dict]:
             "latency_source": a["provenance"]["latency"]
             + ("*" if a["provenance"].get("extrapolated") else ""),
             "arch_id": a["arch_id"],
+            "fidelity": fidelity(t),  # the proxy whose score is proxy_score
         })
         if again:  # proxy.rescore: the distilled proxy's score of each member
             r = again.get(str(t.number), {})
@@ -112,7 +116,10 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
     trained = proxy.trains
     table = Table(title=f"Pareto-optimal trials of {study.study_name} ({cfg.device.name})")
     again = bool(rows) and "rescore_score" in rows[0]
-    columns = ["trial", *([] if name == "accuracy" else [name]),
+    # which proxy scored each row, where a search promotes (or its study holds several)
+    mixed = bool(cfg.proxy.promote.to) or len({r["fidelity"] for r in rows}) > 1
+    columns = ["trial", *(["fidelity", "score"] if mixed else
+                          [] if name == "accuracy" else [name]),
                *(["proxy acc"] if trained else []),
                *([f"{cfg.proxy.rescore} {cfg.proxy.score}"] if again else []),
                "latency ms", "energy mJ", "params",
@@ -121,12 +128,13 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
         table.add_column(col, justify="right" if col not in ("bit-widths", "latency from")
                          else "left")
     for r in rows:
-        acc = [] if name == "accuracy" else [f"{r['proxy_score']:.4f}"]
+        acc = [] if name == "accuracy" and not mixed else [f"{r['proxy_score']:.4f}"]
         if trained:
             acc.append("-" if r["proxy_accuracy"] is None else f"{100 * r['proxy_accuracy']:.2f}%")
         if again:
             acc.append("-" if r["rescore_score"] is None else f"{r['rescore_score']:.4f}")
-        table.add_row(str(r["trial"]), *acc, f"{r['latency_ms']:.3f}", f"{r['energy_mj']:.3f}",
+        table.add_row(str(r["trial"]), *([r["fidelity"]] if mixed else []), *acc,
+                      f"{r['latency_ms']:.3f}", f"{r['energy_mj']:.3f}",
                       f"{r['params']:,}", f"{r['macs']:,}", f"{r['size_kib']:.1f}",
                       *("-" if r[k] is None else f"{r[k]:,.0f}"
                         for k in ("peak_memory_kib", "train_memory_kib")),
@@ -139,6 +147,12 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
     console.print("peak KiB: activation memory of one inference (batch 1, the layers' "
                   f"precisions); train KiB: one fine-tuning step (update={cfg.finetune.update}, "
                   f"batch {cfg.finetune.batch}), python -m search.finetune.", highlight=False)
+    if mixed:
+        console.print(f"fidelity: the proxy whose {cfg.proxy.score} score the row holds "
+                      "(proxy.promote: an architecture promoted to a more trusted proxy "
+                      "appears with that score only; the others are placed on its scale); "
+                      "select=best exports the best row of the most trusted fidelity.",
+                      highlight=False)
     if again:
         console.print(f"{cfg.proxy.rescore} {cfg.proxy.score}: the front scored again by the "
                       "distilled proxy after the search (proxy.rescore); the rows and "
@@ -171,8 +185,10 @@ def run_search(cfg: Config) -> None:
             console.print(note, style="yellow", highlight=False, soft_wrap=True,
                           markup=False)
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
+    promoted = (make_proxy(promoted_config(cfg, cfg.proxy.promote.to))
+                if cfg.proxy.promote.to else None)
     objective = Objective(cfg, dataset.in_chans, dataset.size, dataset.num_classes,
-                          device_model, proxy, dataset.train_x[train_idx[:64]])
+                          device_model, proxy, dataset.train_x[train_idx[:64]], promoted)
     check_budgets(cfg, objective)
     storage = open_storage(cfg.storage.url, cfg.search.heartbeat_s, cfg.storage.retry_s)
     meta = study_meta(cfg, dataset.fingerprint(), device_model.hash)
@@ -189,6 +205,12 @@ def run_search(cfg: Config) -> None:
             console.print(f"resuming study {study.study_name}: {done} complete, running "
                           f"{remaining} more")
         proxy.prepare(dataset, study, objective.shape, objective.images, console)
+        if promoted is not None:
+            console.print(f"proxy.promote.to={cfg.proxy.promote.to}: the front of the "
+                          f"{cfg.proxy.kind} scores is promoted to the {promoted.kind} proxy "
+                          f"while the search runs (at most {cfg.proxy.promote.share:.0%} of "
+                          "the trials' time)", highlight=False)
+            promoted.prepare(dataset, None, objective.shape, objective.images, console)
         try:
             run_trials(cfg, study, objective, done, remaining)
         except (StorageInternalError, SQLAlchemyError) as exc:
@@ -206,15 +228,11 @@ def rescore_front(cfg: Config, study: optuna.Study, dataset, objective: Objectiv
     """``proxy.rescore=distill``: the front's members not yet re-scored with these settings
     scored by the distilled proxy (``proxy.score`` as the search's; its own calibration, not
     the study's), each recorded in the study as soon as it is scored."""
-    import copy
-
     from search.proxies import TrialInfo
     from search.study import RESCORED_ATTR, proxy_hash, rescored
     from spaces.arch import Arch
 
-    dcfg = copy.deepcopy(cfg)
-    dcfg.proxy.kind, dcfg.proxy.rescore = cfg.proxy.rescore, None
-    dcfg.proxy.early_stop.at, dcfg.proxy.prefilter.dominated_by = None, None
+    dcfg = promoted_config(cfg, cfg.proxy.rescore)
     key = proxy_hash(dcfg)
     done = rescored(study)
     todo = [t for t in pareto_trials(study)
@@ -256,6 +274,8 @@ def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int
     minutes = cfg.search.minutes
     deadline = None if minutes is None else time.time() + 60 * minutes
     label = score_name(cfg)
+    promote_key = (proxy_hash(promoted_config(cfg, cfg.proxy.promote.to))
+                   if cfg.proxy.promote.to else None)
     bar = tqdm(total=n_trials, initial=done, desc="trials", unit="trial")
     failures = []
     waiting_said = [False]
@@ -279,6 +299,11 @@ def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int
                 return
         trials = study.get_trials(deepcopy=False)
         bar.update(sum(t.state == TrialState.COMPLETE for t in trials) - bar.n)
+        if promote_key is not None:
+            p = cfg.proxy.promote
+            chosen = next_promotion(trials, study.directions, promote_key, p.share, p.after)
+            if chosen is not None:
+                promote(study, chosen, promote_key)
         front = tracker.update(trials)
         if front:
             best = front[0]

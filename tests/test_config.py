@@ -114,10 +114,18 @@ def test_the_proxy_hash_covers_every_setting_but_unused_ones():
     fidelity = scores[1]
     assert proxy_hash(fidelity) == stable_hash({k: v for k, v in asdict(fidelity.proxy).items()
                                           if k not in ("calibration_archs", "supernet",
-                                                       "rescore")})
-    # what happens after the search does not change what its trials scored
-    assert proxy_hash(make("+device=rpi4", "proxy=supernet", "proxy.rescore=distill")
+                                                       "rescore", "promote")})
+    # what happens after the search does not change what its trials scored, nor do
+    # promotions (each promoted trial records the settings of the proxy that scored it)
+    for extra in ("proxy.rescore=distill", "proxy.promote.to=distill"):
+        assert proxy_hash(make("+device=rpi4", "proxy=supernet", extra)
+                          ) == proxy_hash(make("+device=rpi4", "proxy=supernet"))
+    # settings the supernet gained later count only away from their default (the studies
+    # and supernets made before them keep their hashes)
+    assert proxy_hash(make("+device=rpi4", "proxy=supernet", "proxy.supernet.inplace=false")
                       ) == proxy_hash(make("+device=rpi4", "proxy=supernet"))
+    assert proxy_hash(make("+device=rpi4", "proxy=supernet", "proxy.supernet.inplace=true")
+                      ) != proxy_hash(make("+device=rpi4", "proxy=supernet"))
     # calibration_archs counts only for the score that uses it
     assert proxy_hash(make("+device=rpi4", "proxy.score=fidelity", "proxy.calibration_archs=4")
                       ) == proxy_hash(fidelity)
