@@ -95,33 +95,44 @@ def test_the_search_quality_benchmark_compares_trained_fronts_at_equal_time(tmp_
     import json
     from types import SimpleNamespace
 
-    from supernet_search_benchmark import ARMS, report, study_name
+    from supernet_search_benchmark import ARMS, add_training, read_trainings, report, study_name
 
     def member(arch_id, latency):
-        return SimpleNamespace(user_attrs={"arch_id": arch_id, "latency_ms": latency})
+        return {"arch_id": arch_id, "latency_ms": latency, "fidelity": "supernet"}
 
-    # test accuracy of each trained architecture; the supernet's fronts dominate random's
+    assert ARMS["default"] == [] and "proxy=distill" in ARMS["distill"]
+    # test accuracy of each trained architecture; the default's fronts dominate the others
     acc = {"a": 0.90, "b": 0.86, "c": 0.84, "d": 0.80, "e": 0.88}
-    fronts = {0: {"supernet": [member("a", 2.0), member("b", 1.0)],
-                  "default": [member("e", 2.0), member("d", 1.0)],
+    fronts = {0: {"default": [member("a", 2.0), member("b", 1.0)],
+                  "distill": [member("e", 2.0), member("d", 1.0)],
+                  "supernet": [member("e", 2.0), member("d", 1.0)],
                   "random": [member("c", 1.5)]},
-              1: {"supernet": [member("a", 2.0), member("c", 0.5)],
-                  "default": [member("a", 2.0)],
+              1: {"default": [member("a", 2.0), member("c", 0.5)],
+                  "distill": [member("a", 2.0)], "supernet": [member("a", 2.0)],
                   "random": [member("b", 2.0), member("d", 1.0)]}}
     front = {study_name("rpi4", arm, seed): fronts[seed][arm] for seed in fronts
              for arm in ARMS}
-    searches = {name: {"trials": 10} for name in front}
+    searches = {name: {"trials": 10, "front": front[name]} for name in front}
     args = SimpleNamespace(seeds=2, device="rpi4", minutes=1.0, out=str(tmp_path))
     report(args, searches, front, acc, {"recipe": {"epochs": 4}, "fingerprint": "f"})
     out = json.loads((tmp_path / "search.json").read_text())
-    assert out["targets"] == {"supernet_above_random_same_seed": 2, "of": 2,
-                              "supernet_median_above_default_median": True}
-    s0 = out["studies"][study_name("rpi4", "supernet", 0)]
+    assert out["targets"] == {"default_above_distill_same_seed": 2,
+                              "default_above_random_same_seed": 2, "of": 2}
+    s0 = out["studies"][study_name("rpi4", "default", 0)]
     assert s0["front"] == 2 and s0["front_test_accuracy"] == [0.86, 0.9]
     # one reference for all: accuracy 0.80..0.90 and latency up to 2.0 ms, both scaled; b
     # scales to (0.6, 0.5) and covers 0.6 x (1 - 0.5); a, at the slowest latency, adds nothing
     assert s0["hypervolume"] == pytest.approx(0.3, abs=1e-4)
-    assert "| supernet | 0 | 10 | 2 |" in (tmp_path / "search.md").read_text()
+    assert "| default | 0 | 10 | 2 |" in (tmp_path / "search.md").read_text()
+    # measured trainings are kept per recipe, one row per architecture
+    path = tmp_path / "trainings.csv"
+    for arch_id, value in (("a", 0.5), ("b", 0.6), ("a", 0.7)):
+        add_training(path, {"arch_id": arch_id, "fingerprint": "f", "test_accuracy": value,
+                            "seconds": 1.0, "device": "cpu"})
+    add_training(path, {"arch_id": "a", "fingerprint": "g", "test_accuracy": 0.1,
+                        "seconds": 1.0, "device": "cpu"})
+    assert read_trainings(path, "f") == {"a": 0.7, "b": 0.6}
+    assert read_trainings(path, "g") == {"a": 0.1}
 
 
 # Modules the training machine of scripts/report_training.py need not have (a GPU box with
