@@ -115,14 +115,86 @@ def main(argv: list[str]) -> int:
                         help="copy the trained supernet into the package (search/supernets/)")
     parser.add_argument("--curve", action="store_true",
                         help="score the 48 after every epoch of training (curve.csv)")
+    parser.add_argument("--inherit", default="",
+                        help="weight inheritance: steps of distillation from the supernet's "
+                        "weights before scoring, e.g. 0,30,100 (inherit/ in --out)")
     parser.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     args = parser.parse_args(argv)
     cfg = compose(args.overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.inherit:
+        return inherit(cfg, args, out / "inherit",
+                       [int(s) for s in args.inherit.split(",")])
     if not args.report:
         score(cfg, args, out)
     return report(out, args.overrides)
+
+
+def inherit(cfg, args, out_dir: Path, steps_list: list[int], lr: float = 0.01,
+            n_val: int = 2000) -> int:
+    """Weight inheritance as a cheap score: each of the 48 starts from its sub-network's
+    weights (batch norm recalibrated), trains ``steps`` steps of the distilled proxy's
+    training (batch 64, pruned widths from the start, fake-quantized at its bits), and is
+    scored on ``n_val`` validation images (fidelity and accuracy); 0 steps: the sub-network
+    as the supernet scores it, float weights. Writes ``scores.csv`` and ``report.md``."""
+    import torch
+
+    from search.data import to_float
+    from search.proxy import ProxyData, proxy_score, train_candidate, validation_measures
+    from search.train import Recipe, predict_logits
+    from spaces.quant import attach_fake_quant
+
+    data, _, net, *_ = prepared(cfg, args.device)
+    calib = data.train_x[:cfg.proxy.supernet.calibration_images]
+    val = ProxyData(None, None, None, data.val_x[:n_val], data.val_y[:n_val],
+                    data.val_teacher[:n_val])
+    rows = []
+    for arch in the_48():
+        row = {"arch_id": arch.arch_id}
+        weights = net.recalibrate(arch, [to_float(calib[i:i + 128])
+                                         for i in range(0, len(calib), 128)], quantize=False)
+        start_state = {k: v.detach().clone() for k, v in weights.items()}
+        for steps in steps_list:
+            began = time.time()
+            if steps == 0:
+                model = net.extract(arch, weights)
+                if any(b < 32 for b in arch.bits):
+                    attach_fake_quant(model, arch)
+            else:
+                recipe = Recipe(epochs=steps * 64 / len(data.train_y), batch=64, lr=lr,
+                                temperature=cfg.proxy.temperature, alpha=cfg.proxy.alpha)
+                model = train_candidate(arch, data.train_x, data.train_y, data.train_teacher,
+                                        recipe, seed=cfg.seed, prune_at=0.0, start=start_state)
+            with torch.no_grad():
+                m = validation_measures(predict_logits(model.eval(), val.val_x), val)
+            row.update({f"fidelity_{steps}": round(proxy_score(m, "fidelity"), 6),
+                        f"accuracy_{steps}": m["accuracy"],
+                        f"seconds_{steps}": round(time.time() - began, 2)})
+        rows.append(row)
+        print(row, flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "scores.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    truth = ground_truth()
+    lines = [f"Weight inheritance (`python scripts/supernet_benchmark.py --inherit "
+             f"{args.inherit}`): each of the 48 from its sub-network's weights, trained a few "
+             f"steps (lr {lr}, batch 64), scored on {n_val} validation images; "
+             f"{torch.get_num_threads()} thread(s), seconds as measured here (other jobs may "
+             "share the cores).", "",
+             "| steps | Spearman: fidelity | accuracy | median s |", "|---|---|---|---|"]
+    for steps in steps_list:
+        sp = {k: rank_stats([r[f"{k}_{steps}"] for r in rows],
+                            [truth[r["arch_id"]] for r in rows])["spearman"]
+              for k in ("fidelity", "accuracy")}
+        median = statistics.median(r[f"seconds_{steps}"] for r in rows)
+        lines.append(f"| {steps} | {sp['fidelity']} | {sp['accuracy']} | {median:.2f} |")
+    text = "\n".join(lines) + "\n"
+    (out_dir / "report.md").write_text(text)
+    print(text)
+    return 0
 
 
 def score(cfg, args, out_dir: Path) -> None:
