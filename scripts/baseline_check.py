@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
         cfg = load(compose(config_name="config", overrides=["+device=rpi4", *args.overrides]))
     if args.changes is not None:
         baselines.RECIPE_CHANGES[args.name] = json.loads(args.changes)
-    torch.set_num_threads(cfg.search.threads)
+    torch.set_num_threads(cfg.search.thread_count())
     dataset = load_dataset(cfg.data, cfg.seed)
     teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
                            cfg.seed)
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
     seconds = time.time() - start
     acc = accuracy(predict_logits(model, dataset.test_x), dataset.test_y)
     record = {"baseline": args.name, "test_accuracy": round(acc, 4),
-              "seconds": round(seconds, 1), "device": device, "threads": cfg.search.threads,
+              "seconds": round(seconds, 1), "device": device, "threads": torch.get_num_threads(),
               "recipe": baselines.baseline_recipe(args.name, export_recipe).__dict__,
               "changes": baselines.RECIPE_CHANGES.get(args.name),
               "overrides": args.overrides, "date": time.strftime("%Y-%m-%d")}

@@ -113,7 +113,7 @@ def score_all(limit: int | None) -> None:
     from spaces.arch import Arch
 
     cfg = load_cfg()
-    torch.set_num_threads(cfg.search.threads)
+    torch.set_num_threads(cfg.search.thread_count())
     # the default training scored by fidelity, the trained part of the default score
     # (fidelity+naswot is summed from the stored columns in the report)
     cfg = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, score="fidelity"))
@@ -182,7 +182,7 @@ def calibration() -> dict:
     from search.proxy import calibrate, prepare_proxy_data
 
     cfg = load_cfg()
-    torch.set_num_threads(cfg.search.threads)
+    torch.set_num_threads(cfg.search.thread_count())
     dataset, teacher = load_dataset_and_teacher(cfg)
     data = prepare_proxy_data(cfg, dataset, teacher)
     shape = dict(in_chans=dataset.in_chans, input_size=dataset.size,
@@ -267,7 +267,7 @@ def measure_cost(n: int) -> str:
     from spaces.arch import Arch
 
     cfg = load_cfg()
-    torch.set_num_threads(cfg.search.threads)
+    torch.set_num_threads(cfg.search.thread_count())
     data = prepare_proxy_data(cfg, *load_dataset_and_teacher(cfg))
     rows = []
     for entry in spread(load_archs(), n):
@@ -283,7 +283,7 @@ def measure_cost(n: int) -> str:
         w.writeheader()
         w.writerows(rows)
     secs = sorted(r["seconds"] for r in rows)
-    return (f"default proxy cost, {cfg.search.threads} threads, {len(rows)} architectures "
+    return (f"default proxy cost, {torch.get_num_threads()} threads, {len(rows)} architectures "
             f"spread over the latency range: median {secs[len(secs) // 2]:.1f} s, "
             f"min {secs[0]:.1f} s, max {secs[-1]:.1f} s")
 

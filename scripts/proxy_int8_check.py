@@ -53,7 +53,7 @@ def main() -> None:
     from spaces.quant import detach_fake_quant
 
     cfg = load_cfg()
-    torch.set_num_threads(cfg.search.threads)
+    torch.set_num_threads(cfg.search.thread_count())
     data = prepare_proxy_data(cfg, *load_dataset_and_teacher(cfg))
     recipe = proxy_recipe(cfg.proxy)
     calib = to_float(data.train_x[:cfg.export.calibration_images]).numpy()

@@ -73,7 +73,7 @@ def prepared(cfg, device: str, curve: Path | None = None) -> Prepared:
     from search.supernet import train_supernet
     from search.teacher import TeacherCache
 
-    torch.set_num_threads(cfg.search.threads)
+    torch.set_num_threads(cfg.search.thread_count())
     dataset = load_dataset(cfg.data, cfg.seed)
     teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,
                            cfg.seed)
@@ -198,6 +198,8 @@ def inherit(cfg, args, out_dir: Path, steps_list: list[int], lr: float = 0.01,
 
 
 def score(cfg, args, out_dir: Path) -> None:
+    import torch
+
     from search.proxy import naswot
     from search.supernet import score_sub_network
     from spaces.space import RandomChoices, sample_arch
@@ -232,7 +234,7 @@ def score(cfg, args, out_dir: Path) -> None:
     (out_dir / "run.json").write_text(json.dumps({
         "supernet": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
         "training_seconds": manifest["seconds"], "training_device": manifest["device"],
-        "epochs": manifest["epochs"], "threads": cfg.search.threads,
+        "epochs": manifest["epochs"], "threads": torch.get_num_threads(),
         "calibration": {k: cal[k] for k in ("fidelity", "naswot", "archs")},
         "trial_cost_s": {"n": len(costs), "median": round(statistics.median(costs), 3),
                          "p10": round(costs[len(costs) // 10], 3),

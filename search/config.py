@@ -227,7 +227,9 @@ class SearchConfig:
     # null: no limit (search.n_trials alone ends the run). E.g. search.minutes=30
     # search.n_trials=100000 for as many trials as fit in half an hour.
     minutes: Optional[float] = None
-    threads: int = 2  # torch threads for the proxy's training
+    # torch threads for the proxy's training; null: the cores other programs leave free,
+    # chosen again before every trial (a shared machine stays fast)
+    threads: Optional[int] = None
     # accuracy plus any of latency_ms, energy_mj, size_kib, peak_memory_kib, train_memory_kib
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency_ms"])
     population: int = 10  # NSGA-II population size
@@ -236,6 +238,12 @@ class SearchConfig:
     # The sampler's own seed (null: seed), to repeat a search with other proposals on the
     # same data split, teacher and proxy training.
     sampler_seed: Optional[int] = None
+
+    def thread_count(self) -> int:
+        """Threads for work that starts now: ``threads``, or chosen from the free cores."""
+        from spaces.threads import ThreadChooser
+
+        return ThreadChooser(self.threads).choose()
 
     def torch_device(self) -> str:
         import torch
@@ -466,8 +474,9 @@ def validate(c: Config) -> None:
             problems.append("search.device=cuda but torch sees no CUDA GPU here (torch "
                             f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
                             "use search.device=auto or cpu, or install a CUDA build of torch")
-    if c.search.threads < 1:
-        problems.append(f"search.threads={c.search.threads} must be at least 1")
+    if c.search.threads is not None and c.search.threads < 1:
+        problems.append(f"search.threads={c.search.threads} must be at least 1 (or null: "
+                        "chosen from the free cores)")
     bad = [o for o in c.search.objectives if o not in OBJECTIVES]
     if bad or not c.search.objectives or "accuracy" not in c.search.objectives:
         problems.append(f"search.objectives={c.search.objectives} must include 'accuracy' and "

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Callable
 
-__all__ = ["debug_enabled", "guarded", "interrupted", "report_and_exit",
+__all__ = ["debug_enabled", "guarded", "Interrupted", "interrupted", "report_and_exit",
            "silence_library_warnings", "UserError"]
 
 
@@ -54,8 +54,8 @@ def guarded(fn: Callable[[], object]) -> object:
     except (UserError, DeviceModelError, UnknownOpError, MeasurementError, ArchError,
             SpaceError) as exc:
         report_and_exit(exc)
-    except KeyboardInterrupt:
-        interrupted()
+    except KeyboardInterrupt as exc:
+        interrupted(exc)
     except Exception as exc:
         # Ctrl-C landing inside a library's clean-up can surface as another exception
         # raised while handling the KeyboardInterrupt.
@@ -64,9 +64,16 @@ def guarded(fn: Callable[[], object]) -> object:
         raise
 
 
-def interrupted() -> None:
-    print("interrupted: the study keeps every finished trial; run the same command to "
-          "resume", file=sys.stderr)
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, with the line that says what was interrupted and how to resume."""
+
+
+def interrupted(exc: BaseException | None = None) -> None:
+    if isinstance(exc, Interrupted):
+        print(str(exc), file=sys.stderr)
+    else:
+        print("interrupted: the study keeps every finished trial; run the same command to "
+              "resume", file=sys.stderr)
     sys.exit(130)
 
 

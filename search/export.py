@@ -361,7 +361,7 @@ def load_study(cfg: Config) -> optuna.Study:
 
 
 def run_export(cfg: Config) -> None:
-    torch.set_num_threads(cfg.search.threads)
+    torch.set_num_threads(cfg.search.thread_count())
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own messages say what failed
     study = load_study(cfg)
     trials = select_trials(cfg, study)

@@ -483,7 +483,7 @@ def run_report(cfg: Config) -> dict:
         raise UserError("say where the report goes: python -m search.report out=DIR")
     out = Path(cfg.out)
     exports = Path(cfg.report.exports or Path(cfg.out_dir) / "export")
-    torch.set_num_threads(cfg.search.threads)
+    torch.set_num_threads(cfg.search.thread_count())
     start = time.time()
     dataset = load_for(cfg)
     teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,

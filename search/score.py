@@ -109,7 +109,7 @@ def score_archs(cfg: Config, archs: list[tuple[str, Arch]], progress: bool = Fal
     from search.proxy import zero_cost_scores
 
     console = Console(stderr=True)
-    torch.set_num_threads(cfg.search.threads)
+    torch.set_num_threads(cfg.search.thread_count())
     dataset = load_for(cfg)
     shape = dict(in_chans=dataset.in_chans, input_size=dataset.size,
                  num_classes=dataset.num_classes)

@@ -48,7 +48,7 @@ def main(dc: DictConfig) -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     rank = dist.get_rank() if world > 1 else 0
-    torch.set_num_threads(cfg.search.threads)
+    torch.set_num_threads(cfg.search.thread_count())
     try:
         dataset = load_for(cfg)
         teacher = TeacherCache(cfg.proxy.teacher, dataset, cfg.cache_dir, cfg.data.val_images,

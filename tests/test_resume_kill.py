@@ -5,6 +5,7 @@ import signal
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import run_cli, search_args, start_cli
@@ -53,30 +54,47 @@ def test_kill_9_mid_trial_then_resume_reruns_it(tmp_path):
     assert len(retried) == 1 and retried[0].params == killed.params
 
 
-def test_ctrl_c_stops_cleanly_and_keeps_the_study(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_end_alike_and_the_trial_runs_again(tmp_path, sig):
+    """Ctrl-C and SIGTERM end the search the same way: one line that names the interrupted
+    trial and the command that resumes; the trial is queued again and runs on resume."""
     args = search_args(tmp_path, "proxy=distill", "proxy.train_images=512",
                        "proxy.val_images=64", "proxy.epochs=12", "proxy.teacher.epochs=1",
-                       "proxy.score=fidelity", "search.n_trials=4")
+                       "proxy.score=fidelity", "search.n_trials=3")
     storage = f"sqlite:///{tmp_path}/study.db"
     proc = start_cli(args, capture=True)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
+        deadline, running = time.time() + 240, None
+        while time.time() < deadline and running is None:
             time.sleep(0.5)
             assert proc.poll() is None, "the search finished before it could be interrupted"
             try:
                 trials = optuna.load_study(study_name=NAME, storage=storage).trials
             except KeyError:
                 continue
-            if any(t.state == TrialState.COMPLETE for t in trials) and \
-                    any(t.state == TrialState.RUNNING for t in trials):
-                break
-        proc.send_signal(signal.SIGINT)
+            if any(t.state == TrialState.COMPLETE for t in trials):
+                running = next((t.number for t in trials if t.state == TrialState.RUNNING
+                                and "arch_json" in t.user_attrs), None)
+        assert running is not None
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err[-3000:]
-    assert "interrupted" in err and "resume" in err and "Traceback" not in err
-    states = [t.state for t in optuna.load_study(study_name=NAME, storage=storage).trials]
-    assert TrialState.RUNNING not in states and TrialState.COMPLETE in states
+    lines = [line for line in err.splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert f"trial {running} was running and runs again first" in lines[0]
+    assert "Resume with: " in lines[0] and "-m search" in lines[0]
+    study = optuna.load_study(study_name=NAME, storage=storage)
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states and TrialState.WAITING in states
+    assert study.trials[running].state == TrialState.FAIL
+
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name=NAME, storage=storage)
+    again = [t for t in study.trials if t.system_attrs.get("failed_trial") == running]
+    assert len(again) == 1 and again[0].state == TrialState.COMPLETE
+    assert again[0].params == study.trials[running].params
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3
