@@ -71,7 +71,8 @@ def load(storage: str, name: str):
 
 def scored_trials(storage: str, name: str) -> list:
     """The study's finished feasible trials (the ones the proxy scored)."""
-    from search.study import complete_trials, feasible
+    from search.pareto import feasible
+    from search.study import complete_trials
 
     return [t for t in complete_trials(load(storage, name)) if feasible(t)]
 
@@ -133,7 +134,7 @@ def normalized_volumes(points: dict) -> dict:
     points span together, from their common nadir (the lowest score and the largest latency
     seen): a check that the comparison does not hinge on the reference point (from score 0,
     the area is mostly the fastest trial's latency times its score)."""
-    from search.report import hypervolume
+    from search.pareto import hypervolume
 
     every = [p for pts in points.values() for p in pts]
     lo, hi = min(a for a, _ in every), max(a for a, _ in every)
@@ -255,7 +256,7 @@ def main() -> None:
 def run_hypervolume(args, samplers: list[str], storage: str, main_study: str, search,
                     times: dict, results: Path) -> None:
     """Step 3: the remaining searches, their hypervolumes, ``hypervolume.json``."""
-    from search.report import hypervolume
+    from search.pareto import hypervolume
     from search.study import proxy_score_name
 
     # Seed by seed (NSGA-II's first generation and TPE's start-up trials are random search

@@ -196,9 +196,10 @@ def zscore(x: list[float]):
 
 def front(points: dict[str, tuple[float, float]]) -> set[str]:
     """Ids not dominated in (higher accuracy, lower latency)."""
-    return {a for a, (acc, lat) in points.items()
-            if not any(acc2 >= acc and lat2 <= lat and (acc2, lat2) != (acc, lat)
-                       for acc2, lat2 in points.values())}
+    from search.pareto import nondominated
+
+    ids = list(points)
+    return {ids[i] for i in nondominated([points[a] for a in ids], [1.0, -1.0])}
 
 
 def score_value(row: dict, score: str) -> float:

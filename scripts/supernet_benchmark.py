@@ -62,10 +62,13 @@ class Prepared(NamedTuple):
     teacher: Any  # its TeacherCache
 
 
-def prepared(cfg, device: str, curve: Path | None = None) -> Prepared:
+def prepared(cfg, device: str, curve: Path | None = None, keep: Path | None = None
+             ) -> Prepared:
     """The search's proxy data (teacher logits included) and the trained supernet, with the
     dataset and teacher they come from; ``curve``: a CSV that gets the 48's rank statistics
-    after every epoch of a training (:class:`Curve`)."""
+    after every epoch of a training (:class:`Curve`); ``keep``: a folder that holds a copy of
+    the training's last checkpoint (:func:`kept_checkpoint`), so that a long training goes
+    on from it on another machine or after the cache is lost."""
     import torch
 
     from search.data import load_dataset
@@ -92,10 +95,53 @@ def prepared(cfg, device: str, curve: Path | None = None) -> Prepared:
     train_idx, _ = dataset.split(cfg.data.val_images, cfg.seed)
     images = dataset.train_x[train_idx[:64]]
     on_epoch = None if curve is None else Curve(cfg, curve, data, shape, images)
+    if keep is not None:
+        on_epoch = kept_checkpoint(cfg, data, shape, teacher.recipe, keep, on_epoch)
     net, path = train_supernet(cfg, data, shape, on_step=on_step, device=device,
                                teacher=teacher.recipe, on_epoch=on_epoch)
     manifest = json.loads(path.with_name("manifest.json").read_text())
     return Prepared(data, shape, net, path, manifest, images, dataset, teacher)
+
+
+def kept_checkpoint(cfg, data, shape: dict, teacher: dict, keep: Path, then=None):
+    """Before the training: the checkpoint in ``keep`` copied into the cache where it is
+    further on than the cache's (or the cache has none) and the supernet is not finished.
+    Returns the ``on_epoch`` that copies each new checkpoint into ``keep`` (then calls
+    ``then``)."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from search.study import stable_hash
+    from search.supernet import supernet_fingerprint
+
+    key = stable_hash(supernet_fingerprint(cfg, data, shape, teacher))
+    cache = Path(cfg.cache_dir) / "supernet" / f"{cfg.space.name}-{key}"
+
+    def epoch_of(path: Path) -> int:
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            return int(meta["epoch"]) if meta.get("fingerprint_hash") == key else -1
+        except Exception:  # missing or unreadable: nothing to go on from
+            return -1
+
+    kept = keep / "checkpoint.safetensors"
+    if not (cache / "supernet.safetensors").is_file() and \
+            epoch_of(kept) > epoch_of(cache / "checkpoint.safetensors"):
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kept, cache / ".checkpoint.tmp")
+        (cache / ".checkpoint.tmp").rename(cache / "checkpoint.safetensors")
+        print(f"supernet: going on from {kept} (epoch {epoch_of(kept)})", flush=True)
+
+    def on_epoch(epoch: int, net) -> None:
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cache / "checkpoint.safetensors", keep / ".checkpoint.tmp")
+        (keep / ".checkpoint.tmp").rename(kept)
+        if then is not None:
+            then(epoch, net)
+
+    return on_epoch
 
 
 def rank_stats(pred: list[float], truth: list[float]) -> dict:
@@ -115,6 +161,9 @@ def main(argv: list[str]) -> int:
                         help="copy the trained supernet into the package (search/supernets/)")
     parser.add_argument("--curve", action="store_true",
                         help="score the 48 after every epoch of training (curve.csv)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the training's last checkpoint in --out (it goes on from "
+                        "there on another machine)")
     parser.add_argument("--inherit", default="",
                         help="weight inheritance: steps of distillation from the supernet's "
                         "weights before scoring, e.g. 0,30,100 (inherit/ in --out)")
@@ -205,7 +254,8 @@ def score(cfg, args, out_dir: Path) -> None:
     from spaces.space import RandomChoices, sample_arch
 
     data, shape, net, path, manifest, images, _, _ = prepared(
-        cfg, args.device, out_dir / "curve.csv" if args.curve else None)
+        cfg, args.device, out_dir / "curve.csv" if args.curve else None,
+        out_dir if args.keep else None)
     if args.ship:
         import shutil
 

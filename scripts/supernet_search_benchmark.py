@@ -116,7 +116,8 @@ def front_of(storage: str, name: str) -> list[dict]:
     trusted first), what the benchmark needs of each member."""
     import optuna
 
-    from search.study import fidelity, pareto_trials
+    from search.pareto import fidelity
+    from search.study import pareto_trials
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     return [{"trial": t.number, "arch_id": t.user_attrs["arch_id"],

@@ -28,12 +28,12 @@ from search.config import Config, load, redact
 from search.data import Dataset, load_for, to_float
 from search.edge_memory import card_section, memory_record
 from search.errors import UserError
+from search.pareto import feasible
 from search.run import load_device_model
 from search.storage import open_storage
 from search.study import (
     SCORE_MEANING,
     complete_trials,
-    feasible,
     pareto_trials,
     proxy_accuracy,
     proxy_score_name,

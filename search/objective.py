@@ -34,7 +34,8 @@ DIRECTIONS = {"accuracy": "maximize", **{name: "minimize" for name in BUDGETS}}
 FIDELITY = "fidelity"  # every trial's user attribute: the proxy whose score is its value
 # A promoted trial's (search.promote): the number of its cheap twin, and the hash of the
 # settings of the proxy that scores it
-PROMOTE_OF, PROMOTE_HASH = "promote_of", "promote_hash"
+PROMOTE_OF = "promote_of"
+PROMOTE_HASH = "promote_hash"
 
 
 def costs(arch: Arch, device_model: DeviceModel, finetune: FinetuneConfig | None = None

@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import Config
 from search.objective import PROMOTE_HASH, PROMOTE_OF
-from search.study import FrontTracker
+from search.pareto import FrontTracker
 
 __all__ = ["next_promotion", "PROMOTE_HASH", "PROMOTE_OF", "promote", "promoted_config",
            "trial_seconds"]

@@ -32,11 +32,12 @@ from latency_models.features import CONV_KINDS
 from search.cli import HydraCommand
 from search.config import BASELINES, CONF_DIR, Config, load
 from search.errors import UserError
+from search.pareto import front_2d
 from spaces.files import write_bytes, write_text
 
 __all__ = ["baseline_models", "beaten_words", "CHANCE_MARGIN", "COMMAND", "DEFAULT_DEVICE",
-           "dominance", "each_with_progress", "entry", "found_models", "front", "GAIN_POINTS",
-           "hypervolume", "LATENCIES", "main", "markdown", "minor_log_label", "modelled_words",
+           "dominance", "each_with_progress", "entry", "found_models", "GAIN_POINTS",
+           "LATENCIES", "main", "markdown", "minor_log_label", "modelled_words",
            "plot_html", "plot_png", "PRECISIONS", "recorded", "run_report", "score", "SPEEDUP",
            "summary", "trained_where", "with_default_device"]
 
@@ -196,29 +197,6 @@ def score(cfg: Config, models: list[dict], dataset) -> dict:
             "test_images": len(dataset.test_y), "dataset": cfg.data.name}
 
 
-def front(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
-    """The (latency, accuracy, name) points no other point beats on both, by latency."""
-    best, out = -1.0, []
-    for lat, acc, name in sorted(points, key=lambda p: (p[0], -p[1])):
-        if acc > best:
-            out.append((lat, acc, name))
-            best = acc
-    return out
-
-
-def hypervolume(points: list[tuple[float, float]], ref_latency: float,
-                ref_score: float = 0.0) -> float:
-    """Area dominated by (accuracy up, latency down) points, from (``ref_score``,
-    ``ref_latency``); ``ref_score`` below 0 for scores that can be negative (fidelity+naswot's
-    standardized sum)."""
-    area, best = 0.0, ref_score
-    for lat, acc in sorted((lat, acc) for acc, lat in points if lat <= ref_latency):
-        if acc > best:  # a new step: from this latency to the reference, up to acc
-            area += (acc - best) * (ref_latency - lat)
-            best = acc
-    return area
-
-
 def dominance(models: list[dict], chance: float = 0.0) -> list[dict]:
     """Per baseline, precision and latency: the found models' best accuracy gain at no more
     latency and best speed-up at no less accuracy, and whether either meets the target.
@@ -368,7 +346,7 @@ def plot_png(report: dict, path: Path) -> None:
         if pts["found"]:
             x, y, _ = zip(*pts["found"])
             ax.scatter(x, y, c="tab:blue", s=28, label="found (edgenas)", zorder=3)
-            fx, fy, _ = zip(*front(pts["found"]))
+            fy, fx, _ = zip(*front_2d([(a, lat, n) for lat, a, n in pts["found"]]))
             ax.step(fx, fy, where="post", c="tab:blue", lw=1, alpha=0.7, label="found: front")
         shown = [p for p in pts["baseline"] if p[1] >= floor]
         low = [p for p in pts["baseline"] if p[1] < floor]
@@ -438,7 +416,7 @@ def plot_html(report: dict, path: Path, plotly_js: str) -> None:
                 showlegend=i == 0, hovertext=[hover(n) for n in names], hoverinfo="text"),
                 row=row + 1, col=col + 1)
         if pts["found"]:
-            fx, fy, _ = zip(*front(pts["found"]))
+            fy, fx, _ = zip(*front_2d([(a, lat, n) for lat, a, n in pts["found"]]))
             fig.add_trace(go.Scatter(x=fx, y=fy, mode="lines", line={"shape": "hv",
                                                                      "color": "#1f77b4"},
                                      name="found: front", legendgroup="front",

@@ -20,11 +20,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.config import COMBINED_SCORE, PROXY_SCORES, Config
 from search.errors import UserError
-from search.objective import DIRECTIONS, FIDELITY
+from search.objective import DIRECTIONS
+from search.pareto import fidelity_rank, trusted_front
 from search.storage import storage_error
 
-__all__ = ["complete_trials", "feasible", "FIDELITY", "fidelity", "fidelity_rank",
-           "FrontTracker", "make_sampler", "open_study", "trusted_front", "trusted_values",
+__all__ = ["complete_trials", "make_sampler", "open_study",
            "pareto_trials", "proxy_accuracy", "proxy_hash", "proxy_score_name",
            "RESCORED_ATTR", "rescored", "score_hint",
            "SCORE_MEANING", "SETUP_WAIT_S", "stable_hash", "STUDY_FORMAT", "study_meta",
@@ -272,35 +272,12 @@ def proxy_score_name(trial: FrozenTrial) -> str:
     return trial.user_attrs.get("proxy_score_name", "accuracy")
 
 
-# The proxies from the cheapest to the most trusted (how well each ranks full training).
-FIDELITY_ORDER = ("zero_cost", "supernet", "distill")
-
-
-def fidelity(trial: FrozenTrial) -> str:
-    """The proxy whose score is the trial's value (trials from before promotions existed
-    recorded only ``proxy``)."""
-    return str(trial.user_attrs.get(FIDELITY, trial.user_attrs.get("proxy", "")))
-
-
-def fidelity_rank(trial: FrozenTrial) -> int:
-    """How far the trial's fidelity is trusted: higher is better; -1 unknown."""
-    kind = fidelity(trial)
-    return FIDELITY_ORDER.index(kind) if kind in FIDELITY_ORDER else -1
-
-
-def feasible(trial: FrozenTrial) -> bool:
-    constraints = trial.system_attrs.get("constraints")
-    if constraints is None:
-        constraints = [v for k, v in trial.system_attrs.items() if k.startswith("constraints:")]
-    return all(v <= 0 for v in constraints) and "skipped" not in trial.user_attrs
-
-
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Complete, feasible trials that no other such trial dominates (by
-    :func:`trusted_values` where architectures were promoted to a more trusted proxy), the
-    most trusted fidelity first (``proxy.promote``), then by accuracy (by the re-scored
-    accuracy where ``proxy.rescore`` scored the front again: see :func:`rescored`):
-    ``select=best`` exports the first."""
+    :func:`search.pareto.trusted_values` where architectures were promoted to a more
+    trusted proxy), the most trusted fidelity first (``proxy.promote``), then by accuracy (by
+    the re-scored accuracy where ``proxy.rescore`` scored the front again: see
+    :func:`rescored`): ``select=best`` exports the first."""
     front = trusted_front(complete_trials(study), study.directions)
     again = rescored(study)
     if front and all(str(t.number) in again for t in front):
@@ -316,86 +293,3 @@ def rescored(study: optuna.Study) -> dict[str, dict]:
     """The front's members scored again after the search (``proxy.rescore``), by trial
     number (a study attribute: a finished trial's own attributes cannot change)."""
     return dict(study.user_attrs.get(RESCORED_ATTR, {}))
-
-
-class FrontTracker:
-    """The Pareto front kept up to date as trials finish: each new complete trial is compared
-    with the front only (the progress display calls this after every trial; recomputing the
-    front from all trials would cost O(n^2) per trial)."""
-
-    def __init__(self, directions: list) -> None:
-        self.signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0
-                      for d in directions]
-        self.front: list[FrozenTrial] = []
-        self.seen: set[int] = set()
-
-    def _dominates(self, a: FrozenTrial, b: FrozenTrial) -> bool:
-        pairs = [(s * x, s * y) for s, x, y in zip(self.signs, a.values, b.values)]
-        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
-
-    def update(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
-        for t in trials:
-            if t.state != TrialState.COMPLETE or t.number in self.seen:
-                continue
-            self.seen.add(t.number)
-            if not feasible(t) or any(self._dominates(f, t) for f in self.front):
-                continue
-            self.front = [f for f in self.front if not self._dominates(t, f)] + [t]
-        self.front.sort(key=lambda t: -self.signs[0] * t.values[0])
-        return self.front
-
-
-def trusted_values(trials: list[FrozenTrial]) -> dict[int, list[float]]:
-    """The objective values of the trials that count when an architecture was scored at
-    several fidelities (``proxy.promote``), by trial number: only each architecture's trials
-    of its most trusted fidelity count, and the accuracy of a trial of a cheaper fidelity is
-    put on the most trusted fidelity's scale by a straight line fitted to the architectures
-    scored at both (least squares, slope at least 0: a cheap score that does not rank says
-    nothing, and every such trial gets the promoted trials' mean). With fewer than two such
-    architectures, values stay as they are. Expects the study's complete trials."""
-    best: dict[str, int] = {}
-    for t in trials:
-        arch = t.user_attrs.get("arch_id", f"#{t.number}")
-        best[arch] = max(best.get(arch, -1), fidelity_rank(t))
-    kept = [t for t in trials
-            if fidelity_rank(t) == best[t.user_attrs.get("arch_id", f"#{t.number}")]]
-    out = {t.number: list(t.values) for t in kept}
-    top = max((fidelity_rank(t) for t in kept), default=-1)
-    by_rank: dict[int, dict[str, float]] = {}
-    for t in trials:
-        by_rank.setdefault(fidelity_rank(t), {})[t.user_attrs.get("arch_id", "")] = t.values[0]
-    trusted = by_rank.get(top, {})
-    for rank, scores in by_rank.items():
-        pairs = [(scores[a], trusted[a]) for a in scores if a in trusted]
-        if rank == top or len({x for x, _ in pairs}) < 2:
-            continue
-        x, y = np.array(pairs).T
-        slope = max(0.0, float(np.polyfit(x, y, 1)[0]))
-        icept = float(y.mean() - slope * x.mean())
-        for t in kept:
-            if fidelity_rank(t) == rank:
-                out[t.number][0] = slope * t.values[0] + icept
-    return out
-
-
-def trusted_front(trials: list[FrozenTrial], directions: list) -> list[FrozenTrial]:
-    """The Pareto front of complete, feasible trials by :func:`trusted_values`, the best
-    first."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    if len({fidelity_rank(t) for t in done}) <= 1:
-        return FrontTracker(directions).update(done)
-    values = trusted_values(done)
-    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in directions]
-
-    def dominates(a: int, b: int) -> bool:
-        pairs = [(s * x, s * y) for s, x, y in zip(signs, values[a], values[b])]
-        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
-
-    front: list[int] = []
-    for t in done:
-        if t.number not in values or not feasible(t):
-            continue
-        if not any(dominates(f, t.number) for f in front):
-            front = [f for f in front if not dominates(t.number, f)] + [t.number]
-    by_number = {t.number: t for t in done}
-    return sorted((by_number[n] for n in front), key=lambda t: -signs[0] * values[t.number][0])

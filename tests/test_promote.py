@@ -16,8 +16,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from search.pareto import trusted_front, trusted_values
 from search.promote import next_promotion
-from search.study import pareto_trials, trusted_front, trusted_values
+from search.study import pareto_trials
 from tests.conftest import run_cli, run_here, search_args, start_cli
 
 NAME = "rpi4-synthetic-mobilenet"

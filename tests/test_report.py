@@ -14,7 +14,8 @@ import torch
 from latency_models.model import DeviceModel
 from latency_models.ops import onnx_ops
 from search.config import BASELINES, MODEL_DIR
-from search.report import beaten_words, dominance, front, hypervolume, summary
+from search.pareto import front_2d, hypervolume
+from search.report import beaten_words, dominance, summary
 from spaces.onnx_io import export_module, ort_session, quantize_qdq
 from tests.conftest import run_cli, run_here, search_args
 
@@ -62,8 +63,8 @@ def test_a_baseline_at_chance_accuracy_is_named_when_counted_as_beaten():
 
 
 def test_front_and_hypervolume():
-    pts = [(1.0, 90.0, "a"), (0.5, 85.0, "b"), (0.7, 80.0, "c"), (2.0, 89.0, "d")]
-    assert [p[2] for p in front(pts)] == ["b", "a"]
+    pts = [(90.0, 1.0, "a"), (85.0, 0.5, "b"), (80.0, 0.7, "c"), (89.0, 2.0, "d")]
+    assert [p[2] for p in front_2d(pts)] == ["b", "a"]
     # (accuracy, latency) points, reference latency 2: steps 0.85 x 1.5 + 0.05 x 1.0
     assert hypervolume([(0.85, 0.5), (0.90, 1.0), (0.80, 0.7)], 2.0) == pytest.approx(1.325)
     assert hypervolume([(0.9, 3.0)], 2.0) == 0.0  # beyond the reference adds nothing

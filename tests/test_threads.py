@@ -56,7 +56,7 @@ def test_openmp_is_told_not_to_spin_unless_the_user_says_otherwise():
 
 
 def test_a_slow_trial_is_said_with_its_likely_cause():
-    from search.run import TrialWatch
+    from search.watch import TrialWatch
 
     class Bar:
         lines: list = []
