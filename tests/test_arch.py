@@ -70,10 +70,21 @@ def test_sampling_is_reproducible_and_uses_only_device_bits():
 
 
 def test_stride_only_on_a_stage_first_block():
+    """A stage's first block takes the stage's stride; every later block has stride 1 and a
+    residual connection (its input and output widths are equal)."""
+    later = 0
     for seed in range(20):
-        for layer in sample(seed).layers():
-            if layer.kind in ("ds", "ir") and layer.skip:
-                assert layer.stride == 1 and layer.in_chs == layer.out_chs
+        arch = sample(seed)
+        for layer in arch.layers():
+            if layer.kind not in ("ds", "ir"):
+                continue
+            stage, block = (int(part[1:]) for part in layer.name.split("."))
+            if block == 0:
+                assert layer.stride == arch.stages[stage].stride, layer
+            else:
+                later += 1
+                assert layer.stride == 1 and layer.skip and layer.in_chs == layer.out_chs, layer
+    assert later > 20  # the space's deeper stages were sampled
 
 
 def test_bad_space_and_bits_are_reported():

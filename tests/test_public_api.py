@@ -30,10 +30,12 @@ def modules() -> list[Path]:
     return sorted(found)
 
 
-@pytest.mark.parametrize("path", modules(), ids=lambda p: f"{p.parent.name}/{p.name}")
+ENTRY = ("__init__.py", "__main__.py")  # a package's marker and its command, not a module
+
+
+@pytest.mark.parametrize("path", [p for p in modules() if p.name not in ENTRY],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_module_declares_its_public_names(path):
-    if path.name in ("__init__.py", "__main__.py"):
-        return
     names = declared(".".join(path.relative_to(ROOT).with_suffix("").parts))
     assert names, f"{path} has no __all__"
     tree = ast.parse(path.read_text())
@@ -46,6 +48,21 @@ def test_every_module_declares_its_public_names(path):
                 for a in n.names}
     assert names <= defined | imported, f"{path}: __all__ names {names - defined - imported}"
     assert not [n for n in names if n.startswith("_")]
+
+
+@pytest.mark.parametrize("path", [p for p in modules() if p.name in ENTRY],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_package_markers_define_nothing_and_commands_run_as_main(path):
+    """A package's ``__init__`` defines no functions or classes (its code lives in modules
+    that declare it); a ``__main__`` runs its command when executed."""
+    tree = ast.parse(path.read_text())
+    defs = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    if path.name == "__init__.py":
+        assert not defs, f"{path}: define {defs} in a module of the package"
+    else:
+        guards = [n for n in tree.body if isinstance(n, ast.If)
+                  and "__main__" in ast.unparse(n.test)]
+        assert guards, f"{path} does nothing when run (no `if __name__ == \"__main__\":`)"
 
 
 def test_modules_import_only_what_another_declares():
