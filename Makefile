@@ -1,6 +1,6 @@
 # make setup   create .venv, install the project, make sure Fashion-MNIST is present
 # make search  setup, then `python -m search +device=rpi4` on the embedded defaults
-# make test    setup, then the lint (ruff) and the test suite
+# make test    setup, then the lint (ruff), the import layers (lint-imports) and the test suite
 # make docs    setup, then the documentation site in site/ (mkdocs build --strict)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -33,6 +33,7 @@ search: setup
 
 test: setup
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 $(VENV)/.docs: $(VENV)/.installed

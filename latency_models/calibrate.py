@@ -28,10 +28,11 @@ from typing import Iterator
 
 import numpy as np
 
+from latency_models.devices import DEVICE_GROUP, DeviceConfig, known_devices
 from latency_models.estimators import DeviceModelError
-from search.config import DEVICE_GROUP, SAFE_NAME, DeviceConfig, known_devices
 from spaces.arch import all_bits
 from spaces.cli import HydraApp, arg
+from spaces.files import SAFE_NAME
 
 __all__ = ["busy_share", "calibrate", "CalibrateConfig", "CalibrationError", "COMMAND",
            "main", "pinned", "steadiness"]

@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def fit(cfg: FitConfig) -> int:
     """Fit, print and write the device model ``cfg`` asks for. Returns the exit status."""
-    from search.config import MODEL_DIR
+    from latency_models.devices import MODEL_DIR
 
     args = {k: v for k, v in vars(cfg).items() if v is not None}
     sources = [k for k in SOURCES if k in args]

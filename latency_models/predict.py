@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from search.config import DEVICE_GROUP, DeviceConfig
-from search.finetune_config import FinetuneConfig
+from latency_models.devices import DEVICE_GROUP, DeviceConfig
 from spaces.cli import HydraApp, arg
+from spaces.schemes import FinetuneConfig
 
 __all__ = ["COMMAND", "PredictConfig", "PredictError", "main", "predict"]
 

@@ -36,12 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from latency_models.calibrate import pinned  # noqa: E402
+from latency_models.devices import MODEL_DIR  # noqa: E402
 from latency_models.fit import accuracy  # noqa: E402
 from latency_models.model import DeviceModel  # noqa: E402
 from latency_models.ops import arch_ops, arch_units  # noqa: E402
 from latency_models.profile import cpu_name, profile  # noqa: E402
 from latency_models.sources import read_profile_archs, read_rows  # noqa: E402
-from search.config import MODEL_DIR  # noqa: E402
 
 OUT = ROOT / "scripts" / "results" / "latency"
 PRECISIONS = ("fp32", "mixed-int8")

@@ -63,8 +63,9 @@ DEVICES = ("rpi4", "pixel3", "jetson_tx2", "note10", "pixel4", "pixel4_a55", "ho
 
 def extrapolation_table(n: int = 1000) -> str:
     """Per device and resolution, the share of sampled architectures priced extrapolated."""
+    from latency_models.devices import MODEL_DIR
     from latency_models.model import DeviceModel
-    from search.config import MODEL_DIR, space_options
+    from search.config import space_options
     from spaces.space import RandomChoices, sample_arch
 
     space = space_options()["mobilenet_224"].for_input(224)

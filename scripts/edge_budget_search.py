@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import edge_adaptation_benchmark as adaptation  # noqa: E402
 
 from latency_models.train_memory import train_memory_kib  # noqa: E402
-from search.finetune_config import FinetuneConfig  # noqa: E402
+from spaces.schemes import FinetuneConfig  # noqa: E402
 from spaces.space import RandomChoices, SpaceConfig, sample_arch  # noqa: E402
 
 

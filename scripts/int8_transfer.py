@@ -29,11 +29,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from latency_models.devices import MODEL_DIR  # noqa: E402
 from latency_models.fit import accuracy  # noqa: E402
 from latency_models.int8 import add_int8, fp32_model, int8_scales, predict_int8  # noqa: E402
 from latency_models.model import DeviceModel  # noqa: E402
 from latency_models.sources import read_cnn  # noqa: E402
-from search.config import MODEL_DIR  # noqa: E402
 
 DATA = ROOT / "latency_models" / "data" / "mobile_cnn" / "tflite_cnn_e2e.csv"
 OUT = ROOT / "scripts" / "results" / "latency"

@@ -37,11 +37,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from latency_models.devices import MODEL_DIR  # noqa: E402
 from latency_models.fit import accuracy  # noqa: E402
 from latency_models.model import DeviceModel  # noqa: E402
 from latency_models.profile import cpu_name, profile  # noqa: E402
 from latency_models.sources import read_profile, read_profile_units  # noqa: E402
-from search.config import MODEL_DIR  # noqa: E402
 from spaces.arch import Arch  # noqa: E402
 
 OUT = ROOT / "scripts" / "results" / "latency"

@@ -41,10 +41,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from latency_models.devices import MODEL_DIR  # noqa: E402
 from latency_models.fit import accuracy, flops_fit, spearman  # noqa: E402
 from latency_models.model import DeviceModel  # noqa: E402
 from latency_models.ops import Op  # noqa: E402
-from search.config import MODEL_DIR  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "device-measurements" / "nasbench201_device_latency.csv"
 CACHE = ROOT / ".cache" / "edgenas" / "nb201"

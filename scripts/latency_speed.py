@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from latency_models.devices import MODEL_DIR  # noqa: E402
 from latency_models.model import DeviceModel  # noqa: E402
 from latency_models.ops import arch_ops  # noqa: E402
-from search.config import MODEL_DIR  # noqa: E402
 from spaces.space import RandomChoices, SpaceConfig, sample_arch  # noqa: E402
 
 

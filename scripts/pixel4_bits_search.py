@@ -64,8 +64,8 @@ def front(study_db: Path, device: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from latency_models.devices import MODEL_DIR
     from latency_models.model import DeviceModel
-    from search.config import MODEL_DIR
     from spaces.arch import all_bits
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -36,9 +36,9 @@ COLUMNS = ["arch_id", "seed", "test_accuracy", "val_accuracy", "params", "macs",
 
 
 def select(n: int, seed: int, pool: int = 4000) -> None:
+    from latency_models.devices import MODEL_DIR
     from latency_models.model import DeviceModel
     from latency_models.ops import arch_ops
-    from search.config import MODEL_DIR
     from spaces.space import RandomChoices, SpaceConfig, sample_arch
 
     model = DeviceModel.load(MODEL_DIR / "rpi4.json")

@@ -13,55 +13,25 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from latency_models.devices import CONF_DIR, DeviceConfig, known_devices
 from search.errors import UserError
-from search.finetune_config import FinetuneConfig
 from spaces.arch import ALL_BITS
+from spaces.files import SAFE_NAME
+from spaces.schemes import FinetuneConfig
 from spaces.space import SpaceConfig, SpaceError
 
 __all__ = ["BASELINES", "BudgetConfig", "BUDGETS", "COMBINED_SCORE", "CONF_DIR", "Config",
-           "DataConfig", "DEVICE_GROUP", "device_model_file", "DeviceConfig", "EarlyStopConfig",
-           "ExportConfig", "FASHION_MNIST_ROOT", "fit_space", "FinetuneConfig", "group_options",
-           "known_devices", "load", "MODEL_DIR", "OBJECTIVES", "PASSWORD", "PrefilterConfig",
+           "DataConfig", "EarlyStopConfig", "ExportConfig", "FASHION_MNIST_ROOT", "fit_space",
+           "group_options", "load", "OBJECTIVES", "PASSWORD", "PrefilterConfig",
            "PROXY_KINDS", "PROXY_SCORES", "ProxyConfig", "redact", "register", "ReportConfig",
-           "SAFE_NAME", "SAMPLERS", "SCHEMA", "SearchConfig", "space_options", "STORAGE_SCHEMES",
+           "SAMPLERS", "SCHEMA", "SearchConfig", "space_options", "STORAGE_SCHEMES",
            "StorageConfig", "StudyConfig", "SupernetConfig", "TeacherConfig", "validate",
            "without_password", "ZERO_COST_SCORES"]
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-MODEL_DIR = Path(__file__).resolve().parent.parent / "latency_models" / "data"
 OBJECTIVES = ("accuracy", "latency_ms", "energy_mj", "size_kib", "peak_memory_kib",
               "train_memory_kib")
 BUDGETS = OBJECTIVES[1:]  # every cost objective is also a budget (budget.NAME)
 SAMPLERS = ("nsga2", "tpe", "random")
-
-
-@dataclass
-class DeviceConfig:
-    name: str = "???"
-    description: str = ""
-    model: str = "???"  # device-model JSON: a file name under latency_models/data, or a path
-    bits: list[int] = field(default_factory=lambda: [32, 8])
-    provenance: str = ""
-
-    def model_path(self) -> Path:
-        return device_model_file(self.name, self.model)
-
-
-def device_model_file(device: str, model: str) -> Path:
-    """The file a device config's ``model:`` entry names. An absolute path as it is. A relative
-    one: for a device of the user's own (``./conf/device/NAME.yaml``, where
-    ``latency_models.fit`` writes it), relative to the working folder, as fit wrote it; for a
-    shipped device, under ``latency_models/data``, so that a stray file of the same name in
-    the working folder never replaces a shipped model."""
-    path = Path(model).expanduser()
-    if path.is_absolute():
-        return path
-    shipped = MODEL_DIR / path
-    own = Path.cwd() / "conf" / "device" / f"{device}.yaml"
-    if own.is_file() and own.resolve() != (CONF_DIR / "device" / f"{device}.yaml").resolve():
-        local = Path.cwd() / path
-        return local if local.is_file() or not shipped.is_file() else shipped
-    return shipped
 
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # where Debian's package puts it
@@ -352,16 +322,6 @@ def group_options(group: str) -> list[str]:
     return options(CONF_DIR, group)
 
 
-def known_devices() -> list[str]:
-    return group_options("device")
-
-
-# How a helper command (latency_models.predict, .calibrate) takes +device=NAME: the settings
-# of its spaces.cli.HydraApp.
-DEVICE_GROUP = {"groups": {"device": known_devices}, "add_groups": ("device",),
-                "hidden": ("device",), "searchpath": (str(CONF_DIR), "conf")}
-
-
 def space_options() -> dict[str, SpaceConfig]:
     """Every space of the ``space`` group (shipped and the user's), as configured."""
     spaces = {}
@@ -438,9 +398,6 @@ def without_password(url: str) -> str:
     """The storage URL with any password left out (the server then asks PGPASSWORD or
     ~/.pgpass)."""
     return PASSWORD.sub(r"\1@", url)
-
-
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def validate(c: Config) -> None:

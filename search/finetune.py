@@ -31,10 +31,9 @@ from latency_models.train_memory import train_memory
 from search.data import Dataset, load_image_folder
 from search.edge_memory import card_section, memory_record
 from search.errors import UserError, guarded
-from search.finetune_config import FinetuneConfig
 from search.step_memory import measure_step, train_step
 from spaces.arch import Arch, ArchError
-from spaces.schemes import Scheme, SchemeError, parse_scheme, schemes_by_capability
+from spaces.schemes import FinetuneConfig, Scheme, SchemeError, parse_scheme, schemes_by_capability
 
 __all__ = ["FinetuneArgs", "choose_scheme", "load_export", "main", "parse_args", "run"]
 

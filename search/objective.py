@@ -20,11 +20,11 @@ from latency_models.memory import peak_memory_kib
 from latency_models.model import DeviceModel
 from latency_models.train_memory import train_memory_kib
 from search.config import BUDGETS, Config
-from search.finetune_config import FinetuneConfig
 from search.proxies import Proxy, TrialInfo, make_proxy
 from search.proxy import zero_cost_scores
 from search.storage import batched_writes
 from spaces.arch import Arch
+from spaces.schemes import FinetuneConfig
 from spaces.space import sample_arch
 
 __all__ = ["constraint_values", "costs", "DIRECTIONS", "early_stopper", "fastest_possible",

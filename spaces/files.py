@@ -4,13 +4,18 @@ the user creates gets (the umask's), not the private modes of temporary files.""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_dir", "atomic_path", "user_mode", "write_bytes", "write_text"]
+__all__ = ["atomic_dir", "atomic_path", "SAFE_NAME", "user_mode", "write_bytes", "write_text"]
+
+# A name that may name files and folders (a study, a device): letters, digits, '.', '_', '-',
+# at most 100, not starting with '.'
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def _umask() -> int:

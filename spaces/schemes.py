@@ -7,7 +7,10 @@ blocks, the head convolution and the classifier) and ``all``.
 
 from __future__ import annotations
 
-__all__ = ["parse_scheme", "Scheme", "SCHEMES", "SchemeError", "schemes_by_capability"]
+from dataclasses import dataclass
+
+__all__ = ["FinetuneConfig", "parse_scheme", "Scheme", "SCHEMES", "SchemeError",
+           "schemes_by_capability"]
 
 SCHEMES = ("head", "bias", "last:K", "all")
 
@@ -59,3 +62,18 @@ def schemes_by_capability(n_blocks: int) -> list[Scheme]:
     ``last:K`` from K = n_blocks - 1 down to 1, ``bias``, ``head``."""
     return ([Scheme(("all", 0))] + [Scheme(("last", k)) for k in range(n_blocks - 1, 0, -1)]
             + [Scheme(("bias", 0)), Scheme(("head", 0))])
+
+
+# Settings of fine-tuning on the device, shared by the search (which prices train_memory_kib
+# with them) and python -m search.finetune (which runs them): a plain dataclass without Hydra,
+# so that the fine-tuning command imports nothing a Raspberry Pi lacks; search.config
+# registers it as the ``finetune`` group.
+@dataclass
+class FinetuneConfig:
+    """``finetune.*``: how a model is fine-tuned on the device."""
+
+    batch: int = 32  # images per step: train_memory_kib is priced at this batch
+    update: str = "bias"  # the scheme train_memory_kib prices: head | bias | last:K | all
+    epochs: int = 5
+    lr: float = 0.01  # SGD with momentum 0.9, cosine schedule
+    threads: int = 1  # torch threads (a Raspberry Pi 4 has 4 cores)

@@ -22,8 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
+from latency_models.devices import MODEL_DIR
 from latency_models.model import DeviceModel
-from search.config import MODEL_DIR
 from tests.conftest import ROOT, run_cli, run_here, search_args, start_cli
 
 TABLE = ROOT / "tests" / "BAD_INPUTS.md"

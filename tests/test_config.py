@@ -6,7 +6,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from search.config import CONF_DIR, Config, known_devices, load
+from latency_models.devices import known_devices
+from search.config import CONF_DIR, Config, load
 from search.errors import UserError
 
 
@@ -46,8 +47,8 @@ def test_each_default_lives_once_config_files_hold_only_what_they_change():
 
 def test_a_stray_file_in_the_working_folder_never_replaces_a_shipped_device_model(
         tmp_path, monkeypatch):
+    from latency_models.devices import MODEL_DIR, device_model_file
     from latency_models.model import DeviceModel
-    from search.config import MODEL_DIR, device_model_file
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "rpi4.json").write_text("{an old model}")

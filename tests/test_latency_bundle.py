@@ -183,8 +183,8 @@ def test_transfer_calibrates_a_rich_model_with_few_measurements():
 def test_transfer_of_a_profiled_device_keeps_its_layer_model():
     """A machine twice as fast as the host, calibrated with 12 networks: the architecture
     path keeps host's layer model and only rescales its composition."""
+    from latency_models.devices import MODEL_DIR
     from latency_models.ops import arch_units
-    from search.config import MODEL_DIR
 
     host = DeviceModel.load(MODEL_DIR / "host.json")
     archs = [sample(s, bits=(32, 8)) for s in range(40)]
@@ -446,7 +446,7 @@ def test_network_correction_learns_what_adding_up_layers_misses_and_only_when_it
 
 
 def test_the_shipped_host_model_corrects_whole_networks_alike_one_by_one_and_in_bulk():
-    from search.config import MODEL_DIR
+    from latency_models.devices import MODEL_DIR
 
     host = DeviceModel.load(MODEL_DIR / "host.json")
     assert host.correction.rounds_ > 0

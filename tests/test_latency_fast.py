@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from latency_models import fast
+from latency_models.devices import MODEL_DIR
 from latency_models.estimators import Lookup
 from latency_models.model import DeviceModel
 from latency_models.ops import arch_ops
-from search.config import MODEL_DIR
 from spaces.space import RandomChoices, SpaceConfig, sample_arch
 from tests.conftest import tiny_arch
 

@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
+from latency_models.devices import MODEL_DIR
 from latency_models.model import DeviceModel, DeviceModelError
 from latency_models.ops import Op, arch_ops
 from latency_models.sources import MeasurementError, read_fbnet
-from search.config import MODEL_DIR
 from tests.conftest import tiny_arch
 from tests.test_arch import sample
 
@@ -143,8 +143,8 @@ def test_int8_is_priced_per_op_not_as_a_fixed_speed_up():
 def test_a_device_model_of_an_earlier_shape_is_refused_with_how_to_refit(tmp_path):
     import json
 
+    from latency_models.devices import MODEL_DIR
     from latency_models.model import DeviceModel, DeviceModelError
-    from search.config import MODEL_DIR
 
     data = json.loads((MODEL_DIR / "host.json").read_text())
     for edit in ({"layer_linear": None}, {"compose": data["compose"][:4]}):

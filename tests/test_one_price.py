@@ -8,8 +8,8 @@ import onnx
 import pytest
 import torch
 
+from latency_models.devices import MODEL_DIR, known_devices
 from latency_models.model import DeviceModel
-from search.config import MODEL_DIR, known_devices
 from spaces.arch import all_bits
 from spaces.build import as_trained, build_model
 from spaces.onnx_io import ARCH_KEY, export_fp32, export_int8

@@ -72,8 +72,8 @@ def test_int8_nodes_empty_without_8bit_layers(tmp_path):
 
 
 def test_exported_architectures_get_the_same_prediction_from_either_path(tmp_path):
+    from latency_models.devices import MODEL_DIR
     from latency_models.model import DeviceModel
-    from search.config import MODEL_DIR
 
     calib = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
     model = DeviceModel.load(MODEL_DIR / "rpi4.json")

@@ -76,8 +76,8 @@ def test_sampled_camera_architectures_build_and_price_without_extrapolating():
     28 px networks lie below it, and stay flagged on the CPUs."""
     import torch
 
+    from latency_models.devices import MODEL_DIR
     from latency_models.model import DeviceModel
-    from search.config import MODEL_DIR
     from spaces.build import build_model
     from spaces.space import RandomChoices, SpaceConfig, sample_arch
 
@@ -223,9 +223,9 @@ def test_steadiness_tells_noise_and_throttling_from_a_quiet_machine():
 
 
 def test_transfer_keeps_the_network_correction():
+    from latency_models.devices import MODEL_DIR
     from latency_models.model import DeviceModel
     from latency_models.ops import arch_ops, arch_units
-    from search.config import MODEL_DIR
     from spaces.space import RandomChoices, SpaceConfig, sample_arch
 
     host = DeviceModel.load(MODEL_DIR / "host.json")

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from latency_models.devices import MODEL_DIR
 from latency_models.model import DeviceModel, DeviceModelError
 from latency_models.ops import Op, UnknownOpError, arch_ops, onnx_ops
 from latency_models.sources import MeasurementError, read_cnn
-from search.config import MODEL_DIR
 from spaces.arch import all_bits
 from tests.conftest import tiny_arch
 from tests.test_first_hour import run_here

@@ -11,9 +11,10 @@ import onnx
 import pytest
 import torch
 
+from latency_models.devices import MODEL_DIR
 from latency_models.model import DeviceModel
 from latency_models.ops import onnx_ops
-from search.config import BASELINES, MODEL_DIR
+from search.config import BASELINES
 from search.pareto import front_2d, hypervolume
 from search.report import beaten_words, dominance, summary
 from spaces.onnx_io import export_module, ort_session, quantize_qdq
