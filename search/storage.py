@@ -1,8 +1,8 @@
 """Study storages for one or many workers: SQLite, PostgreSQL (or any SQLAlchemy URL), journal.
 
 Every storage knows which worker runs each trial (host, boot, pid and the process's start
-time, a trial system attribute ``edgenas:worker``), so a trial whose worker died on this
-machine is failed and re-run at once, however the worker died:
+time, a trial system attribute ``edgenas:worker``: :mod:`search.workers`), so a trial whose
+worker died on this machine is failed and re-run at once, however the worker died:
 
 - RDB storages (SQLite, PostgreSQL) also keep Optuna's heartbeat, which catches workers that
   died on other machines: their trials go stale after ``2 x search.heartbeat_s``.
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import socket
 import sys
 import threading
 import time
@@ -32,118 +30,16 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat  # the interface Optuna's loop checks
 from optuna.storages.journal import JournalFileBackend, JournalStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from search.config import redact
 from search.errors import UserError
+from search.workers import DeadWorkerCheck, WorkerRecords
 
-__all__ = ["batched_writes", "dead_worker_trials", "DeadWorkerCheck", "MAX_RETRY", "open_storage",
-           "ResilientRDBStorage", "storage_error", "StorageLostError", "this_host", "this_worker",
-           "WORKER_ATTR", "worker_dead", "WorkerJournalStorage"]
+__all__ = ["batched_writes", "MAX_RETRY", "open_storage", "ResilientRDBStorage", "storage_error",
+           "StorageLostError", "WorkerJournalStorage"]
 
-WORKER_ATTR = "edgenas:worker"
 MAX_RETRY = 3  # a trial cut off this many times in a row is not run again
-
-
-# ---------------------------------------------------------------------------------------------
-# Which worker runs a trial, and whether it is still alive
-
-
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks since boot) of a process, from /proc (Linux)."""
-    text = _read(f"/proc/{pid}/stat")
-    if text is None:
-        return None
-    fields = text[text.rfind(")") + 2:].split()
-    return fields[0], int(fields[19])
-
-
-def this_host() -> dict:
-    """Which machine this is: its host name (``EDGENAS_WORKER_HOST`` overrides it, e.g. for
-    containers that share a host name), machine id and boot."""
-    return {"host": os.environ.get("EDGENAS_WORKER_HOST") or socket.gethostname(),
-            "machine": _read("/etc/machine-id"),
-            "boot": _read("/proc/sys/kernel/random/boot_id")}
-
-
-def this_worker() -> dict:
-    stat = _proc_stat(os.getpid())
-    return {**this_host(), "pid": os.getpid(), "started": stat[1] if stat else None}
-
-
-def worker_dead(record: dict, here: dict) -> bool:
-    """True when ``record``'s process is known to be gone. Workers on other machines are never
-    judged here (the heartbeat does that)."""
-    if record.get("host") != here["host"] or record.get("machine") != here["machine"]:
-        return False
-    if here["boot"] and record.get("boot") and record["boot"] != here["boot"]:
-        return True  # this machine rebooted since
-    pid = int(record["pid"])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # alive, another user's
-    stat = _proc_stat(pid)
-    if stat is None:
-        return False  # no /proc: trust the signal check
-    state, started = stat
-    return state in ("Z", "X") or (record.get("started") is not None
-                                  and started != record["started"])
-
-
-class DeadWorkerCheck:
-    """Finds running trials whose worker died on this machine, at most once per
-    ``every_s`` seconds (it reads every running trial)."""
-
-    def __init__(self, every_s: float, grace_s: float) -> None:
-        self.every_s, self.grace_s, self._last = every_s, grace_s, -float("inf")
-
-    def __call__(self, read_running: Callable[[], list[FrozenTrial]]) -> list[int]:
-        if time.monotonic() - self._last < self.every_s:
-            return []
-        self._last = time.monotonic()
-        return dead_worker_trials(read_running(), self.grace_s)
-
-
-def dead_worker_trials(trials: list[FrozenTrial], grace_s: float) -> list[int]:
-    """Trial ids of running trials whose worker process on this machine is gone; and of
-    running trials that never recorded a worker (killed right after being created) once they
-    are older than ``grace_s``."""
-    here, now = this_host(), time.time()
-    stale = []
-    for t in trials:
-        if t.state != TrialState.RUNNING:
-            continue
-        record = t.system_attrs.get(WORKER_ATTR)
-        if record is None:
-            started = t.datetime_start.timestamp() if t.datetime_start else now
-            if now - started > grace_s:
-                stale.append(t._trial_id)
-        elif worker_dead(record, here):
-            stale.append(t._trial_id)
-    return stale
-
-
-class _WorkerRecords:
-    """Writes this worker's record on a trial once, from Optuna's heartbeat thread."""
-
-    def __init__(self) -> None:
-        self._done: set[int] = set()
-        self._me = this_worker()
-
-    def record(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
-        if trial_id not in self._done:
-            storage.set_trial_system_attr(trial_id, WORKER_ATTR, self._me)
-            self._done.add(trial_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +111,7 @@ class ResilientRDBStorage(RDBStorage):
     """Optuna's RDB storage with worker records, and, for servers, retries with backoff."""
 
     def __init__(self, url: str, *, retry_s: float, **kwargs: Any) -> None:
-        self._workers = _WorkerRecords()
+        self._workers = WorkerRecords()
         interval = kwargs.get("heartbeat_interval") or 60
         self._dead_workers = DeadWorkerCheck(interval, 2 * interval)
         self._retry_s = retry_s if not url.startswith("sqlite") else 0.0
@@ -395,7 +291,7 @@ class WorkerJournalStorage(JournalStorage, BaseHeartbeat):
 
     def __init__(self, path: Path, heartbeat_s: int) -> None:
         super().__init__(JournalFileBackend(str(path)))
-        self._workers = _WorkerRecords()
+        self._workers = WorkerRecords()
         self._interval = heartbeat_s
         self._dead_workers = DeadWorkerCheck(heartbeat_s, 2 * heartbeat_s)
         self._callback = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)

@@ -15,7 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search.budget import SURPLUS_ATTR, check_slot, is_surplus, wait_for_slot
-from search.storage import WORKER_ATTR, open_storage, this_worker, worker_dead
+from search.storage import open_storage
+from search.workers import WORKER_ATTR, this_worker, worker_dead
 from tests.conftest import ROOT, cli_env, search_args, start_cli
 
 pytestmark = pytest.mark.slow
