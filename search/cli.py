@@ -10,8 +10,9 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
-from search.config import CONF_DIR, Config, group_options, without_password
+from search.config import CONF_DIR, Config, group_options
 from search.errors import guarded, silence_library_warnings
+from search.urls import without_password
 from spaces.cli import HydraApp, python_cmd, settings, shell_join
 
 __all__ = ["HydraCommand", "known_keys", "search_app", "suggested_command"]

@@ -5,7 +5,6 @@ stops here: entry points call :func:`load` and library code only sees these data
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -15,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from latency_models.devices import CONF_DIR, DeviceConfig, known_devices
 from search.errors import UserError
+from search.urls import STORAGE_SCHEMES, redact
 from spaces.arch import ALL_BITS
 from spaces.files import SAFE_NAME
 from spaces.schemes import FinetuneConfig
@@ -22,11 +22,11 @@ from spaces.space import SpaceConfig, SpaceError
 
 __all__ = ["BASELINES", "BudgetConfig", "BUDGETS", "COMBINED_SCORE", "CONF_DIR", "Config",
            "DataConfig", "EarlyStopConfig", "ExportConfig", "FASHION_MNIST_ROOT", "fit_space",
-           "group_options", "load", "OBJECTIVES", "PASSWORD", "PrefilterConfig",
-           "PROXY_KINDS", "PROXY_SCORES", "ProxyConfig", "redact", "register", "ReportConfig",
-           "SAMPLERS", "SCHEMA", "SearchConfig", "space_options", "STORAGE_SCHEMES",
+           "group_options", "load", "OBJECTIVES", "PrefilterConfig",
+           "PROXY_KINDS", "PROXY_SCORES", "ProxyConfig", "register", "ReportConfig",
+           "SAMPLERS", "SCHEMA", "SearchConfig", "space_options",
            "StorageConfig", "StudyConfig", "SupernetConfig", "TeacherConfig", "validate",
-           "without_password", "ZERO_COST_SCORES"]
+           "ZERO_COST_SCORES"]
 
 OBJECTIVES = ("accuracy", "latency_ms", "energy_mj", "size_kib", "peak_memory_kib",
               "train_memory_kib")
@@ -380,24 +380,6 @@ def load(cfg: DictConfig) -> Config:
                         "spelling of the override and the type of its value") from None
     validate(config)
     return config
-
-
-STORAGE_SCHEMES = ("sqlite:///", "journal:", "postgresql://", "postgresql+", "mysql://",
-                   "mysql+")
-
-
-PASSWORD = re.compile(r"(://[^:/@]+):[^@]*@")  # the password of USER:PASSWORD@HOST
-
-
-def redact(url: str) -> str:
-    """The storage URL with any password replaced by ***."""
-    return PASSWORD.sub(r"\1:***@", url)
-
-
-def without_password(url: str) -> str:
-    """The storage URL with any password left out (the server then asks PGPASSWORD or
-    ~/.pgpass)."""
-    return PASSWORD.sub(r"\1@", url)
 
 
 def validate(c: Config) -> None:

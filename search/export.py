@@ -24,7 +24,7 @@ from tqdm import tqdm
 from latency_models.model import ENERGY_WORDS
 from latency_models.profile import cpu_name, measure_many
 from search.cli import HydraCommand
-from search.config import Config, load, redact
+from search.config import Config, load
 from search.data import Dataset, load_for, to_float
 from search.edge_memory import card_section, memory_record
 from search.errors import UserError
@@ -40,6 +40,7 @@ from search.study import (
 )
 from search.teacher import TeacherCache
 from search.train import Recipe
+from search.urls import redact
 from spaces.arch import Arch
 from spaces.build import arch_def
 from spaces.files import atomic_dir

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from latency_models.model import LATENCY_WORDS, DeviceModel
 from search.budget import SURPLUS_ATTR, check_slot, wait_for_slot
 from search.cli import suggested_command
-from search.config import BUDGETS, Config, redact
+from search.config import BUDGETS, Config
 from search.data import load_for
 from search.errors import UserError
 from search.objective import Objective, fastest_possible
@@ -38,6 +38,7 @@ from search.study import (
     rescored,
     study_meta,
 )
+from search.urls import redact
 from search.watch import TrialWatch, interrupted_trial, on_terminate_interrupt
 from spaces.files import write_text
 from spaces.threads import ThreadChooser

@@ -32,8 +32,8 @@ from optuna.storages._heartbeat import BaseHeartbeat  # the interface Optuna's l
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from search.config import redact
 from search.errors import UserError
+from search.urls import redact
 from search.workers import DeadWorkerCheck, WorkerRecords
 
 __all__ = ["batched_writes", "MAX_RETRY", "open_storage", "ResilientRDBStorage", "storage_error",
