@@ -52,6 +52,19 @@ class DataConfig:
     val_images: int = 5000  # carved from the training set; the search never sees the test set
     synthetic_images: int = 512  # synthetic only
 
+    def problems(self) -> list[str]:
+        problems = []
+        if self.kind not in ("fashion_mnist", "imagefolder", "synthetic"):
+            problems.append(f"data.kind={self.kind!r} is not fashion_mnist, imagefolder or "
+                            "synthetic")
+        if self.size is not None and self.size < 1:
+            problems.append(f"data.size={self.size} must be a positive number of pixels (or "
+                            "null with data=imagefolder: the images' own size)")
+        elif self.kind == "fashion_mnist" and self.size not in (None, 28):
+            problems.append(f"data.size={self.size}: Fashion-MNIST's images are 28 x 28 px and "
+                            "are not resized (a network resizes inside its graph, to "
+                            "space.resolution); leave data.size out")
+        return problems
 
 @dataclass
 class TeacherConfig:
@@ -174,6 +187,63 @@ class ProxyConfig:
     rescore: Optional[str] = None
     promote: PromoteConfig = field(default_factory=PromoteConfig)
 
+    def problems(self) -> list[str]:
+        problems = []
+        if self.kind not in PROXY_KINDS:
+            problems.append(f"proxy.kind={self.kind!r} is not one of {list(PROXY_KINDS)}")
+        sn = self.supernet
+        if min(sn.epochs, sn.batch, sn.calibration_images) < 1 or sn.random_archs < 0 or not (
+                0 <= sn.warmup_epochs < sn.epochs):
+            problems.append("proxy.supernet: epochs, batch and calibration_images must be at "
+                            "least 1, random_archs at least 0, warmup_epochs from 0 to epochs "
+                            "- 1")
+        if self.promote.to not in (None, "distill"):
+            problems.append(f"proxy.promote.to={self.promote.to!r} is not 'distill' or null")
+        elif self.promote.to == self.kind:
+            problems.append("proxy.promote.to=distill promotes the front of a cheaper proxy "
+                            "(proxy=supernet or proxy=zero_cost) to the distilled proxy; with "
+                            "proxy=distill every trial is scored by it already: drop it")
+        if not 0 < self.promote.share < 1:
+            problems.append(f"proxy.promote.share={self.promote.share} must be between 0 and "
+                            "1 (the part of the trials' time promotions may take)")
+        if self.promote.after < 1:
+            problems.append(f"proxy.promote.after={self.promote.after} must be at least 1")
+        if self.rescore not in (None, "distill"):
+            problems.append(f"proxy.rescore={self.rescore!r} is not 'distill' or null")
+        elif self.rescore == self.kind:
+            problems.append("proxy.rescore=distill re-scores the front of a cheaper proxy "
+                            "(proxy=supernet or proxy=zero_cost); with proxy=distill it would "
+                            "train the same candidates again: drop it")
+        if sn.schedule not in SUPERNET_SCHEDULES:
+            problems.append(f"proxy.supernet.schedule={sn.schedule!r} is not one of "
+                            f"{list(SUPERNET_SCHEDULES)}")
+        for name in ("train_images", "val_images", "epochs", "batch"):
+            if getattr(self, name) < 1:
+                problems.append(f"proxy.{name}={getattr(self, name)} must be at least 1 "
+                                "(use proxy=zero_cost for a search without training)")
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
+            problems.append("proxy.alpha must be in [0, 1] and proxy.temperature positive")
+        stop = self.early_stop
+        if stop.at is not None and not 0 < stop.at < 1:
+            problems.append(f"proxy.early_stop.at={stop.at} must be a fraction of the proxy's "
+                            "training between 0 and 1 (or null: never stop early)")
+        if stop.margin < 0:
+            problems.append(f"proxy.early_stop.margin={stop.margin} must be 0 or more")
+        if self.score not in PROXY_SCORES:
+            problems.append(f"proxy.score={self.score!r} is not one of {list(PROXY_SCORES)}")
+        elif self.score == COMBINED_SCORE and self.calibration_archs < 2:
+            problems.append(f"proxy.calibration_archs={self.calibration_archs} must be at "
+                            "least 2 (the spread of the scores over them puts both on one "
+                            "scale)")
+        if self.prefilter.score not in ZERO_COST_SCORES:
+            problems.append(f"proxy.prefilter.score={self.prefilter.score!r} is not one of "
+                            f"{list(ZERO_COST_SCORES)}")
+        if self.prefilter.dominated_by is not None and self.prefilter.dominated_by < 1:
+            problems.append(f"proxy.prefilter.dominated_by={self.prefilter.dominated_by} must "
+                            "be at least 1 (or null: no pre-filter)")
+        if self.teacher.epochs < 1:
+            problems.append(f"proxy.teacher.epochs={self.teacher.epochs} must be at least 1")
+        return problems
 
 @dataclass
 class BudgetConfig:
@@ -187,6 +257,10 @@ class BudgetConfig:
     # peak memory of one fine-tuning step (finetune.update at finetune.batch, KiB)
     train_memory_kib: Optional[float] = None
 
+    def problems(self) -> list[str]:
+        return [f"budget.{name}={getattr(self, name)} must be positive (or null for no budget)"
+                for name in BUDGETS
+                if getattr(self, name) is not None and getattr(self, name) <= 0]
 
 @dataclass
 class SearchConfig:
@@ -222,12 +296,51 @@ class SearchConfig:
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
 
+    def problems(self) -> list[str]:
+        problems = []
+        if self.sampler not in SAMPLERS:
+            problems.append(f"search.sampler={self.sampler!r} is not one of {list(SAMPLERS)}")
+        if self.n_trials < 1:
+            problems.append(f"search.n_trials={self.n_trials} must be at least 1")
+        if self.minutes is not None and not self.minutes > 0:
+            problems.append(f"search.minutes={self.minutes} must be above 0 (or null: no "
+                            "time limit)")
+        if self.heartbeat_s < 1:
+            problems.append(f"search.heartbeat_s={self.heartbeat_s} must be at least 1 second")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"search.device={self.device!r} is not auto, cpu or cuda")
+        elif self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                problems.append("search.device=cuda but torch sees no CUDA GPU here (torch "
+                                f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}"
+                                "); use search.device=auto or cpu, or install a CUDA build of "
+                                "torch")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"search.threads={self.threads} must be at least 1 (or null: "
+                            "chosen from the free cores)")
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if bad or not self.objectives or "accuracy" not in self.objectives:
+            problems.append(f"search.objectives={self.objectives} must include 'accuracy' and "
+                            f"come from {list(OBJECTIVES)}")
+        return problems
 
 @dataclass
 class StorageConfig:
     url: str = "sqlite:///studies/edgenas.db"  # relative to where you run
     retry_s: float = 600  # how long a worker retries a database server that went away
 
+    def problems(self) -> list[str]:
+        problems = []
+        if not self.url.startswith(STORAGE_SCHEMES):
+            problems.append(f"storage.url={redact(self.url)!r} is not a storage this tool "
+                            "knows: use sqlite:///PATH (one process), journal:PATH (several "
+                            "processes on one machine) or postgresql://USER@HOST[:PORT]/DB "
+                            "(many machines); see storage=sqlite|journal|postgresql")
+        if self.retry_s < 0:
+            problems.append(f"storage.retry_s={self.retry_s} must be 0 or more seconds")
+        return problems
 
 @dataclass
 class StudyConfig:
@@ -235,6 +348,11 @@ class StudyConfig:
     name: str = "${device.name}-${data.name}-${space.name}"
     force: bool = False  # resume even if the setup changed (recorded in the study)
 
+    def problems(self) -> list[str]:
+        if SAFE_NAME.match(self.name):
+            return []
+        return [f"study.name={self.name!r} may only hold letters, digits, '.', '_' and '-' (at "
+                "most 100, not starting with '.'), since it names files and folders"]
 
 @dataclass
 class ExportConfig:
@@ -250,6 +368,10 @@ class ExportConfig:
 
 # Hand-designed edge models that ``python -m search.report`` compares the found models with:
 # name -> (where it comes from, what it is). Built by search/baselines.py.
+
+    def problems(self) -> list[str]:
+        return [] if self.epochs >= 1 else [f"export.epochs={self.epochs} must be at least 1"]
+
 BASELINES = {
     "mobilenetv3_small_050": ("timm", "MobileNetV3-Small, width 0.5 (Howard et al. 2019)"),
     "mobilenetv3_small_075": ("timm", "MobileNetV3-Small, width 0.75"),
@@ -274,6 +396,17 @@ class ReportConfig:
     latency_rounds: int = 7  # interleaved rounds of host measurement (median over rounds)
     plotly_js: str = "inline"  # inline: the page works offline (about 4 MB) | cdn: small
 
+    def problems(self) -> list[str]:
+        problems = []
+        if self.plotly_js not in ("inline", "cdn"):
+            problems.append(f"report.plotly_js={self.plotly_js!r} is not 'inline' or 'cdn'")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            problems.append(f"report.baselines: unknown {', '.join(map(repr, unknown))}; "
+                            f"known: {', '.join(BASELINES)}")
+        if self.latency_rounds < 1:
+            problems.append(f"report.latency_rounds={self.latency_rounds} must be at least 1")
+        return problems
 
 @dataclass
 class Config:
@@ -383,135 +516,35 @@ def load(cfg: DictConfig) -> Config:
 
 
 def validate(c: Config) -> None:
-    problems = []
-    if not SAFE_NAME.match(c.study.name):
-        problems.append(f"study.name={c.study.name!r} may only hold letters, digits, '.', '_' "
-                        "and '-' (at most 100, not starting with '.'), since it names files "
-                        "and folders")
-    if c.search.sampler not in SAMPLERS:
-        problems.append(f"search.sampler={c.search.sampler!r} is not one of {list(SAMPLERS)}")
-    if c.search.n_trials < 1:
-        problems.append(f"search.n_trials={c.search.n_trials} must be at least 1")
-    if c.search.minutes is not None and not c.search.minutes > 0:
-        problems.append(f"search.minutes={c.search.minutes} must be above 0 (or null: no "
-                        "time limit)")
-    if not c.storage.url.startswith(STORAGE_SCHEMES):
-        problems.append(f"storage.url={redact(c.storage.url)!r} is not a storage this tool "
-                        "knows: use sqlite:///PATH (one process), journal:PATH (several "
-                        "processes on one machine) or postgresql://USER@HOST[:PORT]/DB (many "
-                        "machines); see storage=sqlite|journal|postgresql")
-    if c.storage.retry_s < 0:
-        problems.append(f"storage.retry_s={c.storage.retry_s} must be 0 or more seconds")
-    if c.search.heartbeat_s < 1:
-        problems.append(f"search.heartbeat_s={c.search.heartbeat_s} must be at least 1 second")
-    if c.search.device not in ("auto", "cpu", "cuda"):
-        problems.append(f"search.device={c.search.device!r} is not auto, cpu or cuda")
-    elif c.search.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            problems.append("search.device=cuda but torch sees no CUDA GPU here (torch "
-                            f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
-                            "use search.device=auto or cpu, or install a CUDA build of torch")
-    if c.search.threads is not None and c.search.threads < 1:
-        problems.append(f"search.threads={c.search.threads} must be at least 1 (or null: "
-                        "chosen from the free cores)")
-    bad = [o for o in c.search.objectives if o not in OBJECTIVES]
-    if bad or not c.search.objectives or "accuracy" not in c.search.objectives:
-        problems.append(f"search.objectives={c.search.objectives} must include 'accuracy' and "
-                        f"come from {list(OBJECTIVES)}")
-    for name in BUDGETS:
-        v = getattr(c.budget, name)
-        if v is not None and v <= 0:
-            problems.append(f"budget.{name}={v} must be positive (or null for no budget)")
-    bad_bits = [b for b in c.device.bits if b not in ALL_BITS]
-    try:
-        from spaces.schemes import parse_scheme
-
-        parse_scheme(c.finetune.update)
-    except ValueError as exc:
-        problems.append(f"finetune.update: {exc}")
-    if min(c.finetune.batch, c.finetune.epochs, c.finetune.threads) < 1 or c.finetune.lr <= 0:
-        problems.append("finetune.batch, finetune.epochs and finetune.threads must be at least "
-                        "1 and finetune.lr positive")
-    if bad_bits or not c.device.bits:
-        problems.append(f"device.bits={c.device.bits} must be a non-empty subset of "
-                        f"{list(ALL_BITS)}")
-    if c.proxy.kind not in PROXY_KINDS:
-        problems.append(f"proxy.kind={c.proxy.kind!r} is not one of {list(PROXY_KINDS)}")
-    sn = c.proxy.supernet
-    if min(sn.epochs, sn.batch, sn.calibration_images) < 1 or sn.random_archs < 0 or not (
-            0 <= sn.warmup_epochs < sn.epochs):
-        problems.append("proxy.supernet: epochs, batch and calibration_images must be at "
-                        "least 1, random_archs at least 0, warmup_epochs from 0 to epochs - 1")
-    if c.proxy.promote.to not in (None, "distill"):
-        problems.append(f"proxy.promote.to={c.proxy.promote.to!r} is not 'distill' or null")
-    elif c.proxy.promote.to == c.proxy.kind:
-        problems.append("proxy.promote.to=distill promotes the front of a cheaper proxy "
-                        "(proxy=supernet or proxy=zero_cost) to the distilled proxy; with "
-                        "proxy=distill every trial is scored by it already: drop it")
-    if not 0 < c.proxy.promote.share < 1:
-        problems.append(f"proxy.promote.share={c.proxy.promote.share} must be between 0 and 1 "
-                        "(the part of the trials' time promotions may take)")
-    if c.proxy.promote.after < 1:
-        problems.append(f"proxy.promote.after={c.proxy.promote.after} must be at least 1")
-    if c.proxy.rescore not in (None, "distill"):
-        problems.append(f"proxy.rescore={c.proxy.rescore!r} is not 'distill' or null")
-    elif c.proxy.rescore == c.proxy.kind:
-        problems.append("proxy.rescore=distill re-scores the front of a cheaper proxy "
-                        "(proxy=supernet or proxy=zero_cost); with proxy=distill it would "
-                        "train the same candidates again: drop it")
-    if sn.schedule not in SUPERNET_SCHEDULES:
-        problems.append(f"proxy.supernet.schedule={sn.schedule!r} is not one of "
-                        f"{list(SUPERNET_SCHEDULES)}")
-    for name in ("train_images", "val_images", "epochs", "batch"):
-        if getattr(c.proxy, name) < 1:
-            problems.append(f"proxy.{name}={getattr(c.proxy, name)} must be at least 1 "
-                            "(use proxy=zero_cost for a search without training)")
-    if not 0 <= c.proxy.alpha <= 1 or c.proxy.temperature <= 0:
-        problems.append("proxy.alpha must be in [0, 1] and proxy.temperature positive")
-    stop = c.proxy.early_stop
-    if stop.at is not None and not 0 < stop.at < 1:
-        problems.append(f"proxy.early_stop.at={stop.at} must be a fraction of the proxy's "
-                        "training between 0 and 1 (or null: never stop early)")
-    if stop.margin < 0:
-        problems.append(f"proxy.early_stop.margin={stop.margin} must be 0 or more")
-    if c.proxy.score not in PROXY_SCORES:
-        problems.append(f"proxy.score={c.proxy.score!r} is not one of {list(PROXY_SCORES)}")
-    elif c.proxy.score == COMBINED_SCORE and c.proxy.calibration_archs < 2:
-        problems.append(f"proxy.calibration_archs={c.proxy.calibration_archs} must be at least "
-                        "2 (the spread of the scores over them puts both on one scale)")
-    if c.proxy.prefilter.score not in ZERO_COST_SCORES:
-        problems.append(f"proxy.prefilter.score={c.proxy.prefilter.score!r} is not one of "
-                        f"{list(ZERO_COST_SCORES)}")
-    if c.proxy.prefilter.dominated_by is not None and c.proxy.prefilter.dominated_by < 1:
-        problems.append(f"proxy.prefilter.dominated_by={c.proxy.prefilter.dominated_by} must "
-                        "be at least 1 (or null: no pre-filter)")
-    if c.proxy.teacher.epochs < 1:
-        problems.append(f"proxy.teacher.epochs={c.proxy.teacher.epochs} must be at least 1")
-    if c.export.epochs < 1:
-        problems.append(f"export.epochs={c.export.epochs} must be at least 1")
-    if c.report.plotly_js not in ("inline", "cdn"):
-        problems.append(f"report.plotly_js={c.report.plotly_js!r} is not 'inline' or 'cdn'")
-    unknown = [b for b in c.report.baselines if b not in BASELINES]
-    if unknown:
-        problems.append(f"report.baselines: unknown {', '.join(map(repr, unknown))}; known: "
-                        f"{', '.join(BASELINES)}")
-    if c.report.latency_rounds < 1:
-        problems.append(f"report.latency_rounds={c.report.latency_rounds} must be at least 1")
-    if c.data.kind not in ("fashion_mnist", "imagefolder", "synthetic"):
-        problems.append(f"data.kind={c.data.kind!r} is not fashion_mnist, imagefolder or "
-                        "synthetic")
-    if c.data.size is not None and c.data.size < 1:
-        problems.append(f"data.size={c.data.size} must be a positive number of pixels (or "
-                        "null with data=imagefolder: the images' own size)")
-    elif c.data.kind == "fashion_mnist" and c.data.size not in (None, 28):
-        problems.append(f"data.size={c.data.size}: Fashion-MNIST's images are 28 x 28 px and "
-                        "are not resized (a network resizes inside its graph, to "
-                        "space.resolution); leave data.size out")
+    """Every settings class's problems, in one message (:class:`UserError`)."""
+    problems = [*c.study.problems(), *c.search.problems(), *c.storage.problems(),
+                *c.budget.problems(), *finetune_problems(c.finetune), *device_problems(c.device),
+                *c.proxy.problems(), *c.export.problems(), *c.report.problems(),
+                *c.data.problems()]
     try:
         c.space.validate()
     except SpaceError as exc:
         problems.append(str(exc))
     if problems:
         raise UserError("; ".join(problems) + ".")
+
+
+def finetune_problems(f: FinetuneConfig) -> list[str]:
+    """``finetune.*``'s problems (the settings live beside the schemes, without Hydra)."""
+    from spaces.schemes import parse_scheme
+
+    problems = []
+    try:
+        parse_scheme(f.update)
+    except ValueError as exc:
+        problems.append(f"finetune.update: {exc}")
+    if min(f.batch, f.epochs, f.threads) < 1 or f.lr <= 0:
+        problems.append("finetune.batch, finetune.epochs and finetune.threads must be at least "
+                        "1 and finetune.lr positive")
+    return problems
+
+
+def device_problems(d: DeviceConfig) -> list[str]:
+    if not d.bits or any(b not in ALL_BITS for b in d.bits):
+        return [f"device.bits={d.bits} must be a non-empty subset of {list(ALL_BITS)}"]
+    return []
