@@ -77,8 +77,8 @@ def _load(args: argparse.Namespace):
     """Dataset, training indices, teacher logits (computed once, on the device)."""
     import torch
 
-    from search.config import TeacherConfig
     from search.data import load_fashion_mnist
+    from search.proxy_config import TeacherConfig
     from search.teacher import TeacherCache
     from search.train import predict_logits
 

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.config import COMBINED_SCORE, Config, ProxyConfig
+from search.config import Config
 from search.data import Dataset, tensor_hash, to_float
+from search.proxy_config import COMBINED_SCORE, ProxyConfig
 from search.teacher import TeacherCache
 from search.train import Recipe, Trainer, accuracy, predict_logits
 from spaces.arch import Arch

@@ -18,10 +18,11 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.config import COMBINED_SCORE, PROXY_SCORES, Config
+from search.config import Config
 from search.errors import UserError
 from search.objective import DIRECTIONS
 from search.pareto import fidelity_rank, trusted_front
+from search.proxy_config import COMBINED_SCORE, PROXY_SCORES
 from search.storage import storage_error
 
 __all__ = ["complete_trials", "make_sampler", "open_study",

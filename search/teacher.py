@@ -22,9 +22,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from search.config import TeacherConfig
 from search.data import Dataset
 from search.errors import UserError
+from search.proxy_config import TeacherConfig
 from search.train import Recipe, Trainer, accuracy, predict_logits
 from spaces.files import atomic_path, write_text
 

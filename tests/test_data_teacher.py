@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from search.config import TeacherConfig
 from search.data import load_image_folder, make_synthetic
 from search.errors import UserError
+from search.proxy_config import TeacherConfig
 from search.teacher import TeacherCache, load_weights
 from search.train import accuracy, predict_logits
 

@@ -297,8 +297,8 @@ def test_a_small_folder_trains_the_teacher_long_enough(tmp_path):
     """Two epochs of a few thousand photos are a few dozen steps: the teacher would stay
     near chance. It trains at least TEACHER_MIN_STEPS steps (at most 20 times the epochs);
     Fashion-MNIST's two epochs, and so its cached teacher, are unchanged."""
-    from search.config import TeacherConfig
     from search.data import make_synthetic
+    from search.proxy_config import TeacherConfig
     from search.teacher import TEACHER_MIN_STEPS, TeacherCache
 
     small = make_synthetic(2000, 1, 8, 4)
