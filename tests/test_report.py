@@ -199,7 +199,7 @@ def test_report_says_what_to_run_first(tmp_path):
 
 
 def test_the_plot_labels_minor_log_ticks_at_2_3_and_5_only():
-    from search.report import minor_log_label
+    from search.report_plots import minor_log_label
 
     assert [minor_log_label(v, 0) for v in (0.02, 0.03, 0.04, 0.5, 0.7, 2.0, 3.0, 9.0)] == [
         "0.02", "0.03", "", "0.5", "", "2", "3", ""]
