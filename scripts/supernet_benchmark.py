@@ -362,6 +362,21 @@ class Curve:
             writer.writerow(row)
         print(f"curve: epoch {epoch}: " + ", ".join(f"{k} {v}" for k, v in row.items()),
               flush=True)
+        write_curve_markdown(self.path)
+
+
+def write_curve_markdown(path: Path) -> None:
+    """``curve.md`` beside ``curve.csv``: the Spearman of each measure after each epoch."""
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    lines = ["| epoch | hours | search's score | fidelity | accuracy | sub-networks' mean "
+             "accuracy |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['epoch']} | {float(r['train_s']) / 3600:.1f} | "
+                     f"{r['supernet_spearman']} | {r['supernet_fidelity_spearman']} | "
+                     f"{r['supernet_accuracy_spearman']} | "
+                     f"{100 * float(r['mean_accuracy']):.1f}% |")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def report(out_dir: Path, overrides: list[str]) -> int:
