@@ -1,4 +1,4 @@
-"""python -m latency_models.calibrate +device=NAME name=NEW [networks=100] [threads=1]
+"""``python -m latency_models.calibrate +device=NAME name=NEW [networks=100] [threads=1]``
 
 Calibrates a device model to the machine it runs on, in about a minute: exports ``networks``
 architectures sampled from the default space (fp32 and mixed int8), measures them here with

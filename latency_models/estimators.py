@@ -115,7 +115,7 @@ class OpModel:
     """
 
     def __init__(self, device: str = "", align: int = 8, fallback: dict | None = None,
-                 native_bits=()) -> None:
+                 native_bits: tuple[int, ...] = ()) -> None:
         self.device, self.align = device, align
         self.fallback = dict(fallback or {})
         self.native_bits = list(native_bits)
@@ -315,7 +315,9 @@ class LayerModel:
     with channel counts, and int8 adds quantize/dequantize work.
 
     Args:
-        device, align, fallback: as for :class:`OpModel` (the base's settings).
+        device: as for :class:`OpModel` (the base's settings).
+        align: as for :class:`OpModel`.
+        fallback: as for :class:`OpModel`.
 
     Attributes:
         linear_: the base (:class:`OpModel` fitted on the layers).

@@ -435,7 +435,7 @@ class DeviceModel:
                                           count_changes(lows)) - self.ops.overhead_ms_
         return ms, mj, n_hit, len(units), standins, is_extrapolated(out_ms, linear_ms)
 
-    def price(self, network, precision: int | None = None) -> Prediction:
+    def price(self, network: object, precision: int | None = None) -> Prediction:
         """Latency (ms) and energy (mJ) of one network, whatever form it comes in: the one
         way every command prices a network. ``provenance["path"]`` says which way it went.
 

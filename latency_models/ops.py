@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from spaces.arch import Arch, Layer
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["arch_ops", "arch_units", "conv_op", "gpool_op", "input_ops", "KINDS", "layer_ops",
            "onnx_ops", "Op", "op_key", "run_bits", "signature", "tensor_shapes",
@@ -263,7 +267,7 @@ def tensor_shapes(model) -> tuple:
     return model, shapes
 
 
-def onnx_ops(model, precision: int | None = None) -> list[Op]:
+def onnx_ops(model: "onnx.ModelProto", precision: int | None = None) -> list[Op]:
     """The ops of an ONNX graph (batch 1), with each conv's precision read from QDQ nodes.
 
     Args:

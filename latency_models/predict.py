@@ -1,4 +1,4 @@
-"""python -m latency_models.predict +device=NAME model=PATH [precision=int8] [format=table|jsonl]
+"""``python -m latency_models.predict +device=NAME model=PATH [precision=int8] [format=...]``
 
 PATH is an ``.onnx`` file, an ``arch.json``, or a folder (every ``.onnx`` file below it). A
 file that cannot be priced (an op the model does not know, a dynamic input size) is reported
