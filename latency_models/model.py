@@ -29,13 +29,11 @@ Stored as plain JSON with a format version and a content hash that studies recor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -47,7 +45,6 @@ from latency_models.estimators import (
     NetworkCorrection,
     OpModel,
     check_targets,
-    dense_for_grouped,
 )
 from latency_models.features import (
     FEATURE_NAMES,
@@ -58,165 +55,18 @@ from latency_models.features import (
     low_precision,
     precision_transitions,
 )
-from latency_models.ops import KINDS, Op, signature
+from latency_models.model_file import FORMAT, FORMAT_VERSION, content_hash, upgrade
+from latency_models.networks import network_of
+from latency_models.ops import KINDS, Op
+from latency_models.prediction import (
+    ENERGY_SOURCES,
+    LATENCY_SOURCES,
+    Prediction,
+    Predictions,
+)
 from spaces.files import write_text
 
-__all__ = ["DeviceModel", "DeviceModelError", "ENERGY_SOURCES", "ENERGY_WORDS", "FORMAT",
-           "FORMAT_VERSION", "LATENCY_SOURCES", "LATENCY_WORDS", "network_of", "Prediction",
-           "Predictions"]
-
-FORMAT = "edgenas-device-model"
-FORMAT_VERSION = 2
-LATENCY_SOURCES = ("measured", "simulated", "transferred")
-ENERGY_SOURCES = ("measured", "simulated", "modelled")
-# What a prediction's provenance words mean, for people (outputs keep the words themselves).
-LATENCY_WORDS = {
-    "measured": "looked up from measurements of the same layers on the device",
-    "regressed": "predicted by the model learned from the device's measurements",
-    "transferred": "another device's measurements carried over to this one, calibrated "
-                   "with a few of its own or scaled by int8/fp32 ratios learned elsewhere",
-    "simulated": "from a simulator's table, not a device",
-    "modelled": "a precision the device has no measurements for, priced as another",
-}
-ENERGY_WORDS = {
-    "measured": "fitted per op to the device's energy measurements",
-    "simulated": "from a simulator's per-op table, not measured",
-    "modelled": "the device's power (an assumption, see its conf/device file) x latency, "
-                "not measured",
-}
-
-
-def network_of(source, precision: int | None = None) -> tuple:
-    """(what to price, which path) for an ONNX graph or file, or an ``arch.json``: the
-    architecture the graph records (``spaces.onnx_io.ARCH_KEY``) or the one in the
-    ``arch.json`` beside the file (at 32 bits for an fp32 graph), where its ops are the
-    graph's; else the graph's ops.
-
-    ``precision=8`` prices a float graph as fully 8-bit (an architecture at 8 bits in every
-    layer; other graphs by :func:`~latency_models.ops.onnx_ops` with ``precision=8``).
-
-    Raises:
-        DeviceModelError: a file that does not exist, is not an ONNX graph, or has an op,
-            an input size or inputs that cannot be priced (the message names the file).
-    """
-    import onnx
-
-    from latency_models.ops import UnknownOpError, arch_ops, onnx_ops
-    from spaces.arch import Arch, all_bits
-    from spaces.onnx_io import recorded_arch
-
-    def at(arch):  # the architecture at the precision asked for
-        return arch if precision is None else all_bits(arch, precision)
-
-    def split(graph, bits=None) -> list:
-        try:
-            return onnx_ops(graph, bits)
-        except UnknownOpError as exc:
-            raise DeviceModelError(f"{path if path is not None else 'the graph'}: {exc}") \
-                from None
-
-    path = None
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.suffix == ".json":
-            return at(Arch.from_json(path.read_text())), "arch"
-        try:
-            source = onnx.load(str(path))
-            onnx.checker.check_model(source)
-        except FileNotFoundError:
-            raise DeviceModelError(f"{path} does not exist") from None
-        except Exception as exc:  # protobuf's DecodeError, onnx's ValidationError, ...
-            raise DeviceModelError(f"{path} is not a valid ONNX model "
-                                   f"({exc.__class__.__name__}); pass an .onnx file, an "
-                                   "arch.json or a folder") from None
-    candidates = [recorded_arch(source)]
-    beside = None if path is None else path.with_name("arch.json")
-    if beside is not None and beside.is_file():
-        try:
-            arch = Arch.from_json(beside.read_text())
-            candidates += [arch, all_bits(arch, 32)]
-        except ValueError:
-            pass  # not an architecture: the graph is priced by its ops
-    candidates = [arch for arch in candidates if arch is not None]
-    ops = split(source) if candidates or precision is None else None
-    if candidates:
-        sig = signature(ops)
-        for arch in candidates:
-            if signature(arch_ops(arch)) == sig:
-                return at(arch), "onnx:arch"
-    return (ops if precision is None else split(source, precision)), "onnx:ops"
-
-
-def _content_hash(data: dict) -> str:
-    """The hash of a device model's stored content (:attr:`DeviceModel.hash`)."""
-    text = json.dumps({k: v for k, v in data.items() if k != "hash"}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# The op kinds before grouped convolutions had their own (2026-12-05).
-_KINDS_BEFORE_GCONV = ["conv", "dwconv", "pwconv", "fc", "pool", "add", "eltwise"]
-
-
-def _upgrade(data: dict, path) -> dict:
-    """A model file written before ``gconv`` existed, read as one of today's: its stored hash
-    is checked on the content as written, then every coefficient vector gains the grouped
-    block, priced as its dense convolutions (:func:`dense_for_grouped`). Its hash changes,
-    as any refit's would."""
-    if not isinstance(data, dict) or data.get("kinds") != _KINDS_BEFORE_GCONV:
-        return data
-    if data.get("hash") not in (None, _content_hash(data)):
-        raise DeviceModelError(f"device model file {path} was edited after fitting (its "
-                               "hash does not match its content); refit it")
-    old = len(data.get("features") or [])
-
-    def pad(vectors: dict) -> dict:
-        return {b: dense_for_grouped(list(v) + [0.0] * (N_FEATURES - old))
-                if isinstance(v, list) and len(v) == old else v for b, v in vectors.items()}
-
-    data = dict(data, kinds=list(KINDS), features=FEATURE_NAMES, hash=None)
-    data["coef"] = pad(data.get("coef") or {})
-    data["energy_coef"] = pad(data.get("energy_coef") or {})
-    if isinstance(data.get("layer_linear"), dict):
-        data["layer_linear"] = dict(data["layer_linear"],
-                                    coef=pad(data["layer_linear"].get("coef") or {}))
-    return data
-
-
-@dataclass(slots=True)
-class Prediction:
-    latency_ms: float
-    energy_mj: float
-    provenance: dict = field(default_factory=dict)
-
-
-class Predictions(Sequence):
-    """The prices of many networks (:meth:`DeviceModel.price_many`): a sequence of
-    :class:`Prediction` (each made when it is read), with every latency and energy at once as
-    arrays (``latency_ms``, ``energy_mj``) for bulk screening."""
-
-    def __init__(self, latency_ms, energy_mj, provenance: Callable[[int], dict]) -> None:
-        self.latency_ms = np.asarray(latency_ms, dtype=float)
-        self.energy_mj = np.asarray(energy_mj, dtype=float)
-        self._provenance = provenance
-
-    @classmethod
-    def of(cls, preds: list[Prediction]) -> Predictions:
-        return cls([p.latency_ms for p in preds], [p.energy_mj for p in preds],
-                   lambda i: preds[i].provenance)
-
-    def __len__(self) -> int:
-        return len(self.latency_ms)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return Prediction(float(self.latency_ms[i]), float(self.energy_mj[i]),
-                          self._provenance(i))
-
+__all__ = ["DeviceModel", "DeviceModelError"]
 
 @dataclass
 class DeviceModel:
@@ -623,7 +473,7 @@ class DeviceModel:
     def hash(self) -> str:
         """Content hash of the model (studies record it to never mix two models)."""
         if self._hash is None:
-            self._hash = _content_hash(self.to_dict())
+            self._hash = content_hash(self.to_dict())
         return self._hash
 
     def save(self, path: str | os.PathLike) -> None:
@@ -643,7 +493,7 @@ class DeviceModel:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise DeviceModelError(f"{path} is not an edgenas device model (no "
                                    f"'format': '{FORMAT}')")
-        data = _upgrade(data, path)
+        data = upgrade(data, path)
         if data.get("format_version") != FORMAT_VERSION:
             raise DeviceModelError(
                 f"{path} is device-model format version {data.get('format_version')}, this "

@@ -83,7 +83,7 @@ def print_table(rows: list[dict], device: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from latency_models.model import ENERGY_WORDS, LATENCY_WORDS
+    from latency_models.prediction import ENERGY_WORDS, LATENCY_WORDS
 
     table = Table(title=f"predicted for {device} (batch 1)")
     numbers = ("latency ms", "energy mJ", "peak KiB", "train KiB")
@@ -125,7 +125,8 @@ def predict(cfg: PredictConfig) -> int:
     """Price ``cfg.model`` on ``cfg.device``; prints a table or JSON lines. Returns the exit
     status."""
     from latency_models.memory import graph_peak_memory_kib, peak_memory_kib
-    from latency_models.model import DeviceModel, DeviceModelError, network_of
+    from latency_models.model import DeviceModel, DeviceModelError
+    from latency_models.networks import network_of
     from latency_models.ops import UnknownOpError
     from latency_models.train_memory import train_memory_kib
     from spaces.arch import Arch, ArchError

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from latency_models.model import ENERGY_WORDS
+from latency_models.prediction import ENERGY_WORDS
 from latency_models.profile import cpu_name, measure_many
 from search.cli import HydraCommand
 from search.config import Config, load

@@ -17,7 +17,8 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from latency_models.model import LATENCY_WORDS, DeviceModel
+from latency_models.model import DeviceModel
+from latency_models.prediction import LATENCY_WORDS
 from search.budget import SURPLUS_ATTR, check_slot, wait_for_slot
 from search.cli import suggested_command
 from search.config import BUDGETS, Config
