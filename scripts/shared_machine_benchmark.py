@@ -8,7 +8,7 @@ Four runs of the same search (``--trials`` trials each, a fresh study each, one 
 other on a machine with nothing else running):
 
 - ``now``: as ``python -m search +device=rpi4`` runs today (threads chosen from the free cores
-  before every trial, OpenMP told not to spin), alone and beside the load;
+  before every trial), alone and beside the load;
 - ``before``: two threads whatever the load, OpenMP waiting as it does by default
   (``GOMP_SPINCOUNT=300000``, GNU OpenMP's own default), as the search ran before, alone and
   beside the load (at most ``--before-loaded-trials`` trials: it can be very slow).
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
                         if med["before_loaded"] else None)}
     out = {"about": "median trial time of the search beside one competing 2-thread torch "
                     "training, over the same alone; now = the search as it runs today, "
-                    "before = 2 threads and OpenMP's default waiting",
+                    "before = 2 threads whatever the load",
            "overrides": args.overrides, "runs": runs, "loaded_over_alone": ratio,
            "targets": {"now_loaded_over_alone_at_most_2": ratio["now"] <= 2.0,
                        "now_alone_not_slower_than_before": med["now_alone"]

@@ -2,12 +2,11 @@
 
 Torch's OpenMP threads spin while they wait for a core: two jobs that each ask for every core
 of a 2-core machine starve each other (a trial measured 17 times slower than with one thread).
-Two things keep a job fast when it shares the machine:
-
-- OpenMP told not to spin (``OMP_WAIT_POLICY=PASSIVE``, set by :func:`quiet_openmp` before
-  torch loads, unless the environment sets it already);
-- threads chosen from the cores other programs leave free (:class:`ThreadChooser`), and chosen
-  again before every trial as the load changes.
+So the threads are chosen from the cores other programs leave free (:class:`ThreadChooser`),
+and chosen again before every trial as the load changes: beside a busy program the search
+runs one thread, and one thread has no OpenMP team to spin. (Telling OpenMP not to spin,
+``OMP_WAIT_POLICY=PASSIVE``, was measured too: it made the search 1.6 times slower on an idle
+machine, so it is not set; ``scripts/results/workers/shared-passive.md``.)
 
 A thread count the user sets is obeyed (clamped to the cores this process may use, with a
 note).
@@ -20,16 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["busy_cores", "cores", "CpuSample", "quiet_openmp", "ThreadChooser"]
-
-
-def quiet_openmp() -> None:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless the environment tunes OpenMP's waiting already
-    (``OMP_WAIT_POLICY`` or GNU OpenMP's ``GOMP_SPINCOUNT``): waiting OpenMP threads sleep
-    instead of spinning on a core another program needs. Effective only before torch (its
-    OpenMP runtime) loads."""
-    if "GOMP_SPINCOUNT" not in os.environ:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+__all__ = ["busy_cores", "cores", "CpuSample", "ThreadChooser"]
 
 
 def cores() -> int:

@@ -1,9 +1,8 @@
 """A search on a shared machine: threads chosen from the free cores (and a requested count
-obeyed, clamped to the cores), OpenMP that does not spin, a slow trial said on screen."""
+obeyed, clamped to the cores), a slow trial said on screen."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -41,18 +40,6 @@ def test_threads_follow_the_free_cores_and_a_request_is_obeyed(monkeypatch):
     assert clamped.choose() == 2
     assert clamped.note() == ("search.threads=8 is more than the 2 cores this process may "
                               "use: using 2")
-
-
-def test_openmp_is_told_not_to_spin_unless_the_user_says_otherwise():
-    code = "import spaces, os; print(os.environ.get('OMP_WAIT_POLICY'))"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert out.stdout.strip() == "PASSIVE"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert out.stdout.strip() == "ACTIVE"
 
 
 def test_a_slow_trial_is_said_with_its_likely_cause():
