@@ -11,7 +11,7 @@ From then on the architecture's higher-fidelity trial takes the place of its che
 the Pareto front, the table, ``pareto.csv`` and ``select=best`` (which exports the best member
 of the most trusted fidelity); the cheap scores of the architectures not promoted are put on
 the promoted proxy's scale by a line fitted to the promoted pairs
-(:func:`search.study.trusted_values`). Promotions take at most ``proxy.promote.share`` of the
+(:func:`search.pareto.trusted_values`). Promotions take at most ``proxy.promote.share`` of the
 trials' time, one at a time: the cheap front's best member first, then across the front (the
 member farthest in cost from the promoted ones). A promotion lives in the storage from the
 moment it is queued: a search killed during one runs it on resume (its stale trial is queued
@@ -35,6 +35,7 @@ from search.pareto import FrontTracker
 
 __all__ = ["next_promotion", "PROMOTE_HASH", "PROMOTE_OF", "promote", "promoted_config",
            "trial_seconds"]
+
 
 def promoted_config(cfg: Config, kind: str) -> Config:
     """The configuration of the higher-fidelity proxy ``kind`` that scores a cheap search's

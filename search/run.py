@@ -177,7 +177,8 @@ def print_table(cfg: Config, study: optuna.Study, rows: list[dict], out_dir: Pat
 
 def run_search(cfg: Config) -> None:
     console = Console(width=None if Console().is_terminal else 160)
-    torch.set_num_threads(cfg.search.thread_count())
+    threads = ThreadChooser(cfg.search.threads)  # one look at the load, kept for the trials
+    torch.set_num_threads(threads.choose())
     torch.manual_seed(cfg.seed)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own messages say what failed
     device_model = load_device_model(cfg)
@@ -215,7 +216,7 @@ def run_search(cfg: Config) -> None:
                           "the trials' time)", highlight=False)
             promoted.prepare(dataset, None, objective.shape, objective.images, console)
         try:
-            run_trials(cfg, study, objective, done, remaining)
+            run_trials(cfg, study, objective, done, remaining, threads)
         except (StorageInternalError, SQLAlchemyError) as exc:
             raise storage_error(cfg.storage.url, exc, during_run=True) from None
     if cfg.proxy.rescore:
@@ -265,20 +266,22 @@ MAX_FAILURES = 5
 
 
 def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int,
-               remaining: int) -> None:
+               remaining: int, threads: ThreadChooser | None = None) -> None:
     """Run trials until the study has ``search.n_trials`` complete trials, counting every
     worker's (see :mod:`search.budget`).
 
     A candidate whose training fails (e.g. diverges) fails its trial and the search goes on;
     after ``MAX_FAILURES`` failures in one run it stops, since something is wrong. With
-    ``search.minutes``, no trial starts after that many minutes of this run.
+    ``search.minutes``, no trial starts after that many minutes of this run. ``threads``: the
+    caller's :class:`spaces.threads.ThreadChooser` (its look at the load goes on from there),
+    else a new one.
     """
     n_trials = cfg.search.n_trials
     minutes = cfg.search.minutes
     deadline = None if minutes is None else time.time() + 60 * minutes
     label = score_name(cfg)
-    promote_key = (proxy_hash(promoted_config(cfg, cfg.proxy.promote.to))
-                   if cfg.proxy.promote.to else None)
+    # the settings of the proxy that scores promotions (prepared by the caller)
+    promote_key = None if objective.promoted is None else proxy_hash(objective.promoted.cfg)
     bar = tqdm(total=n_trials, initial=done, desc="trials", unit="trial")
     failures = []
     waiting_said = [False]
@@ -290,7 +293,7 @@ def run_trials(cfg: Config, study: optuna.Study, objective: Objective, done: int
                       "budget; waiting for them (a worker that dies has its trial re-run here)")
             waiting_said[0] = True
 
-    watch = TrialWatch(bar, ThreadChooser(cfg.search.threads))
+    watch = TrialWatch(bar, threads or ThreadChooser(cfg.search.threads))
     if watch.threads.note():
         bar.write(watch.threads.note())
 
